@@ -1,0 +1,91 @@
+"""The contract every msaflow model follows, so one engine trains them all.
+
+A model is a pure ``nn.Module``: no data loading, tracking or orchestration inside.
+The engine (``tasks/train.py``) drives it through four calls:
+
+1. ``out = model(batch)`` -- ``batch`` is a dict of tensors (see ``BATCH_KEYS``).
+2. ``total, parts = model.loss(out, batch)`` -- the objective and its named parts.
+3. after ``total.backward()`` and before ``optimizer.step()``:
+   ``model.after_backward(out, batch, epoch)`` -> per-step trace (e.g. SGM's omega/phi).
+4. after each training epoch: ``model.on_epoch_end(epoch)`` -> per-epoch trace
+   (e.g. IPR's distances and reset weights, AFM gate means, probe accuracies).
+
+Trace keys use ``group/name`` (``sgm/omega_t``); the engine logs them as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+Modality = Literal["text", "audio", "vision"]
+MODALITIES: tuple[Modality, ...] = ("text", "audio", "vision")
+SHORT = {"text": "t", "audio": "a", "vision": "v"}
+
+# Keys of a batch dict. Features are float32 (B, T, d); lengths int64 (B,);
+# "label" float32 (B,) always present (regression target, or the class id as float);
+# "class_label" int64 (B,) present for classification datasets.
+BATCH_KEYS = (
+    "text", "audio", "vision",
+    "text_len", "audio_len", "vision_len",
+    "label", "class_label",
+)
+
+TaskKind = Literal["regression", "classification"]
+
+
+@dataclass
+class InputSpec:
+    """Fields every model config shares; the engine fills them from the dataset manifest."""
+
+    text_dim: int = 768
+    audio_dim: int = 74
+    vision_dim: int = 35
+    seq_len: int = 50
+    task: TaskKind = "regression"
+    num_classes: int = 1  # 1 for regression; C for classification
+
+
+@dataclass
+class ModelOutput:
+    pred: torch.Tensor  # (B,) for regression, (B, C) logits for classification
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # what loss/hooks need
+
+
+class MSAModel(nn.Module):
+    """Base class: default hooks do nothing."""
+
+    def loss(self, out: ModelOutput, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def after_backward(self, out: ModelOutput, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, float]:
+        return {}
+
+    def on_epoch_end(self, epoch: int) -> dict[str, float]:
+        return {}
+
+
+def task_loss(pred: torch.Tensor, batch: dict[str, torch.Tensor], task: TaskKind) -> torch.Tensor:
+    """L_task: L1 for regression (as MMSA's MOSI/MOSEI trainers), cross-entropy for classes."""
+    if task == "regression":
+        return nn.functional.l1_loss(pred.reshape(-1), batch["label"].reshape(-1))
+    return nn.functional.cross_entropy(pred, batch["class_label"].long())
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the pipeline needs to know about one model family, defined in its own file.
+
+    ``variants`` maps an ablation name to config overrides; ``presets`` maps a preset name to
+    ``{"model": {...}, "train": {...}}`` overrides. Only differences from defaults are listed.
+    """
+
+    name: str
+    config_cls: type
+    model_cls: type
+    variants: dict[str, dict]
+    presets: dict[str, dict]
+    default_variant: str = "full"

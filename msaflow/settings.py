@@ -1,0 +1,45 @@
+"""Process-wide defaults for the stack, applied before Prefect, MLflow or transformers load.
+
+Only defaults: a variable the user already set is never overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def msaflow_home() -> Path:
+    """Working directory for stores, caches and results (``MSAFLOW_HOME``, default ``./.msaflow``)."""
+    return Path(os.environ.get("MSAFLOW_HOME", ".msaflow")).resolve()
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{msaflow_home() / 'mlflow.db'}"
+
+
+def default_artifact_root() -> str:
+    return str(msaflow_home() / "mlartifacts")
+
+
+def apply_defaults() -> None:
+    home = msaflow_home()
+    defaults = {
+        # Prefect 3.8: ephemeral server unless PREFECT_API_URL is set; keep its state in our home.
+        "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "prefect" / "results"),
+        "PREFECT_LOCAL_STORAGE_PATH": str(home / "prefect" / "results"),
+        # MLflow: no telemetry; quiet.
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        # Nothing downloads at run time.
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)

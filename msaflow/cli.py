@@ -1,15 +1,162 @@
-"""The ``msaflow`` command line."""
+"""The ``msaflow`` command line (typer). Heavy imports happen inside commands."""
 
 from __future__ import annotations
 
+import json
+import sys
+from typing import Annotated
+
 import typer
+from rich.console import Console
 
 from msaflow.settings import apply_defaults
 
 apply_defaults()
 
-app = typer.Typer(help="msaflow: multimodal sentiment analysis experiments.", no_args_is_help=True)
+app = typer.Typer(help="msaflow: reproduce, ablate, tune and compare multimodal sentiment models.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+err = Console(stderr=True)
+out = Console()
+
+
+def _mount(module: str, name: str, help_text: str) -> None:
+    import importlib
+
+    try:
+        sub = importlib.import_module(module).app
+    except (ImportError, AttributeError):  # a subsystem not present in this build
+        return
+    app.add_typer(sub, name=name, help=help_text)
+
+
+def _register(name: str) -> None:
+    """Top-level commands that live in ``msaflow/commands/<name>.py`` as ``command``."""
+    import importlib
+
+    try:
+        module = importlib.import_module(f"msaflow.commands.{name}")
+    except ImportError:
+        return
+    app.command(name)(module.command)
+
+
+_mount("feature_store.cli", "data", "Feature stores: synthesize, ingest, inspect, validate.")
+_mount("feature_store.extract.cli", "features", "Extract features from raw text, audio and video.")
+for _name in ("reproduce", "report", "tune", "serve"):
+    _register(_name)
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    from feature_store import DataError
+    from tasks.config import ConfigError
+    from tasks.tracking import TrackingError
+
+    return DataError, ConfigError, TrackingError, KeyError
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def print_rows(result: dict, title: str) -> None:
+    from rich.table import Table
+
+    from tasks.metrics import HEADLINE
+
+    task = result["dataset"]["task"]
+    cols = [f"test/{m}" for m in HEADLINE[task]]
+    table = Table(title=f"{title} — dataset {result['dataset']['name']} ({result['dataset']['source']})")
+    table.add_column("run")
+    table.add_column("best ep", justify="right")
+    for c in cols:
+        table.add_column(c.removeprefix("test/"), justify="right")
+    for r in result["rows"]:
+        table.add_row(r["run_name"] + (" (cached)" if r.get("cached") else ""), str(r["best_epoch"]),
+                      *(f"{r.get(c, float('nan')):.4f}" for c in cols))
+    for f in result["failures"]:
+        table.add_row(f"[red]{f['run_name']} FAILED[/]", "", f"[red]{f['error'][:60]}[/]", *[""] * (len(cols) - 1))
+    out.print(table)
+
+
+def ui_hint(result: dict) -> str:
+    uri = result["tracking_uri"]
+    return ("Open the MLflow UI: [bold]msaflow ui[/]"
+            + (f" --tracking-uri {uri}" if not uri.startswith("sqlite:") else "")
+            + f" then http://127.0.0.1:5000/#/experiments/{result['experiment_id']}/runs")
+
+
+@app.command()
+def run(
+    data: Annotated[str | None, typer.Option(help="Feature store DIR, MMSA/MulT .pkl, or sim-<profile>. Default: sim-mosi.")] = None,
+    model: Annotated[str, typer.Option(help="Model family: mmafnet | mmcl | unimodal.")] = "mmafnet",
+    variants: Annotated[str | None, typer.Option(help="Comma-separated variants (default: all of the model's).")] = None,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "1",
+    epochs: Annotated[int | None, typer.Option(help="Override the preset's epochs.")] = None,
+    preset: Annotated[str, typer.Option(help="quick (CPU, minutes) | paper | model-specific presets.")] = "quick",
+    params: Annotated[str | None, typer.Option(help="YAML of overrides {model: {...}, train: {...}} (e.g. tune's best.yaml).")] = None,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "msaflow",
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite under $MSAFLOW_HOME).")] = None,
+    data_format: Annotated[str, typer.Option("--format", help="Format of a .pkl --data: mmsa | mult.")] = "mmsa",
+    scale: Annotated[float, typer.Option(help="Shrink the simulated dataset (sim-* only).")] = 1.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary to stdout.")] = False,
+) -> None:
+    """The main job: features -> train every variant x seed -> evaluate -> summary in MLflow."""
+    try:
+        from flows.pipeline import pipeline
+
+        seed_list = [int(s) for s in _csv(seeds) or ["1"]]
+        kwargs = dict(data=data, model=model, variants=_csv(variants), seeds=seed_list, preset=preset,
+                      epochs=epochs, experiment=experiment, tracking_uri=tracking_uri, params_file=params,
+                      scale=scale, data_format=data_format)
+        result = pipeline(**kwargs)
+    except user_errors() as exc:
+        fail(str(exc).strip("'\""))
+    except ValueError as exc:
+        fail(str(exc))
+    if as_json:
+        sys.stdout.write(json.dumps({
+            "parent_run_id": result["parent_run_id"], "experiment_id": result["experiment_id"],
+            "tracking_uri": result["tracking_uri"], "dataset": result["dataset"]["name"],
+            "runs": [{"run_id": r["run_id"], "run_name": r["run_name"], "variant": r["variant"], "cell": r["cell"],
+                      "seed": r["seed"], "cached": r.get("cached", False),
+                      "test": {k: v for k, v in r.items() if k.startswith("test/")}} for r in result["rows"]],
+            "failures": result["failures"],
+        }, indent=2, default=str) + "\n")
+    else:
+        print_rows(result, f"{model} ({preset})")
+        err.print(ui_hint(result))
+    if result["failures"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    tracking_uri: Annotated[str | None, typer.Option(help="Backend store (default: the msaflow store).")] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind (keep 127.0.0.1 unless you know why).")] = "127.0.0.1",
+) -> None:
+    """Serve the MLflow UI for the default store on 127.0.0.1."""
+    import os
+    import subprocess
+
+    from msaflow.settings import default_artifact_root, default_tracking_uri, msaflow_home
+
+    uri = tracking_uri or default_tracking_uri()
+    msaflow_home().mkdir(parents=True, exist_ok=True)
+    err.print(f"MLflow UI for {uri} at http://{host}:{port}/  (Ctrl-C to stop)")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+           "--default-artifact-root", default_artifact_root(), "--host", host, "--port", str(port), "--workers", "1"]
+    raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))
 
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""Prefect tasks: each one a unit of retry and caching (prepare data, train, evaluate, summarise).
+
+Caching is keyed on content: the dataset manifest hash, the fully resolved config, the code version
+and the tracking target. Re-running an unchanged pipeline therefore skips finished training and
+evaluation (their results persist under ``PREFECT_RESULTS_LOCAL_STORAGE_PATH``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from msaflow.settings import msaflow_home
+from tasks import tracking as tr
+from tasks.config import ConfigError, RunConfig
+
+SOURCE_PACKAGES = ("models", "tasks", "feature_store")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One column of a results table: a variant, a display name and config overrides."""
+
+    name: str
+    variant: str
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.variant, repr(sorted(self.overrides.items()))))
+
+
+@cache
+def code_version() -> str:
+    """Hash of the library sources that determine a result (not of flows or the CLI)."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for pkg in SOURCE_PACKAGES:
+        for path in sorted((root / pkg).rglob("*.py")):
+            h.update(path.relative_to(root).as_posix().encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Retry only what may pass on its own: I/O hiccups, lost connections, CUDA out-of-memory."""
+    from feature_store import DataError
+
+    if isinstance(exc, DataError | ConfigError | FloatingPointError | FileNotFoundError | ValueError | KeyError):
+        return False
+    if isinstance(exc, ConnectionError | TimeoutError | OSError):
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or "connection" in text or "temporarily unavailable" in text
+
+
+def _retry_transient(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except BaseException as exc:  # noqa: BLE001
+        return is_transient(exc)
+    return False
+
+
+def run_key(cfg: RunConfig, data_ref: dict[str, Any], tracking: dict[str, str]) -> str:
+    blob = "|".join([data_ref["manifest_hash"], cfg.fingerprint(), code_version(), tracking["uri"],
+                     tracking["experiment_id"]])
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _train_cache_key(context, parameters: dict[str, Any]) -> str:
+    return "train-" + run_key(parameters["cfg"], parameters["data_ref"], parameters["tracking"]) + \
+        "-" + parameters["cell"]
+
+
+def _eval_cache_key(context, parameters: dict[str, Any]) -> str:
+    return "evaluate-" + run_key(parameters["cfg"], parameters["data_ref"], parameters["tracking"]) + \
+        "-" + parameters["cell"]
+
+
+def _store_dir(name: str) -> Path:
+    return msaflow_home() / "stores" / name
+
+
+@task(name="prepare-data", retries=1, retry_condition_fn=_retry_transient)
+def prepare_data(data: str | None = None, scale: float = 1.0, data_format: str = "mmsa",
+                 profile: str = "mosi", seed: int = 0) -> dict[str, Any]:
+    """Synthesize (default), validate an existing store, or ingest a pickle; all cached on content."""
+    from feature_store import DataError, ingest, synthesize, validate_dataset
+
+    if data is None or data.startswith("sim-"):
+        profile = data.removeprefix("sim-") if data else profile
+        suffix = "" if scale == 1.0 else f"-x{scale:g}"
+        path = _store_dir(f"sim-{profile}{suffix}")
+        manifest = synthesize(profile, path, seed=seed, scale=scale)
+    else:
+        src = Path(data).expanduser()
+        if src.is_dir():
+            path = src
+            manifest = validate_dataset(src)
+        elif src.is_file():
+            digest = hashlib.sha256(str(src.resolve()).encode()).hexdigest()[:8]
+            path = _store_dir(f"{src.stem}-{digest}")
+            manifest = ingest(data_format, src, path)
+        else:
+            raise DataError(src, "--data", "a feature-store directory, an MMSA/MulT .pkl file, or sim-<profile>")
+    return {
+        "path": str(path), "name": manifest.name, "task": manifest.task,
+        "manifest_hash": manifest.content_hash, "input_spec": manifest.input_spec(),
+        "class_names": manifest.class_names, "source": manifest.source,
+    }
+
+
+def open_parent_run(tracking: dict[str, str], data_ref: dict[str, Any], model: str, cells: list[Cell],
+                    seeds: list[int], preset: str, kind: str) -> str:
+    run_id = tr.start_run(
+        tracking["uri"], tracking["experiment_id"], f"{kind}/{model}/{data_ref['name']}",
+        tags={"msaflow.kind": kind, "model": model, "dataset": data_ref["name"], "preset": preset,
+              "msaflow.dataset_source": data_ref["source"]},
+    )
+    tr.log_params(tracking["uri"], run_id, {
+        "model": model, "preset": preset, "dataset": data_ref["name"], "dataset.path": data_ref["path"],
+        "dataset.manifest_hash": data_ref["manifest_hash"], "cells": ",".join(c.name for c in cells),
+        "seeds": ",".join(map(str, seeds)),
+    })
+    return run_id
+
+
+def _progress(run_name: str, epochs: int):
+    def report(epoch: int, record: dict[str, float]) -> None:
+        shown = {k: record[k] for k in ("train/loss/total", "valid/mae", "valid/acc7", "valid/acc") if k in record}
+        text = " ".join(f"{k}={v:.4f}" for k, v in shown.items())
+        print(f"[{run_name}] epoch {epoch + 1}/{epochs} {text}", file=sys.stderr, flush=True)
+
+    return report
+
+
+@task(name="train", tags=["gpu"], retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_transient,
+      cache_key_fn=_train_cache_key, persist_result=True)
+def train_task(cfg: RunConfig, cell: str, data_ref: dict[str, Any], tracking: dict[str, str],
+               parent_run_id: str) -> dict[str, Any]:
+    """Train one (model, cell, seed) into its own MLflow child run; resumes from its checkpoint."""
+    from feature_store import load_dataset, read_manifest
+    from tasks.plots import learning_curves, trace_figures
+    from tasks.train import train_model
+
+    uri = tracking["uri"]
+    key = run_key(cfg, data_ref, tracking)
+    run_name = f"{cfg.model}/{cell}/seed{cfg.train.seed}"
+    run_id = tr.find_child_run(uri, tracking["experiment_id"], parent_run_id, key)
+    if run_id is None:
+        run_id = tr.start_run(uri, tracking["experiment_id"], run_name, parent_run_id=parent_run_id, tags={
+            "msaflow.key": key, "msaflow.kind": "train", "model": cfg.model, "variant": cfg.variant,
+            "cell": cell, "seed": str(cfg.train.seed), "dataset": data_ref["name"], "preset": cfg.preset,
+        })
+    else:
+        tr.client(uri).update_run(run_id, status="RUNNING")
+    try:
+        tr.log_config(uri, run_id, cfg)
+        tr.log_dataset_input(uri, run_id, read_manifest(data_ref["path"]), data_ref["path"])
+        _, splits = load_dataset(data_ref["path"], splits=("train", "valid"))
+        ckpt = msaflow_home() / "checkpoints" / key
+        result = train_model(cfg, splits, task=data_ref["task"], class_names=data_ref["class_names"],
+                             checkpoint_dir=ckpt, callbacks=[_progress(run_name, cfg.train.epochs)],
+                             evaluate_test=False)
+        tr.log_rows(uri, run_id, result.history, "epoch")
+        tr.log_rows(uri, run_id, result.step_traces, "step", skip=("epoch",))
+        tr.log_rows(uri, run_id, result.epoch_traces, "epoch")
+        tr.log_metrics(uri, run_id, {"best_epoch": result.best_epoch, "time/train_s": result.seconds})
+        tr.log_figures(uri, run_id, {"plots/learning_curves.png": learning_curves(result.history),
+                                     **trace_figures(result.step_traces, result.epoch_traces)})
+    except BaseException as exc:
+        tr.fail_run(uri, run_id, exc)
+        raise
+    return {"run_id": run_id, "run_name": run_name, "checkpoint_dir": str(ckpt),
+            "best_epoch": result.best_epoch, "best_valid": result.best_valid, "train_seconds": result.seconds}
+
+
+@task(name="evaluate", retries=1, retry_condition_fn=_retry_transient, cache_key_fn=_eval_cache_key,
+      persist_result=True)
+def evaluate_task(trained: dict[str, Any], cfg: RunConfig, cell: str, data_ref: dict[str, Any],
+                  tracking: dict[str, str]) -> dict[str, Any]:
+    """Evaluate the best epoch on test, log test metrics and the model, and close the run."""
+    from feature_store import load_split
+    from tasks.data import split_to_tensors
+    from tasks.metrics import metric_fn
+    from tasks.train import load_best_model, predict
+
+    uri, run_id = tracking["uri"], trained["run_id"]
+    try:
+        test = split_to_tensors(load_split(data_ref["path"], "test"))
+        model = load_best_model(trained["checkpoint_dir"], cfg)
+        pred, target, loss = predict(model, test, cfg.train.eval_batch_size, next(model.parameters()).device,
+                                     cfg.model_cfg.task)
+        metrics = {f"test/{k}": v for k, v in metric_fn(data_ref["task"], data_ref["class_names"])(pred, target).items()}
+        metrics["test/loss"] = loss
+        tr.log_metrics(uri, run_id, metrics)
+        tr.log_model(uri, run_id, model, test)
+        tr.finish_run(uri, run_id)
+    except BaseException as exc:
+        tr.fail_run(uri, run_id, exc)
+        raise
+    return {"run_id": run_id, "run_name": trained["run_name"], "model": cfg.model, "cell": cell,
+            "variant": cfg.variant, "seed": cfg.train.seed, "best_epoch": trained["best_epoch"],
+            **trained["best_valid"], **metrics}
+
+
+@task(name="summarize")
+def summarize_task(rows: list[dict[str, Any]], failures: list[dict[str, Any]], tracking: dict[str, str],
+                   parent_run_id: str, data_ref: dict[str, Any]) -> dict[str, Any]:
+    """The parent run's summary table (CSV + Markdown) of every child's test metrics."""
+    from tasks.metrics import HEADLINE
+
+    uri = tracking["uri"]
+    headline = [f"test/{m}" for m in HEADLINE[data_ref["task"]]]
+    table = [{"run": r["run_name"], "run_id": r["run_id"], "best_epoch": r["best_epoch"],
+              **{k: r.get(k) for k in headline}} for r in rows]
+    table += [{"run": f["run_name"], "run_id": "", "best_epoch": "", "error": f["error"]} for f in failures]
+    tr.log_table_artifacts(uri, parent_run_id, table, "summary")
+    tr.set_tags(uri, parent_run_id, {"msaflow.children": len(rows), "msaflow.failed_children": len(failures)})
+    tr.finish_run(uri, parent_run_id)  # failures are recorded on the children and tagged here
+    return {"rows": table}

@@ -1,0 +1,119 @@
+"""The field's metrics, one function per task kind.
+
+Sentiment follows the definitions MMSA, MISA and MulT share (MMSA ``MetricsTop``):
+- Acc2/F1 ``has0``: pred >= 0 vs label >= 0 over all samples; ``non0``: pred > 0 vs label > 0 over
+  samples whose label is non-zero. F1 is support-weighted.
+- Acc5/Acc7: clip to [-2, 2] / [-3, 3], round (half to even, as ``np.round``), compare.
+- MAE on unclipped predictions; Pearson Corr (NaN, not a crash, for a constant prediction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+
+Metrics = dict[str, float]
+
+
+def _as_1d(x) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64).reshape(-1)
+
+
+def pearson(pred: np.ndarray, label: np.ndarray) -> float:
+    """Pearson r; NaN when either side is constant (undefined), never an exception."""
+    pred, label = _as_1d(pred), _as_1d(label)
+    if len(pred) < 2 or np.std(pred) == 0 or np.std(label) == 0:
+        return float("nan")
+    return float(np.corrcoef(pred, label)[0, 1])
+
+
+def sentiment_metrics(pred, label) -> Metrics:
+    pred, label = _as_1d(pred), _as_1d(label)
+    if pred.shape != label.shape or pred.size == 0:
+        raise ValueError(f"pred and label must be non-empty and equal length, got {pred.shape} and {label.shape}")
+    non0 = label != 0
+    out: Metrics = {
+        "acc2_has0": float(accuracy_score(label >= 0, pred >= 0)),
+        "f1_has0": float(f1_score(label >= 0, pred >= 0, average="weighted")),
+    }
+    if non0.any():
+        out["acc2_non0"] = float(accuracy_score(label[non0] > 0, pred[non0] > 0))
+        out["f1_non0"] = float(f1_score(label[non0] > 0, pred[non0] > 0, average="weighted"))
+    else:
+        out["acc2_non0"] = out["f1_non0"] = float("nan")
+    out["acc5"] = float(np.mean(np.round(np.clip(pred, -2, 2)) == np.round(np.clip(label, -2, 2))))
+    out["acc7"] = float(np.mean(np.round(np.clip(pred, -3, 3)) == np.round(np.clip(label, -3, 3))))
+    out["mae"] = float(np.mean(np.abs(pred - label)))
+    out["corr"] = pearson(pred, label)
+    return out
+
+
+def emotion_metrics(logits, label, class_names: Sequence[str] | None = None) -> Metrics:
+    """Multi-class emotion (IEMOCAP 4-class).
+
+    ``acc``/``f1_weighted``/``f1_macro`` are multi-class. Per class, as MulT reports IEMOCAP, the
+    one-vs-rest binary accuracy ``acc_<name>`` and F1 ``f1_<name>``; ``acc_avg``/``f1_avg`` average them.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    label = np.asarray(label).reshape(-1).astype(np.int64)
+    pred = logits.argmax(axis=1) if logits.ndim == 2 else logits.reshape(-1).astype(np.int64)
+    n_classes = logits.shape[1] if logits.ndim == 2 else int(max(pred.max(), label.max()) + 1)
+    names = list(class_names) if class_names else [str(c) for c in range(n_classes)]
+    out: Metrics = {
+        "acc": float(accuracy_score(label, pred)),
+        "f1_weighted": float(f1_score(label, pred, average="weighted", labels=range(n_classes), zero_division=0)),
+        "f1_macro": float(f1_score(label, pred, average="macro", labels=range(n_classes), zero_division=0)),
+    }
+    accs, f1s = [], []
+    for c, name in enumerate(names):
+        t, p = label == c, pred == c
+        accs.append(float(np.mean(t == p)))
+        f1s.append(float(f1_score(t, p, zero_division=0)))
+        out[f"acc_{name}"], out[f"f1_{name}"] = accs[-1], f1s[-1]
+    out["acc_avg"], out["f1_avg"] = float(np.mean(accs)), float(np.mean(f1s))
+    return out
+
+
+def depression_metrics(pred, label, threshold: float = 9.0) -> Metrics:
+    """PHQ-9 regression (0-27) and the binary decision ``score > threshold``.
+
+    The MMCL paper divides subjects "based on a clinical threshold score of 9"; we read it as
+    depressed when PHQ-9 > 9 (i.e. >= 10 on integer scores, the usual moderate-depression cut-off).
+    """
+    pred, label = _as_1d(pred), _as_1d(label)
+    yt, yp = label > threshold, pred > threshold
+    return {
+        "mae": float(np.mean(np.abs(pred - label))),
+        "rmse": float(np.sqrt(np.mean((pred - label) ** 2))),
+        "corr": pearson(pred, label),
+        "precision": float(precision_score(yt, yp, zero_division=0)),
+        "recall": float(recall_score(yt, yp, zero_division=0)),
+        "f1": float(f1_score(yt, yp, zero_division=0)),
+    }
+
+
+# Which metric selects the best epoch, and in which direction, per task kind.
+DEFAULT_SELECTION: dict[str, tuple[str, str]] = {
+    "sentiment": ("valid/mae", "min"),
+    "emotion": ("valid/acc", "max"),
+    "depression": ("valid/mae", "min"),
+}
+
+# The headline metrics each task kind shows in tables.
+HEADLINE: dict[str, tuple[str, ...]] = {
+    "sentiment": ("acc2_non0", "f1_non0", "acc2_has0", "f1_has0", "acc7", "acc5", "mae", "corr"),
+    "emotion": ("acc", "f1_weighted", "acc_avg", "f1_avg"),
+    "depression": ("mae", "rmse", "corr", "precision", "recall", "f1"),
+}
+
+
+def metric_fn(task: str, class_names: Sequence[str] | None = None) -> Callable[[np.ndarray, np.ndarray], Metrics]:
+    if task == "sentiment":
+        return sentiment_metrics
+    if task == "emotion":
+        return lambda p, y: emotion_metrics(p, y, class_names)
+    if task == "depression":
+        return depression_metrics
+    raise ValueError(f"unknown task kind {task!r}; expected sentiment, emotion or depression")

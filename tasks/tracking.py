@@ -1,0 +1,241 @@
+"""MLflow tracking through ``MlflowClient`` and explicit run ids (safe from worker threads).
+
+Layout: one experiment per pipeline; a parent run per pipeline/reproduction/study run; a child run per
+(model, cell, seed) named ``mmafnet/sgm_ipr/seed1`` carrying params (the fully resolved config),
+tags (model, variant, seed, dataset, git commit), per-epoch metrics, modulation traces as stepped
+metrics, test metrics, plots, the model and the dataset manifest as a logged input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import tempfile
+import time
+import traceback
+from collections.abc import Iterable, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from msaflow.settings import default_artifact_root, default_tracking_uri
+from tasks.config import RunConfig, flatten
+
+_BATCH = 900  # MLflow accepts at most 1000 entities per log_batch
+
+
+class TrackingError(RuntimeError):
+    """The tracking server cannot be used; raised before any training starts."""
+
+
+@cache
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def client(tracking_uri: str | None = None) -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
+
+
+def check_tracking(tracking_uri: str) -> None:
+    """Fail fast with a clear message when the tracking store is unreachable (no retry storm)."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
+    try:
+        MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - any failure here means "cannot track"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(f"MLflow tracking store {tracking_uri!r} is not usable: {first}") from exc
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def ensure_experiment(tracking_uri: str, name: str) -> str:
+    c = client(tracking_uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            c.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    artifact_location = None
+    if tracking_uri.startswith("sqlite:"):
+        # Local default store: artifacts live beside the database, not in the cwd.
+        db_dir = Path(tracking_uri.removeprefix("sqlite:///")).parent
+        artifact_location = (db_dir / "mlartifacts").as_uri() if db_dir.name else Path(default_artifact_root()).as_uri()
+    try:
+        return c.create_experiment(name, artifact_location=artifact_location)
+    except mlflow.exceptions.MlflowException:
+        exp = c.get_experiment_by_name(name)  # created concurrently
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def start_run(tracking_uri: str, experiment_id: str, name: str, tags: dict[str, str] | None = None,
+              parent_run_id: str | None = None) -> str:
+    tags = dict(tags or {})
+    tags["msaflow.git_commit"] = git_commit()
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = client(tracking_uri).create_run(experiment_id, run_name=name, tags=tags)
+    return run.info.run_id
+
+
+def find_child_run(tracking_uri: str, experiment_id: str, parent_run_id: str, key: str) -> str | None:
+    """An earlier attempt of the same child (same cache key) under this parent, to resume into."""
+    runs = client(tracking_uri).search_runs(
+        [experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`msaflow.key` = '{key}'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def _chunks(items: list, size: int = _BATCH) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def log_params(tracking_uri: str, run_id: str, params: dict[str, Any]) -> None:
+    c = client(tracking_uri)
+    existing = c.get_run(run_id).data.params
+    items = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
+    for chunk in _chunks(items, 100):
+        c.log_batch(run_id, params=chunk)
+
+
+def log_config(tracking_uri: str, run_id: str, cfg: RunConfig) -> None:
+    log_params(tracking_uri, run_id, flatten(cfg.to_dict()))
+    client(tracking_uri).log_dict(run_id, cfg.to_dict(), "config/resolved.json")
+
+
+def log_rows(tracking_uri: str, run_id: str, rows: Sequence[dict[str, float]], step_key: str,
+             skip: Sequence[str] = ()) -> None:
+    """Each row's numeric values as metrics at ``step = row[step_key]``."""
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(key, float(value), now, int(row[step_key]))
+        for row in rows
+        for key, value in row.items()
+        if key != step_key and key not in skip and isinstance(value, int | float) and math.isfinite(value)
+    ]
+    c = client(tracking_uri)
+    for chunk in _chunks(metrics):
+        c.log_batch(run_id, metrics=chunk)
+
+
+def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    log_rows(tracking_uri, run_id, [{"__step": step, **metrics}], "__step")
+
+
+def set_tags(tracking_uri: str, run_id: str, tags: dict[str, Any]) -> None:
+    client(tracking_uri).log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+
+def log_figures(tracking_uri: str, run_id: str, figures: dict[str, Any]) -> None:
+    from tasks.plots import close
+
+    c = client(tracking_uri)
+    for name, fig in figures.items():
+        c.log_figure(run_id, fig, name)
+        close(fig)
+
+
+def log_dataset_input(tracking_uri: str, run_id: str, manifest: Any, path: str | Path) -> None:
+    """The dataset manifest as a logged input (and as an artifact)."""
+    import pandas as pd
+    from mlflow.data import from_pandas
+
+    info = manifest.to_dict()
+    frame = pd.DataFrame(
+        [{"split": s, "rows": n} for s, n in info["splits"].items()]
+    )
+    dataset = from_pandas(frame, source=str(path), name=info["name"], digest=manifest.content_hash[:16])
+    c = client(tracking_uri)
+    from mlflow.entities import DatasetInput, InputTag
+
+    c.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "train")])])
+    c.log_dict(run_id, info, "dataset/manifest.json")
+
+
+def log_model(tracking_uri: str, run_id: str, model: Any, example_batch: dict[str, Any]) -> None:
+    """The trained module via ``mlflow.pytorch`` with a signature inferred from one batch."""
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    model = model.to("cpu").eval()
+    example = {k: v[:2].cpu() for k, v in example_batch.items() if k not in ("label", "class_label")}
+    with torch.no_grad():
+        pred = model(example).pred.float().numpy()
+    signature = infer_signature({k: np.asarray(v) for k, v in example.items()}, pred)
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(run_id=run_id, nested=True):
+        mlflow.pytorch.log_model(
+            model, name="model", signature=signature,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],  # skip slow requirement inference
+        )
+
+
+def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
+    client(tracking_uri).set_terminated(run_id, status=status)
+
+
+def fail_run(tracking_uri: str, run_id: str, exc: BaseException) -> None:
+    """Record the error on the run and mark it FAILED; never raises (the original error matters)."""
+    try:
+        c = client(tracking_uri)
+        c.set_tag(run_id, "msaflow.error", f"{type(exc).__name__}: {exc}"[:5000])
+        c.log_text(run_id, "".join(traceback.format_exception(exc)), "error.txt")
+        c.set_terminated(run_id, status="FAILED")
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def log_table_artifacts(tracking_uri: str, run_id: str, rows: list[dict[str, Any]], stem: str) -> None:
+    """A table as CSV and Markdown artifacts."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    c = client(tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        csv_path, md_path = Path(tmp) / f"{stem}.csv", Path(tmp) / f"{stem}.md"
+        frame.to_csv(csv_path, index=False)
+        md_path.write_text(markdown_table(rows))
+        c.log_artifact(run_id, str(csv_path))
+        c.log_artifact(run_id, str(md_path))
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no rows)\n"
+    cols = list(dict.fromkeys(k for row in rows for k in row))
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else f"{v:.4f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in cols) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=str)

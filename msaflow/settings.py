@@ -43,3 +43,7 @@ def apply_defaults() -> None:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    # Prefect's ephemeral server cannot create its database in a folder that does not exist yet
+    # (it then waits out its whole startup timeout).
+    for folder in (home, Path(os.environ["PREFECT_HOME"]).expanduser()):
+        folder.mkdir(parents=True, exist_ok=True)

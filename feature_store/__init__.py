@@ -1,0 +1,27 @@
+"""The feature store: every flow reads features through this package.
+
+A dataset is a directory holding ``manifest.json`` and one Parquet file per split (see
+``feature_store.schema``). ``ingest`` reads MMSA/MulT pickles safely, ``synthesize`` writes the
+simulation benchmark, ``load_dataset`` returns numpy arrays ready for ``tasks.data``.
+"""
+
+from feature_store.ingest import FORMATS, ingest, safe_load_pickle
+from feature_store.schema import (
+    MODALITIES,
+    SPLITS,
+    DataError,
+    Manifest,
+    SplitData,
+    load_dataset,
+    load_split,
+    read_manifest,
+    validate_dataset,
+    write_dataset,
+)
+from feature_store.sim import SIM_PROFILES, synthesize
+
+__all__ = [
+    "FORMATS", "MODALITIES", "SIM_PROFILES", "SPLITS", "DataError", "Manifest", "SplitData", "ingest",
+    "load_dataset", "load_split", "read_manifest", "safe_load_pickle", "synthesize", "validate_dataset",
+    "write_dataset",
+]

@@ -1,0 +1,164 @@
+"""Feature extraction from raw inputs (text, WAV audio, per-frame facial CSVs) into a feature store.
+
+Submodules: ``text`` (transformer encoder pooled to words), ``audio`` (COVAREP-style frame features
+with librosa), ``visual`` (OpenFace 2.x / Facet CSVs), ``alignment`` (word spans -> frames),
+``cache`` (per-input content-hashed cache), ``cli`` (``msaflow features``). The Prefect flow lives in
+``flows/features.py``. This module stays import-light.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+try:  # the store package's error type, when it is importable
+    from feature_store import DataError
+except ImportError:  # pragma: no cover - only while feature_store/__init__.py is being written
+
+    class DataError(ValueError):  # type: ignore[no-redef]
+        def __init__(self, path, field: str, expected: str):
+            self.path, self.field, self.expected = path, field, expected
+            super().__init__(f"{path}: {field}: expected {expected}")
+
+
+class UtteranceError(DataError):
+    """One utterance's input is bad; the batch goes on without it."""
+
+    def __init__(self, utterance: str, path: str | Path | None, field: str, expected: str,
+                 detail: str = ""):
+        self.utterance = utterance
+        self.detail = detail
+        self.file = path
+        super().__init__(path if path is not None else f"utterance {utterance}", field, expected)
+        self.args = (self.message,)
+
+    @property
+    def message(self) -> str:
+        where = f" ({self.file})" if self.file is not None else ""
+        extra = f": {self.detail}" if self.detail else ""
+        return f"utterance {self.utterance!r}{where}: {self.field}: expected {self.expected}{extra}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+__all__ = ["DataError", "UtteranceError"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The extraction manifest (CSV, one row per utterance)
+# --------------------------------------------------------------------------------------------------
+MANIFEST_COLUMNS = ("id", "text", "audio_path", "visual_path", "label", "split")
+OPTIONAL_COLUMNS = ("words", "timings_path", "video_id", "clip_id")
+SPLIT_ALIASES = {"train": "train", "valid": "valid", "dev": "valid", "val": "valid", "test": "test"}
+
+
+class Utterance:
+    """One manifest row, paths resolved against the manifest's folder."""
+
+    __slots__ = ("id", "text", "words", "audio", "visual", "label", "split", "video_id", "clip_id")
+
+    def __init__(self, id: str, text: str | None, words, audio: Path | None, visual: Path | None,
+                 label: float, split: str, video_id: str | None = None, clip_id: str | None = None):
+        self.id, self.text, self.words = id, text, words
+        self.audio, self.visual, self.label, self.split = audio, visual, label, split
+        self.video_id, self.clip_id = video_id, clip_id
+
+    def word_list(self) -> list[str]:
+        if self.words:
+            return [w for w, _, _ in self.words]
+        return str(self.text or "").split()
+
+    def __repr__(self) -> str:
+        return f"Utterance({self.id!r}, split={self.split!r})"
+
+
+def _cell(row, col: str) -> str | None:
+    if col not in row.index:
+        return None
+    value = row[col]
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    value = str(value)
+    return value if value.strip() else None
+
+
+def _read_timings_csv(path: Path, uid: str):
+    import pandas as pd
+
+    if not path.is_file():
+        raise UtteranceError(uid, path, "timings_path", "an existing CSV with columns word,start,end")
+    df = pd.read_csv(path, skipinitialspace=True, keep_default_na=False)
+    df.columns = [str(c).strip() for c in df.columns]
+    if not {"word", "start", "end"} <= set(df.columns):
+        raise UtteranceError(uid, path, "timings_path columns", "word, start, end", f"got {list(df.columns)}")
+    return [(str(w), float(s), float(e)) for w, s, e in zip(df["word"], df["start"], df["end"], strict=True)]
+
+
+def read_extraction_manifest(path: str | Path) -> tuple[list[Utterance], dict[str, bool], list[dict]]:
+    """Parse the manifest -> (utterances, modalities present, row failures).
+
+    A modality is present when its column exists and at least one row fills it; a row that leaves a
+    present modality empty fails (it cannot be stored without it). ``text`` is present when the
+    column exists.
+    """
+    import pandas as pd
+
+    from feature_store.extract.alignment import parse_words
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "--manifest", "an existing CSV manifest")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(path, "--manifest", f"a readable CSV ({type(exc).__name__}: {exc})") from exc
+    df.columns = [str(c).strip() for c in df.columns]
+    missing = [c for c in ("id", "label", "split") if c not in df.columns]
+    if missing:
+        raise DataError(path, "columns", f"id, label, split (+ text, audio_path, visual_path); missing {missing}")
+    if df["id"].duplicated().any():
+        dup = df["id"][df["id"].duplicated()].tolist()[:5]
+        raise DataError(path, "id", f"unique utterance ids (duplicates: {dup})")
+    root = path.resolve().parent
+    present = {
+        "text": "text" in df.columns,
+        "audio": "audio_path" in df.columns and (df["audio_path"].str.strip() != "").any(),
+        "vision": "visual_path" in df.columns and (df["visual_path"].str.strip() != "").any(),
+    }
+    if not any(present.values()):
+        raise DataError(path, "columns", "at least one of text, audio_path, visual_path")
+    utts, failures = [], []
+    for _, row in df.iterrows():
+        uid = str(row["id"]).strip()
+        try:
+            try:
+                label = float(row["label"])
+            except ValueError:
+                raise UtteranceError(uid, path, "label", "a number", repr(row["label"])) from None
+            split = SPLIT_ALIASES.get(str(row["split"]).strip().lower())
+            if split is None:
+                raise UtteranceError(uid, path, "split", "train, valid or test", repr(row["split"]))
+            words = None
+            if (raw := _cell(row, "words")) is not None:
+                try:
+                    words = parse_words(raw)
+                except (ValueError, TypeError) as exc:
+                    raise UtteranceError(uid, path, "words", "JSON [[word, start_s, end_s], ...]", str(exc)) from None
+            elif (tp := _cell(row, "timings_path")) is not None:
+                words = _read_timings_csv(root / tp, uid)
+            paths = {}
+            for mod, col in (("audio", "audio_path"), ("vision", "visual_path")):
+                cell = _cell(row, col)
+                if present[mod] and cell is None:
+                    raise UtteranceError(uid, None, col, f"a path (other rows have {mod})")
+                paths[mod] = (root / cell.strip()) if cell else None
+            utts.append(Utterance(uid, _cell(row, "text"), words, paths["audio"], paths["vision"], label,
+                                  split, _cell(row, "video_id"), _cell(row, "clip_id")))
+        except UtteranceError as exc:
+            failures.append(failure_record(exc, "manifest"))
+    return utts, present, failures
+
+
+def failure_record(exc: BaseException, stage: str, utterance: str | None = None) -> dict:
+    uid = getattr(exc, "utterance", utterance)
+    return {"id": str(uid), "stage": stage, "error": str(exc)[:500]}

@@ -1,0 +1,464 @@
+"""The on-disk dataset: ``manifest.json`` plus one Parquet file per split.
+
+Each Parquet row is one utterance: ``id``, ``video_id``, ``clip_id``, optional ``text`` and
+``subject``, ``label`` (float32), optional ``class_label`` (int64), one column per modality
+(``text_feat``, ``audio_feat``, ``vision_feat``) holding the (T, d) float32 sequence as a nested
+fixed-size list, and per-modality lengths (``text_len`` ...).
+
+Loading is vectorised: each row group's fixed-size list buffer is viewed as numpy and copied once
+into a preallocated (N, T, d) array, so peak memory stays near the arrays' own size. The file's
+sha256 is checked against the manifest in a second thread while the row groups decode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+MODALITIES = ("text", "audio", "vision")
+SPLITS = ("train", "valid", "test")
+TASKS = ("sentiment", "emotion", "depression")
+LABEL_KINDS = ("regression", "classification")
+MANIFEST = "manifest.json"
+ROW_GROUP_BYTES = 64 << 20  # per modality column; bounds the loader's transient memory
+
+
+class DataError(ValueError):
+    """Bad input data. Names the file, the field and what was expected."""
+
+    def __init__(self, path: str | os.PathLike | None, field: str, expected: str):
+        self.path, self.field, self.expected = path, field, expected
+        super().__init__(f"{path}: {field}: expected {expected}")
+
+
+@dataclass
+class SplitData:
+    """One split in memory. Features are float32 (N, T, d); lengths int64 (N,)."""
+
+    ids: np.ndarray
+    labels: np.ndarray
+    features: dict[str, np.ndarray]
+    lengths: dict[str, np.ndarray]
+    class_labels: np.ndarray | None = None
+    video_ids: np.ndarray | None = None
+    clip_ids: np.ndarray | None = None
+    texts: np.ndarray | None = None
+    subjects: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, index: np.ndarray) -> SplitData:
+        """Rows ``index`` of this split (for subject folds); arrays are copied."""
+        pick = lambda a: None if a is None else a[index]  # noqa: E731
+        return SplitData(
+            ids=self.ids[index], labels=self.labels[index],
+            features={m: v[index] for m, v in self.features.items()},
+            lengths={m: v[index] for m, v in self.lengths.items()},
+            class_labels=pick(self.class_labels), video_ids=pick(self.video_ids),
+            clip_ids=pick(self.clip_ids), texts=pick(self.texts), subjects=pick(self.subjects),
+        )
+
+
+@dataclass
+class Manifest:
+    name: str
+    source: str
+    task: str
+    label_kind: str
+    label_range: tuple[float, float]
+    modalities: dict[str, dict[str, int]]  # {"text": {"dim": 768, "seq_len": 50}, ...}
+    splits: dict[str, int]
+    files: dict[str, dict[str, Any]]  # {"train": {"file": "train.parquet", "sha256": ..., "bytes": ...}}
+    source_sha256: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    cleaning: dict[str, Any] = field(default_factory=dict)
+    num_classes: int = 1
+    class_names: list[str] | None = None
+    oracle: dict[str, Any] | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version, "name": self.name, "source": self.source,
+            "source_sha256": self.source_sha256, "task": self.task, "label_kind": self.label_kind,
+            "label_range": list(self.label_range), "num_classes": self.num_classes,
+            "class_names": self.class_names, "modalities": self.modalities, "splits": self.splits,
+            "cleaning": self.cleaning, "config": self.config, "oracle": self.oracle, "files": self.files,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], path: Path | None = None) -> Manifest:
+        required = ("name", "source", "task", "label_kind", "label_range", "modalities", "splits", "files")
+        for key in required:
+            if key not in d:
+                raise DataError(path, key, f"a manifest field {key!r} (schema version {SCHEMA_VERSION})")
+        if d.get("schema_version", SCHEMA_VERSION) > SCHEMA_VERSION:
+            raise DataError(path, "schema_version", f"<= {SCHEMA_VERSION}; upgrade msaflow")
+        return cls(
+            name=d["name"], source=d["source"], task=d["task"], label_kind=d["label_kind"],
+            label_range=tuple(d["label_range"]), modalities=d["modalities"], splits=d["splits"],
+            files=d["files"], source_sha256=d.get("source_sha256"), config=d.get("config") or {},
+            cleaning=d.get("cleaning") or {}, num_classes=d.get("num_classes", 1),
+            class_names=d.get("class_names"), oracle=d.get("oracle"),
+            schema_version=d.get("schema_version", SCHEMA_VERSION),
+        )
+
+    @property
+    def content_hash(self) -> str:
+        """Identifies the data: it covers every file's sha256 and the whole manifest."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:24]
+
+    def input_spec(self) -> dict[str, Any]:
+        """The model-facing shape of the data (``models.base.InputSpec`` fields)."""
+        dims = {m: int(self.modalities.get(m, {}).get("dim", 0)) for m in MODALITIES}
+        seq = max((int(v["seq_len"]) for v in self.modalities.values()), default=0)
+        return {"text_dim": dims["text"], "audio_dim": dims["audio"], "vision_dim": dims["vision"],
+                "seq_len": seq, "task": self.label_kind, "num_classes": int(self.num_classes)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation of in-memory splits (before anything is written)
+# --------------------------------------------------------------------------------------------------
+def check_split(name: str, split: SplitData, where: str | Path, label_kind: str,
+                label_range: tuple[float, float], num_classes: int) -> None:
+    n = len(split.ids)
+    if n == 0:
+        raise DataError(where, f"{name}", "a non-empty split (0 rows)")
+    if not split.features:
+        raise DataError(where, f"{name}.features", "at least one modality of text, audio, vision")
+    for m, x in split.features.items():
+        if m not in MODALITIES:
+            raise DataError(where, f"{name}.{m}", f"a modality in {MODALITIES}")
+        if x.ndim != 3:
+            raise DataError(where, f"{name}.{m}", f"a rank-3 (N, T, d) array, got shape {x.shape}")
+        if x.shape[0] != n:
+            raise DataError(where, f"{name}.{m}", f"N={n} rows like the ids, got {x.shape[0]}")
+        lengths = split.lengths.get(m)
+        if lengths is None or lengths.shape != (n,):
+            raise DataError(where, f"{name}.{m}_len", f"one length per row ({n},)")
+        if lengths.min() < 0 or lengths.max() > x.shape[1]:
+            raise DataError(where, f"{name}.{m}_len", f"lengths in [0, {x.shape[1]}]")
+    labels = np.asarray(split.labels)
+    if labels.shape != (n,):
+        raise DataError(where, f"{name}.label", f"one label per row ({n},), got shape {labels.shape}")
+    if not np.isfinite(labels).all():
+        raise DataError(where, f"{name}.label", f"finite labels; {int((~np.isfinite(labels)).sum())} are NaN/inf")
+    lo, hi = label_range
+    if labels.min() < lo or labels.max() > hi:
+        raise DataError(where, f"{name}.label",
+                        f"labels in [{lo}, {hi}], got [{labels.min():.3g}, {labels.max():.3g}]")
+    if label_kind == "classification":
+        cl = split.class_labels
+        if cl is None or cl.shape != (n,):
+            raise DataError(where, f"{name}.class_label", "one integer class per row")
+        if cl.min() < 0 or cl.max() >= num_classes:
+            raise DataError(where, f"{name}.class_label", f"classes in [0, {num_classes})")
+    for attr in ("video_ids", "clip_ids", "texts", "subjects", "class_labels"):
+        v = getattr(split, attr)
+        if v is not None and len(v) != n:
+            raise DataError(where, f"{name}.{attr}", f"{n} values like the ids, got {len(v)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing (atomic: temporary directory, then rename)
+# --------------------------------------------------------------------------------------------------
+def _seq_array(x: np.ndarray) -> pa.Array:
+    """(n, T, d) float32 -> FixedSizeList<FixedSizeList<float32, d>, T> without a per-row loop."""
+    n, t, d = x.shape
+    flat = pa.array(np.ascontiguousarray(x, dtype=np.float32).reshape(-1), type=pa.float32())
+    return pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(flat, d), t)
+
+
+def _strings(values: np.ndarray | None, n: int, default: Iterable[str] | None = None) -> pa.Array:
+    if values is None:
+        values = np.asarray(list(default) if default is not None else [""] * n)
+    return pa.array(np.asarray(values).astype(str).tolist(), type=pa.string())
+
+
+def _rows_per_group(split: SplitData) -> int:
+    widest = max(x.shape[1] * x.shape[2] * 4 for x in split.features.values())
+    return max(1, ROW_GROUP_BYTES // max(widest, 1))
+
+
+def _write_split(path: Path, split: SplitData) -> None:
+    n = len(split)
+    video = split.video_ids if split.video_ids is not None else split.ids
+    clip = split.clip_ids if split.clip_ids is not None else np.arange(n).astype(str)
+    step = _rows_per_group(split)
+    writer = None
+    try:
+        for start in range(0, n, step):
+            sl = slice(start, min(n, start + step))
+            cols: dict[str, pa.Array] = {
+                "id": _strings(split.ids[sl], 0), "video_id": _strings(np.asarray(video)[sl], 0),
+                "clip_id": _strings(np.asarray(clip)[sl], 0),
+                "label": pa.array(np.asarray(split.labels[sl], dtype=np.float32)),
+            }
+            if split.texts is not None:
+                cols["text"] = _strings(split.texts[sl], 0)
+            if split.subjects is not None:
+                cols["subject"] = _strings(split.subjects[sl], 0)
+            if split.class_labels is not None:
+                cols["class_label"] = pa.array(np.asarray(split.class_labels[sl], dtype=np.int64))
+            for m in MODALITIES:
+                if m in split.features:
+                    cols[f"{m}_feat"] = _seq_array(split.features[m][sl])
+                    cols[f"{m}_len"] = pa.array(np.asarray(split.lengths[m][sl], dtype=np.int64))
+            table = pa.table(cols)
+            if writer is None:
+                # Float sequences barely compress; plain, uncompressed pages decode at memcpy speed.
+                feat_cols = [c for c in table.column_names if c.endswith("_feat")]
+                writer = pq.ParquetWriter(
+                    path, table.schema, compression={c: ("NONE" if c in feat_cols else "ZSTD")
+                                                     for c in table.column_names},
+                    use_dictionary=["id", "video_id", "clip_id", "subject"], write_statistics=False,
+                )
+            writer.write_table(table, row_group_size=step)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def file_sha256(path: str | Path, chunk: int = 8 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_dataset(
+    out_dir: str | Path,
+    splits: Mapping[str, SplitData],
+    *,
+    name: str,
+    source: str,
+    task: str = "sentiment",
+    label_kind: str = "regression",
+    label_range: tuple[float, float] = (-3.0, 3.0),
+    source_sha256: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    num_classes: int = 1,
+    class_names: list[str] | None = None,
+    cleaning: Mapping[str, Any] | None = None,
+    oracle: Mapping[str, Any] | None = None,
+) -> Manifest:
+    """Validate ``splits`` and write the store atomically; the old store survives any failure."""
+    out = Path(out_dir)
+    if task not in TASKS:
+        raise DataError(out, "task", f"one of {TASKS}, got {task!r}")
+    if label_kind not in LABEL_KINDS:
+        raise DataError(out, "label_kind", f"one of {LABEL_KINDS}, got {label_kind!r}")
+    if not splits:
+        raise DataError(out, "splits", "at least one split")
+    mods = set(next(iter(splits.values())).features)
+    for split_name, split in splits.items():
+        check_split(split_name, split, out, label_kind, label_range, num_classes)
+        if set(split.features) != mods:
+            raise DataError(out, f"{split_name}.features", f"the same modalities in every split {sorted(mods)}")
+    modalities: dict[str, dict[str, int]] = {}
+    for m in MODALITIES:
+        if m in mods:
+            shapes = {s.features[m].shape[1:] for s in splits.values()}
+            if len(shapes) != 1:
+                raise DataError(out, f"{m}_feat", f"one (T, d) across splits, got {sorted(shapes)}")
+            t, d = shapes.pop()
+            modalities[m] = {"dim": int(d), "seq_len": int(t)}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{threading.get_ident()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        files = {}
+        for split_name, split in splits.items():
+            fname = f"{split_name}.parquet"
+            _write_split(tmp / fname, split)
+            files[split_name] = {"file": fname, "sha256": file_sha256(tmp / fname),
+                                 "bytes": (tmp / fname).stat().st_size}
+        manifest = Manifest(
+            name=name, source=source, task=task, label_kind=label_kind,
+            label_range=(float(label_range[0]), float(label_range[1])), modalities=modalities,
+            splits={k: len(v) for k, v in splits.items()}, files=files, source_sha256=source_sha256,
+            config=dict(config or {}), cleaning=dict(cleaning or {}), num_classes=int(num_classes),
+            class_names=list(class_names) if class_names else None,
+            oracle=dict(oracle) if oracle else None,
+        )
+        with open(tmp / MANIFEST, "w") as fh:
+            json.dump(manifest.to_dict(), fh, indent=2, default=_json_default)
+            fh.flush()
+            os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Swap ``tmp`` in for ``out``. A crash between the renames leaves the old store at ``.old``."""
+    if not out.exists():
+        os.replace(tmp, out)
+        _fsync_dir(out.parent)
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(out, old)
+    os.replace(tmp, out)
+    _fsync_dir(out.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------------
+def read_manifest(path: str | Path) -> Manifest:
+    root = Path(path)
+    mpath = root / MANIFEST
+    if not mpath.is_file():
+        raise DataError(root, MANIFEST, "a feature-store directory holding manifest.json")
+    try:
+        data = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(mpath, "json", f"valid JSON ({exc})") from None
+    return Manifest.from_dict(data, mpath)
+
+
+class _Hasher(threading.Thread):
+    """sha256 of a file in a background thread (hashlib releases the GIL on large blocks)."""
+
+    def __init__(self, path: Path):
+        super().__init__(daemon=True)
+        self.path, self.digest, self.error = path, None, None
+
+    def run(self) -> None:
+        try:
+            self.digest = file_sha256(self.path)
+        except OSError as exc:  # pragma: no cover - reported by the reader
+            self.error = exc
+
+
+def _column_to_numpy(chunked: pa.ChunkedArray, out: np.ndarray, start: int) -> int:
+    row = start
+    for chunk in chunked.chunks:
+        n = len(chunk)
+        if chunk.null_count:
+            raise ValueError("null sequences")
+        flat = chunk.flatten().flatten().to_numpy(zero_copy_only=True)
+        out[row:row + n] = flat.reshape((n, *out.shape[1:]))
+        row += n
+    return row
+
+
+def _check_digest(hasher: _Hasher | None, fpath: Path, entry: Mapping[str, Any]) -> None:
+    if hasher is None:
+        return
+    hasher.join()
+    if hasher.digest != entry.get("sha256"):
+        raise DataError(fpath, "sha256", f"{entry.get('sha256')} from the manifest (file changed after writing)")
+
+
+def load_split(path: str | Path, split: str, *, verify: bool = True,
+               modalities: Iterable[str] | None = None, manifest: Manifest | None = None) -> SplitData:
+    """Load one split as numpy arrays; ``verify`` checks the file against the manifest's sha256."""
+    root = Path(path)
+    manifest = manifest or read_manifest(root)
+    if split not in manifest.files:
+        raise DataError(root / MANIFEST, f"files.{split}", f"a split named {split!r}; have {sorted(manifest.files)}")
+    entry = manifest.files[split]
+    fpath = root / entry["file"]
+    if not fpath.is_file():
+        raise DataError(fpath, split, "the split's Parquet file listed in the manifest")
+    if fpath.stat().st_size != entry.get("bytes", fpath.stat().st_size):
+        raise DataError(fpath, "sha256", "the file the manifest was written with (size differs: changed after writing)")
+    hasher = _Hasher(fpath) if verify else None
+    if hasher:
+        hasher.start()
+    mods = [m for m in (modalities or manifest.modalities) if m in manifest.modalities]
+    try:
+        pf = pq.ParquetFile(fpath, memory_map=True)
+        n = pf.metadata.num_rows
+        names = set(pf.schema_arrow.names)
+        feats = {m: np.empty((n, manifest.modalities[m]["seq_len"], manifest.modalities[m]["dim"]),
+                             dtype=np.float32) for m in mods}
+        for m in mods:
+            row = 0
+            for g in range(pf.num_row_groups):
+                row = _column_to_numpy(pf.read_row_group(g, columns=[f"{m}_feat"]).column(0), feats[m], row)
+            if row != n:
+                raise ValueError(f"{m}_feat: {row} rows, expected {n}")
+        small = [c for c in ("id", "video_id", "clip_id", "text", "subject", "label", "class_label",
+                             *(f"{m}_len" for m in mods)) if c in names]
+        meta = pf.read(columns=small)
+    except (pa.ArrowException, OSError, ValueError, KeyError) as exc:
+        _check_digest(hasher, fpath, entry)  # a changed file explains a parse failure best
+        raise DataError(fpath, split, f"a readable Parquet split of the msaflow schema ({exc})") from None
+    _check_digest(hasher, fpath, entry)
+
+    def col(name: str, dtype=None):
+        if name not in meta.column_names:
+            return None
+        arr = meta.column(name).to_numpy()
+        return arr.astype(dtype) if dtype is not None else arr.astype(str)
+
+    if n != manifest.splits.get(split, n):
+        raise DataError(fpath, split, f"{manifest.splits[split]} rows as in the manifest, got {n}")
+    return SplitData(
+        ids=col("id"), labels=col("label", np.float32), features=feats,
+        lengths={m: col(f"{m}_len", np.int64) for m in mods},
+        class_labels=col("class_label", np.int64), video_ids=col("video_id"), clip_ids=col("clip_id"),
+        texts=col("text"), subjects=col("subject"),
+    )
+
+
+def load_dataset(path: str | Path, splits: Iterable[str] | None = None, *, verify: bool = True
+                 ) -> tuple[Manifest, dict[str, SplitData]]:
+    manifest = read_manifest(path)
+    names = list(splits) if splits is not None else list(manifest.files)
+    return manifest, {s: load_split(path, s, verify=verify, manifest=manifest) for s in names}
+
+
+def validate_dataset(path: str | Path) -> Manifest:
+    """Full check: manifest fields, checksums, shapes, labels. Returns the manifest."""
+    manifest = read_manifest(path)
+    for split in manifest.files:
+        data = load_split(path, split, manifest=manifest)
+        check_split(split, data, Path(path) / manifest.files[split]["file"], manifest.label_kind,
+                    manifest.label_range, manifest.num_classes)
+    return manifest

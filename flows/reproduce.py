@@ -1,0 +1,248 @@
+"""The ``reproduce`` flow: one of the papers' tables, several seeds, statistics and a report.
+
+``TABLES`` is the only registry: a ``TableSpec`` names the model, its cells (variants plus config
+overrides), the baseline each cell is compared with, and the paper table (``tasks.paper_results``)
+whose numbers go beside ours. Adding a table (or a model's ablation) means adding one entry here.
+
+The flow reuses the pipeline's machinery: ``prepare_data`` -> ``run_grid`` (train -> evaluate per
+(cell, seed), content-cached) -> ``summarize_task``; then the report is built from MLflow alone
+(``tasks.report``), logged to the parent run and written to a file.
+
+Why not call the ``pipeline`` flow as a subflow: it opens a new parent run every time, so a resumed
+reproduction would scatter its runs over several parents. Here the parent is keyed on what defines
+the reproduction (table, data, preset, epochs, cells, code version; not the seeds), so re-running --
+after an interruption, a failure, or with more seeds -- reopens the same parent; finished runs come
+from Prefect's cache and an interrupted child resumes into its own MLflow run and checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.pipeline import run_grid
+from flows.tasks import Cell, code_version, open_parent_run, prepare_data, summarize_task
+from msaflow.settings import default_tracking_uri, msaflow_home
+from tasks import tracking as tr
+from tasks.config import ConfigError, resolve_run_config
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A results table to reproduce."""
+
+    model: str
+    cells: tuple[Cell, ...]
+    baseline: str | Mapping[str, str]  # one cell for all, or cell -> its baseline
+    paper: str  # key in tasks.paper_results.PAPER_TABLES
+    description: str
+    # Model overrides in ``scaled`` are given for ``paper_epochs`` of training; at another epoch
+    # count they keep the same fraction (Table 3's 15..30 of 50 epochs -> 0.3..0.6 of the run).
+    paper_epochs: int | None = None
+    scaled: tuple[str, ...] = field(default_factory=tuple)
+
+    def baselines(self) -> dict[str, str]:
+        if isinstance(self.baseline, str):
+            return {c.name: self.baseline for c in self.cells}
+        return {c.name: self.baseline.get(c.name, c.name) for c in self.cells}
+
+    def resolve_cells(self, epochs: int) -> list[Cell]:
+        if not self.scaled or not self.paper_epochs or epochs == self.paper_epochs:
+            return list(self.cells)
+        out = []
+        for cell in self.cells:
+            model = dict(cell.overrides.get("model", {}))
+            for key in self.scaled:
+                if key in model:  # round half up, at least one epoch
+                    model[key] = max(1, int(model[key] * epochs / self.paper_epochs + 0.5))
+            out.append(Cell(cell.name, cell.variant, {**cell.overrides, "model": model}))
+        return out
+
+
+_EPOCHS = (15, 20, 25, 30)
+
+TABLES: dict[str, TableSpec] = {
+    "mmafnet-table2": TableSpec(
+        model="mmafnet",
+        cells=tuple(Cell(v, v) for v in ("none", "sgm", "sgm_ipr", "full")),
+        baseline="none",
+        paper="mmafnet-table2",
+        description="MMAFNet Table 2: module ablation (none, SGM, SGM+IPR, full).",
+    ),
+    # Table 3's "SGM+IPR" column at 25 epochs is the full model (its numbers equal Table 2's full
+    # row), so AFM stays on: SGM = full without IPR. Each column is compared with its own 25 epochs,
+    # the paper's chosen setting.
+    "mmafnet-table3": TableSpec(
+        model="mmafnet",
+        cells=tuple(
+            [Cell(f"sgm-ep{e}", "full", {"model": {"ipr": False, "modulation_epochs": e}}) for e in _EPOCHS]
+            + [Cell(f"sgm_ipr-ep{e}", "full", {"model": {"modulation_epochs": e}}) for e in _EPOCHS]
+        ),
+        baseline={**{f"sgm-ep{e}": "sgm-ep25" for e in _EPOCHS}, **{f"sgm_ipr-ep{e}": "sgm_ipr-ep25" for e in _EPOCHS}},
+        paper="mmafnet-table3",
+        description="MMAFNet Table 3: modulation for 15/20/25/30 of 50 epochs, SGM and SGM+IPR.",
+        paper_epochs=50,
+        scaled=("modulation_epochs",),
+    ),
+    "mmcl-table1": TableSpec(
+        model="mmcl",
+        cells=tuple(Cell(v, v) for v in ("full", "no_csd", "no_selfattn", "no_crossattn")),
+        baseline="full",
+        paper="mmcl-table1",
+        description="Improved MMCL Table I: ablation (full, w/o CSD, w/o self-attention, w/o cross-attention).",
+    ),
+}
+# MMAFNet's Table 1 compares against other methods, not our variants: no table to run; its MMAFNet row
+# is kept in tasks.paper_results for reference.
+
+
+def get_table(name: str) -> TableSpec:
+    if name not in TABLES:
+        raise ConfigError(f"unknown table {name!r}; expected one of: {', '.join(sorted(TABLES))}")
+    return TABLES[name]
+
+
+def default_workers() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def default_report_path(experiment: str) -> Path:
+    return msaflow_home() / "reports" / experiment / "report.md"
+
+
+def _reproduction_key(table: str, spec: TableSpec, cells: list[Cell], data_ref: dict[str, Any], preset: str,
+                      epochs: int, train_overrides: dict[str, Any]) -> str:
+    blob = json.dumps({"table": table, "model": spec.model, "data": data_ref["manifest_hash"], "preset": preset,
+                       "epochs": epochs, "train": train_overrides, "code": code_version(),
+                       "cells": [[c.name, c.variant, c.overrides] for c in cells]}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _open_or_resume_parent(tracking: dict[str, str], key: str, data_ref: dict[str, Any], spec: TableSpec,
+                           cells: list[Cell], seeds: list[int], preset: str) -> tuple[str, bool]:
+    uri = tracking["uri"]
+    found = tr.client(uri).search_runs(
+        [tracking["experiment_id"]],
+        filter_string=f"tags.`msaflow.kind` = 'reproduce' and tags.`msaflow.reproduce_key` = '{key}'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        tr.client(uri).update_run(run_id, status="RUNNING")
+        return run_id, True
+    return open_parent_run(tracking, data_ref, spec.model, cells, seeds, preset, "reproduce"), False
+
+
+@flow(name="reproduce", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def reproduce_flow(
+    table: str,
+    data: str | None = None,
+    seeds: list[int] | None = None,
+    epochs: int | None = None,
+    preset: str = "quick",
+    experiment: str | None = None,
+    tracking_uri: str | None = None,
+    out: str | None = None,
+    scale: float = 1.0,
+    data_format: str = "mmsa",
+    train_overrides: dict[str, Any] | None = None,
+    workers: int = 1,
+) -> dict[str, Any]:
+    """Train every (cell, seed) of ``table`` as children of one parent run, then build the report."""
+    import torch
+
+    from tasks.report import ReportError, build_report
+
+    spec = get_table(table)
+    tracking_uri = tracking_uri or default_tracking_uri()
+    tr.check_tracking(tracking_uri)
+    experiment = experiment or f"reproduce-{table}"
+    seeds = list(seeds or [1])
+    train_overrides = dict(train_overrides or {})
+    if epochs is not None:
+        train_overrides["epochs"] = epochs
+    first = spec.cells[0]
+    resolved_epochs = resolve_run_config(spec.model, first.variant, preset, train_overrides=train_overrides).train.epochs
+    cells = spec.resolve_cells(resolved_epochs)
+
+    data_ref = prepare_data(data, scale=scale, data_format=data_format)
+    experiment_id = tr.ensure_experiment(tracking_uri, experiment)
+    tracking = {"uri": tracking_uri, "experiment_id": experiment_id, "experiment": experiment}
+    key = _reproduction_key(table, spec, cells, data_ref, preset, resolved_epochs, train_overrides)
+    parent_run_id, resumed = _open_or_resume_parent(tracking, key, data_ref, spec, cells, seeds, preset)
+    # Tags, not params: params are immutable and the seeds may grow when a reproduction is extended.
+    tr.set_tags(tracking_uri, parent_run_id, {
+        "msaflow.reproduce_key": key, "msaflow.table": table, "msaflow.paper": spec.paper,
+        "msaflow.cells": json.dumps([c.name for c in cells]), "msaflow.baselines": json.dumps(spec.baselines()),
+        "msaflow.cell_overrides": json.dumps({c.name: c.overrides for c in cells}),
+        "msaflow.seeds": ",".join(map(str, seeds)), "msaflow.epochs": resolved_epochs,
+        "msaflow.task": data_ref["task"], "msaflow.workers": workers,
+    })
+
+    # Concurrent runs share the cores: give each its share of intra-op threads, then restore.
+    threads = torch.get_num_threads()
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    try:
+        rows, failures = run_grid(
+            data_ref=data_ref, model=spec.model, cells=cells, seeds=seeds, preset=preset, model_overrides={},
+            train_overrides=train_overrides, tracking=tracking, parent_run_id=parent_run_id)
+    finally:
+        torch.set_num_threads(threads)
+    summarize_task(rows, failures, tracking, parent_run_id, data_ref)
+    for row in rows:
+        tr.set_tags(tracking_uri, row["run_id"], {"msaflow.table": table})
+    # Which runs make up this reproduction: a cache hit may belong to an earlier parent.
+    tr.client(tracking_uri).log_dict(parent_run_id, [r["run_id"] for r in rows], "reproduce/runs.json")
+
+    report_paths: dict[str, str] = {}
+    report_error = None
+    try:
+        report = build_report(tracking_uri, experiment, parent_run_id)
+        report.log_to_parent(tracking_uri)
+        paths = report.write(Path(out) if out else default_report_path(experiment))
+        report_paths = {k: str(v) for k, v in paths.items()}
+    except ReportError as exc:  # every run failed: nothing to report, the failures say why
+        report_error = str(exc)
+    return {
+        "table": table, "parent_run_id": parent_run_id, "resumed": resumed, "experiment_id": experiment_id,
+        "experiment": experiment, "tracking_uri": tracking_uri, "dataset": data_ref, "rows": rows,
+        "failures": failures, "report": report_paths, "report_error": report_error,
+    }
+
+
+def reproduce(
+    table: str,
+    data: str | None = None,
+    seeds: int | list[int] = 5,
+    epochs: int | None = None,
+    preset: str = "quick",
+    experiment: str | None = None,
+    tracking_uri: str | None = None,
+    max_workers: int | None = None,
+    out: str | None = None,
+    scale: float = 1.0,
+    data_format: str = "mmsa",
+    train_overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Reproduce ``table`` with ``seeds`` seeds (an int n means seeds 1..n), up to ``max_workers``
+    runs at a time (default ``min(2, cpu_count)``). Returns the flow's result dict."""
+    get_table(table)  # fail before Prefect starts
+    seed_list = list(range(1, seeds + 1)) if isinstance(seeds, int) else list(seeds)
+    if not seed_list:
+        raise ConfigError("seeds: expected at least one seed")
+    workers = max_workers or default_workers()
+    if workers < 1:
+        raise ConfigError(f"max_workers: expected >= 1, got {workers}")
+    runner = ThreadPoolTaskRunner(max_workers=workers)
+    return reproduce_flow.with_options(task_runner=runner, flow_run_name=f"reproduce-{table}")(
+        table=table, data=data, seeds=seed_list, epochs=epochs, preset=preset, experiment=experiment,
+        tracking_uri=tracking_uri, out=out, scale=scale, data_format=data_format,
+        train_overrides=train_overrides, workers=workers)

@@ -1,0 +1,607 @@
+"""MMAFNet: Modality Modulation Adaptive Fusion Network (Wang et al., "Feature Decoupling with
+Modality Modulation for Multimodal Sentiment Analysis"), Section 2 of the paper, eqs. 1-18.
+
+The file reads like Section 2: config, then 2.1 decoupling (eqs. 1-3), 2.2 SGM (eqs. 4-10),
+2.3 IPR (eqs. 11-15), 2.4 AFM and the objective (eqs. 16-18), then the model and its ``SPEC``.
+Every equation is a module-level function or a small block so tests can check it by hand.
+
+How the engine drives the three strategies (``models/base.py``):
+
+- SGM: the probes' per-batch accuracies give omega and phi (eqs. 6-9); ``after_backward`` scales
+  the gradients of the dominant modality's specific encoder E_m by phi (eq. 10), for
+  ``epoch < modulation_epochs``.
+- IPR: training-mode forwards accumulate (detached) inter-modal distances of the invariant
+  features Z_m^c (eqs. 12-13); ``on_epoch_end`` averages them over the epoch, turns them into
+  reset weights (eq. 14) and blends each self-attention module towards its initial parameters
+  (eq. 15), for ``epoch < modulation_epochs``. The initial parameters are persistent buffers, so a
+  checkpoint resumes exactly.
+- AFM: attention gates over [Z_t^s; Z_a^s; Z_v^s; Z^c] weight a concatenation (eqs. 16-17).
+
+All modules are built in every variant, so one seed gives the same initial weights across the
+ablation (Table 2) and the switches alone make the difference.
+
+Where the paper is ambiguous (each choice is a config field unless noted)
+-------------------------------------------------------------------------
+- ``conv_kernel``: eq. 1's 1D convolutions have no kernel size; 3 with "same" padding, so the
+  length masks stay valid.
+- E_m and E_c: architecture not given; a per-frame Linear(d, d) + Sigmoid as MISA [5], whose
+  L_sim/L_diff the paper reuses (documented choice, no field).
+- ``decouple_features``: which tensors eqs. 2-3 compare. "pooled" (default): the masked time-mean
+  of each sequence, one vector per utterance, as MISA; "frames": every frame valid in all three
+  modalities is a sample (needs equal sequence lengths).
+- ``cmd_moments``: eq. 2's CMD order; 5 as MISA. The 1/3 of eq. 2 is kept (mean over pairs).
+- L_diff (eq. 3, "dot product"): MISA's implementation -- the mean of the squared entries of the
+  correlation of batch-centred, row-normalised features (the squared Frobenius norm divided by
+  d*d). No field: lambda2 = 0.01 was tuned for that scale.
+- ``probe_accuracy``: eq. 6 counts f(X_m) = Y, undefined for regression. "sign" (default): sign
+  agreement on the batch's non-zero labels (Acc2 non-0); "acc7": agreement of the rounded
+  [-3, 3]-clipped values. Classification always uses argmax == class.
+- ``probe_weight`` / ``probe_detach``: the probes of eq. 5 must be trained for rho_m to mean
+  anything, yet eq. 18 has no probe term. Default: the probes see detached specific features
+  (``probe_detach=True``) and are trained with the task loss weighted by ``probe_weight=1.0``;
+  detached, the encoders' objective is exactly eq. 18 and the weight only sets the probes' pace.
+- eq. 8 is followed as printed: omega_m = rho_m / (rho_t + rho_a + rho_v) (not OGM-GE's ratio to
+  the others). A batch with rho all 0 gives omega = 1/3 each; a batch with no countable label
+  (all labels 0 in "sign" mode) modulates nothing that step (documented, no field).
+- eq. 9 as printed: every modality whose omega equals the maximum (ties included) is modulated.
+- ``sgm_scope``: sigma_m in eqs. 4 and 10 are E_m's parameters ("encoder", default); the
+  alternative "encoder_conv" also scales the modality's eq. 1 convolution.
+- ``modulation_epochs``: "modulation is performed in the previous 25 epochs": 0-based epochs
+  0..24 modulate (SGM and IPR), later ones do not.
+- ``ipr_distance``: the sums of eq. 13 run over "all elements of Z": "flattened" (default): per
+  sample, the padding-zeroed (T*d) sequence of the self-attention output; "pooled": per sample,
+  its masked time-mean (d). Per-sample distances are averaged over all the epoch's training
+  samples (samples with a length-0 modality are skipped).
+- ``ipr_weighting``: eq. 14 (phi = max(tanh(D), delta): a larger distance resets more) contradicts
+  the prose after eq. 15 ("resets stronger modalities", i.e. closer ones, "to a greater extent").
+  "distance" (default) is eq. 14 as printed; "closeness" uses max(1 - tanh(D), delta).
+- IPR resets theta_m, the parameters of each modality's self-attention module (eq. 11, eq. 15),
+  at the end of each epoch, with the epoch's distances. Optimiser state is left as it is.
+- ``attn_heads``: eq. 11's self-attention is unspecified; one multi-head attention layer with a
+  residual connection and LayerNorm.
+- ``invariant_fusion``: eq. 16 uses one Z^c but eq. 11 gives three Z_m^c: "mean" (default) of the
+  three pooled vectors, or "concat" followed by a Linear(3d, d).
+- ``afm_attention``: eq. 16's attention is unspecified: "additive" (default): a score
+  v^T tanh(W z_k + b) per vector, softmax over the four; "dot": a learned query, scaled dot score.
+  With ``afm`` off the four vectors are concatenated unweighted.
+- Paper hyper-parameters (Section 3.1): lambda1 = 0.1, lambda2 = 0.01, alpha = 0.3, delta = 0.1,
+  SGD, lr 1e-4, 50 epochs, modulation in the first 25. Batch size and momentum are not stated: the
+  "paper" preset keeps the engine's defaults (32, 0.9).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from models.base import MODALITIES, SHORT, InputSpec, ModelOutput, ModelSpec, MSAModel, task_loss
+from tasks.config import ConfigError
+
+MODS: tuple[str, ...] = tuple(SHORT[m] for m in MODALITIES)  # ("t", "a", "v")
+PAIRS: tuple[tuple[str, str], ...] = (("a", "v"), ("a", "t"), ("v", "t"))  # eqs. 2-3
+ProbeMode = Literal["sign", "acc7", "class"]
+
+
+@dataclass
+class MMAFNetConfig(InputSpec):
+    """MMAFNet hyper-parameters; defaults are the paper's (Section 3.1) where it states them."""
+
+    # architecture (Section 2; sizes not given in the paper)
+    hidden: int = 128  # d, width after the eq. 1 convolutions
+    conv_kernel: int = 3  # eq. 1; not stated, "same" padding
+    attn_heads: int = 4  # eq. 11; must divide hidden
+    dropout: float = 0.1
+    # components (Table 2)
+    sgm: bool = True
+    ipr: bool = True
+    afm: bool = True
+    # objective and modulation (Section 3.1)
+    lambda1: float = 0.1  # eq. 18, weight of L_sim
+    lambda2: float = 0.01  # eq. 18, weight of L_diff
+    alpha: float = 0.3  # eq. 9
+    delta: float = 0.1  # eq. 14
+    modulation_epochs: int = 25  # Section 3.1 / Table 3
+    cmd_moments: int = 5  # eq. 2 (MISA)
+    # where the paper is ambiguous (module docstring)
+    decouple_features: Literal["pooled", "frames"] = "pooled"
+    probe_accuracy: Literal["sign", "acc7"] = "sign"
+    probe_weight: float = 1.0
+    probe_detach: bool = True
+    sgm_scope: Literal["encoder", "encoder_conv"] = "encoder"
+    ipr_distance: Literal["flattened", "pooled"] = "flattened"
+    ipr_weighting: Literal["distance", "closeness"] = "distance"
+    invariant_fusion: Literal["mean", "concat"] = "mean"
+    afm_attention: Literal["additive", "dot"] = "additive"
+
+
+_CHOICES = {
+    "decouple_features": ("pooled", "frames"),
+    "probe_accuracy": ("sign", "acc7"),
+    "sgm_scope": ("encoder", "encoder_conv"),
+    "ipr_distance": ("flattened", "pooled"),
+    "ipr_weighting": ("distance", "closeness"),
+    "invariant_fusion": ("mean", "concat"),
+    "afm_attention": ("additive", "dot"),
+    "task": ("regression", "classification"),
+}
+
+
+def validate_config(cfg: MMAFNetConfig) -> None:
+    """Raise ``ConfigError`` naming the field for values the model cannot be built with."""
+    for name, allowed in _CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            raise ConfigError(f"mmafnet.{name}: expected one of {allowed}, got {getattr(cfg, name)!r}")
+    if cfg.hidden < 1 or cfg.hidden % cfg.attn_heads:
+        raise ConfigError(f"mmafnet.hidden: expected a positive multiple of attn_heads="
+                          f"{cfg.attn_heads}, got {cfg.hidden}")
+    if cfg.conv_kernel < 1 or cfg.conv_kernel % 2 == 0:
+        raise ConfigError(f"mmafnet.conv_kernel: expected an odd size >= 1, got {cfg.conv_kernel}")
+    if cfg.cmd_moments < 1:
+        raise ConfigError(f"mmafnet.cmd_moments: expected >= 1, got {cfg.cmd_moments}")
+    if not 0.0 <= cfg.delta <= 1.0:
+        raise ConfigError(f"mmafnet.delta: expected a value in [0, 1], got {cfg.delta}")
+    if cfg.task == "classification" and cfg.num_classes < 2:
+        raise ConfigError(f"mmafnet.num_classes: classification needs >= 2, got {cfg.num_classes}")
+
+
+# --- helpers: masks and pooling -----------------------------------------------------------------
+
+
+def length_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """(B,) lengths -> (B, T) bool, True on valid frames."""
+    return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, d), (B, T) -> (B, d); a length-0 row pools to zeros instead of NaN."""
+    w = mask.to(x.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (x * w).sum(1) / w.sum(1).clamp(min=1.0)
+
+
+# --- 2.1 Multimodal decoupling (eqs. 1-3) -------------------------------------------------------
+
+
+class ConvAlign(nn.Module):
+    """eq. 1 (front): a 1D convolution maps X_m (B, T, d_m) to (B, T, d)."""
+
+    def __init__(self, in_dim: int, d: int, kernel: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(in_dim, d, kernel, padding=kernel // 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.transpose(1, 2)).transpose(1, 2)  # (B, T, d)
+
+
+class Encoder(nn.Module):
+    """eq. 1: E_m (specific) or E_c (shared), per frame, (B, T, d) -> (B, T, d); as MISA."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d, d), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _matchnorm(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    # vector_norm has a zero (not NaN) gradient at 0, so identical inputs stay trainable
+    return torch.linalg.vector_norm(x - y)
+
+
+def cmd(x: torch.Tensor, y: torch.Tensor, k: int = 5) -> torch.Tensor:
+    """eq. 2's CMD (Zellinger et al., MISA's form): ||E x - E y|| + sum_{j=2..k} ||c_j(x) - c_j(y)||.
+
+    x (N, d), y (M, d): samples of two distributions; c_j is the j-th central moment per dimension.
+    """
+    x, y = x.float(), y.float()
+    if x.shape[0] == 0 or y.shape[0] == 0:
+        return x.new_zeros(())
+    mx, my = x.mean(0), y.mean(0)  # (d,)
+    sx, sy = x - mx, y - my
+    total = _matchnorm(mx, my)
+    for j in range(2, k + 1):
+        total = total + _matchnorm(sx.pow(j).mean(0), sy.pow(j).mean(0))
+    return total
+
+
+def similarity_loss(inv: Mapping[str, torch.Tensor], k: int = 5) -> torch.Tensor:
+    """eq. 2: L_sim = 1/3 sum over (a,v), (a,t), (v,t) of CMD of the invariant features."""
+    return sum(cmd(inv[m1], inv[m2], k) for m1, m2 in PAIRS) / len(PAIRS)
+
+
+def diff_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """eq. 3's <a, b> (MISA's DiffLoss): mean((A^T B)^2) for batch-centred, row-normalised A, B.
+
+    a (N, d1), b (N, d2), rows paired. 0 when the centred features are orthogonal.
+    """
+    a, b = a.float().flatten(1), b.float().flatten(1)
+    a = a - a.mean(0, keepdim=True)
+    b = b - b.mean(0, keepdim=True)
+    # norms detached as in MISA: the loss acts on directions, not on the features' scale
+    a = a / (a.norm(dim=1, keepdim=True).detach() + 1e-6)
+    b = b / (b.norm(dim=1, keepdim=True).detach() + 1e-6)
+    return (a.t() @ b).pow(2).mean()
+
+
+def difference_loss(inv: Mapping[str, torch.Tensor], spec: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """eq. 3: L_diff = sum_m <X_m^c, X_m^s> + sum over (a,v), (a,t), (v,t) of <X_m1^s, X_m2^s>."""
+    intra = sum(diff_loss(inv[m], spec[m]) for m in MODS)
+    inter = sum(diff_loss(spec[m1], spec[m2]) for m1, m2 in PAIRS)
+    return intra + inter
+
+
+# --- 2.2 Specific-feature gradient modulation (eqs. 4-10) ---------------------------------------
+# eq. 5: the probe f(X_m) = W_m E_m(X_m) + b is an nn.Linear on the pooled specific feature.
+
+
+def probe_hits(pred: torch.Tensor, label: torch.Tensor, mode: ProbeMode) -> tuple[int, int]:
+    """eqs. 6-7 numerator and denominator: (number correct, number counted) on one batch.
+
+    "class": argmax of (B, C) logits == class id; "sign": (pred > 0) == (label > 0) on non-zero
+    labels only; "acc7": equal after clipping to [-3, 3] and rounding.
+    """
+    pred, label = pred.detach(), label.detach()
+    if mode == "class":
+        hit = pred.argmax(-1) == label.long()
+        keep = torch.ones_like(hit)
+    elif mode == "sign":
+        pred, label = pred.reshape(-1), label.reshape(-1)
+        keep = label != 0
+        hit = (pred > 0) == (label > 0)
+    elif mode == "acc7":
+        pred, label = pred.reshape(-1), label.reshape(-1)
+        hit = torch.round(pred.clamp(-3, 3)) == torch.round(label.clamp(-3, 3))
+        keep = torch.ones_like(hit)
+    else:
+        raise ValueError(f"probe mode: expected 'sign', 'acc7' or 'class', got {mode!r}")
+    return int((hit & keep).sum()), int(keep.sum())
+
+
+def probe_accuracy(pred: torch.Tensor, label: torch.Tensor, mode: ProbeMode) -> float:
+    """eq. 6: rho_m, the fraction of counted samples the probe gets right (0.0 if none count)."""
+    hits, n = probe_hits(pred, label, mode)
+    return hits / n if n else 0.0
+
+
+def modulation_ratios(acc: Mapping[str, float]) -> dict[str, float]:
+    """eq. 8 as printed: omega_m = rho_m / (rho_t + rho_a + rho_v); uniform when all are 0."""
+    total = sum(acc.values())
+    if total <= 0:
+        return {m: 1.0 / len(acc) for m in acc}
+    return {m: r / total for m, r in acc.items()}
+
+
+def sgm_coefficients(omega: Mapping[str, float], alpha: float) -> dict[str, float]:
+    """eq. 9: phi_m = 1 - tanh(alpha * omega_m) where omega_m is the maximum (ties too), else 1."""
+    top = max(omega.values())
+    return {m: 1.0 - math.tanh(alpha * w) if w == top else 1.0 for m, w in omega.items()}
+
+
+@torch.no_grad()
+def scale_grads_(params: Iterable[nn.Parameter], phi: float) -> None:
+    """eq. 10: the step uses phi * grad, so scale the gradients in place before the step."""
+    for p in params:
+        if p.grad is not None:
+            p.grad.mul_(phi)
+
+
+# --- 2.3 Invariant-feature parameter reset (eqs. 11-15) -----------------------------------------
+
+
+class SelfAttention(nn.Module):
+    """eq. 11: Z_m^c = Self-Attention_m(theta_m, E_c(X_m)), (B, T, d) -> (B, T, d)."""
+
+    def __init__(self, d: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.drop = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        pad = ~mask  # (B, T), True = ignore
+        # a length-0 row would attend to nothing (softmax of all -inf = NaN): let it see frame 0;
+        # its output is masked out of every pooled quantity anyway
+        pad[:, 0] &= mask.any(1)
+        h, _ = self.attn(x, x, x, key_padding_mask=pad, need_weights=False)
+        return self.norm(x + self.drop(h))
+
+
+def cosine_distance(z1: torch.Tensor, z2: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """eq. 13: D_cos = 1 - sum(z1 z2) / (sqrt(sum z1^2) sqrt(sum z2^2)) per sample.
+
+    z1, z2 (B, ...), summed over everything but the batch -> (B,). A zero vector gives 1.
+    """
+    z1, z2 = z1.float().flatten(1), z2.float().flatten(1)
+    den = (z1.norm(dim=1) * z2.norm(dim=1)).clamp(min=eps)
+    return 1.0 - (z1 * z2).sum(1) / den
+
+
+def ipr_distances(z: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """eq. 12: D_m^c = mean of D_cos(Z_m^c, Z_n^c) over the two other modalities n; each (B,)."""
+    return {m: sum(cosine_distance(z[m], z[n]) for n in MODS if n != m) / 2 for m in MODS}
+
+
+def ipr_weights(D: torch.Tensor, delta: float) -> torch.Tensor:
+    """eq. 14: phi_m^c = max(tanh(D_m^c), delta), elementwise."""
+    return torch.tanh(D).clamp(min=delta)
+
+
+@torch.no_grad()
+def blend_(module_params: Iterable[torch.Tensor], init_params: Iterable[torch.Tensor],
+           phi: float) -> None:
+    """eq. 15 in place: theta <- phi * theta_init + (1 - phi) * theta_cur (exact at phi 0 and 1)."""
+    for p, p0 in zip(module_params, init_params, strict=True):
+        p.mul_(1.0 - phi).add_(p0.to(p.dtype), alpha=phi)
+
+
+class ParamSnapshot(nn.Module):
+    """theta_init of eq. 15: a copy of a module's parameters as persistent buffers, so checkpoints
+    carry it and a resumed run resets towards the same point."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.names = [name for name, _ in module.named_parameters()]
+        for name, p in module.named_parameters():
+            self.register_buffer(name.replace(".", "__"), p.detach().clone())
+
+    def tensors(self) -> list[torch.Tensor]:
+        """In ``module.named_parameters()`` order."""
+        return [getattr(self, name.replace(".", "__")) for name in self.names]
+
+
+# --- 2.4 Adaptive fusion module (eqs. 16-17) -----------------------------------------------------
+
+
+class AdaptiveFusion(nn.Module):
+    """eqs. 16-17: g = softmax attention over [Z_t^s; Z_a^s; Z_v^s; Z^c], Z = [g_k Z_k]."""
+
+    def __init__(self, d: int, attention: str) -> None:
+        super().__init__()
+        self.attention = attention
+        self.proj = nn.Linear(d, d)
+        self.score = nn.Linear(d, 1, bias=False)  # additive: v
+        self.query = nn.Parameter(torch.randn(d) / math.sqrt(d))  # dot: learned query
+
+    def gates(self, feats: torch.Tensor) -> torch.Tensor:
+        """eq. 16: (B, 4, d) -> (B, 4) weights, each row summing to 1."""
+        if self.attention == "additive":
+            scores = self.score(torch.tanh(self.proj(feats))).squeeze(-1)  # (B, 4)
+        else:
+            scores = self.proj(feats) @ self.query / math.sqrt(feats.shape[-1])  # (B, 4)
+        return torch.softmax(scores.float(), dim=-1).to(feats.dtype)
+
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g = self.gates(feats)  # eq. 16, (B, 4)
+        return (feats * g.unsqueeze(-1)).flatten(1), g  # eq. 17, (B, 4d)
+
+
+# --- the model (Fig. 1) and eq. 18 ---------------------------------------------------------------
+
+
+class MMAFNet(MSAModel):
+    """Decoupling (eqs. 1-3) + SGM (eqs. 4-10) + IPR (eqs. 11-15) + AFM (eqs. 16-17), eq. 18."""
+
+    def __init__(self, cfg: MMAFNetConfig) -> None:
+        super().__init__()
+        validate_config(cfg)
+        self.cfg = cfg
+        d = cfg.hidden
+        in_dims = {"t": cfg.text_dim, "a": cfg.audio_dim, "v": cfg.vision_dim}
+        self.classify = cfg.task == "classification"
+        out_dim = cfg.num_classes if self.classify else 1
+        self.drop = nn.Dropout(cfg.dropout)
+        self.align = nn.ModuleDict({m: ConvAlign(in_dims[m], d, cfg.conv_kernel) for m in MODS})
+        self.specific = nn.ModuleDict({m: Encoder(d) for m in MODS})  # E_t, E_a, E_v
+        self.shared = Encoder(d)  # E_c
+        self.probes = nn.ModuleDict({m: nn.Linear(d, out_dim) for m in MODS})  # eq. 5
+        self.attn = nn.ModuleDict({m: SelfAttention(d, cfg.attn_heads, cfg.dropout) for m in MODS})
+        self.inv_proj = nn.Linear(3 * d, d) if cfg.invariant_fusion == "concat" else None
+        self.afm = AdaptiveFusion(d, cfg.afm_attention)
+        self.head = nn.Sequential(nn.Linear(4 * d, d), nn.ReLU(), nn.Dropout(cfg.dropout),
+                                  nn.Linear(d, out_dim))
+        # theta_init of eq. 15, captured now, before any step
+        self.ipr_init = nn.ModuleDict({m: ParamSnapshot(self.attn[m]) for m in MODS})
+        # per-epoch accumulators (training-mode data only); reset by on_epoch_end, so never needed
+        # in a checkpoint, which the engine writes after on_epoch_end
+        self.register_buffer("acc_ipr_dist", torch.zeros(3), persistent=False)
+        self.register_buffer("acc_ipr_n", torch.zeros(()), persistent=False)
+        self.register_buffer("acc_gates", torch.zeros(4), persistent=False)
+        self.register_buffer("acc_gates_n", torch.zeros(()), persistent=False)
+        self.probe_hits_epoch = [0, 0, 0]
+        self.probe_n_epoch = [0, 0, 0]
+
+    # -- forward ---------------------------------------------------------------------------------
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
+        cfg = self.cfg
+        masks, x_s, x_c = {}, {}, {}
+        for name in MODALITIES:
+            m = SHORT[name]
+            x = batch[name]  # (B, T, d_m)
+            masks[m] = length_mask(batch[f"{name}_len"], x.shape[1])  # (B, T)
+            h = self.drop(self.align[m](x))  # eq. 1 conv, (B, T, d)
+            x_s[m] = self.specific[m](h)  # eq. 1 X_m^s = E_m(X_m), (B, T, d)
+            x_c[m] = self.shared(h)  # eq. 1 X_m^c = E_c(X_m), (B, T, d)
+        z_s = {m: masked_mean(x_s[m], masks[m]) for m in MODS}  # (B, d)
+
+        # eqs. 2-3 on utterance vectors (B, d) or on the frames valid in all modalities (N, d)
+        if cfg.decouple_features == "pooled":
+            inv = {m: masked_mean(x_c[m], masks[m]) for m in MODS}
+            spec = z_s
+        else:
+            if len({x_c[m].shape[1] for m in MODS}) != 1:
+                raise ValueError("decouple_features='frames' needs equal sequence lengths")
+            both = masks["t"] & masks["a"] & masks["v"]  # (B, T)
+            inv = {m: x_c[m][both] for m in MODS}
+            spec = {m: x_s[m][both] for m in MODS}
+        loss_sim = similarity_loss(inv, cfg.cmd_moments)  # eq. 2
+        loss_diff = difference_loss(inv, spec)  # eq. 3
+
+        # eq. 5: one probe per modality on its specific feature
+        probes = {}
+        for m in MODS:
+            p = self.probes[m](z_s[m].detach() if cfg.probe_detach else z_s[m])
+            probes[m] = p if self.classify else p.squeeze(-1)  # (B, C) or (B,)
+
+        # eq. 11: Z_m^c = Self-Attention_m(E_c(X_m))
+        zc_seq = {m: self.attn[m](x_c[m], masks[m]) for m in MODS}  # (B, T, d)
+        zc = {m: masked_mean(zc_seq[m], masks[m]) for m in MODS}  # (B, d)
+        if cfg.ipr and self.training:
+            self._accumulate_distances(zc_seq, zc, masks)
+        if self.inv_proj is None:  # one Z^c from three, (B, d)
+            z_c = torch.stack([zc[m] for m in MODS]).mean(0)
+        else:
+            z_c = self.inv_proj(torch.cat([zc[m] for m in MODS], dim=-1))
+
+        feats = torch.stack([z_s["t"], z_s["a"], z_s["v"], z_c], dim=1)  # (B, 4, d)
+        extras = {"loss_sim": loss_sim, "loss_diff": loss_diff,
+                  **{f"probe_{m}": probes[m] for m in MODS}, **{f"zc_{m}": zc_seq[m] for m in MODS}}
+        if cfg.afm:
+            fused, g = self.afm(feats)  # eqs. 16-17, (B, 4d), (B, 4)
+            extras["afm_gates"] = g
+            if self.training:
+                with torch.no_grad():
+                    self.acc_gates += g.detach().float().sum(0)
+                    self.acc_gates_n += g.shape[0]
+        else:
+            fused = feats.flatten(1)  # plain concatenation, (B, 4d)
+        pred = self.head(fused)
+        return ModelOutput(pred=pred if self.classify else pred.squeeze(-1), extras=extras)
+
+    @torch.no_grad()
+    def _accumulate_distances(self, zc_seq: dict[str, torch.Tensor], zc: dict[str, torch.Tensor],
+                              masks: dict[str, torch.Tensor]) -> None:
+        """eqs. 12-13 on this batch, summed into the epoch's accumulators (detached)."""
+        if self.cfg.ipr_distance == "flattened":
+            z = {m: zc_seq[m] * masks[m].unsqueeze(-1) for m in MODS}  # padding zeroed, (B, T, d)
+        else:
+            z = zc  # (B, d)
+        valid = masks["t"].any(1) & masks["a"].any(1) & masks["v"].any(1)  # (B,)
+        D = ipr_distances(z)
+        self.acc_ipr_dist += torch.stack([D[m][valid].sum() for m in MODS])
+        self.acc_ipr_n += valid.sum()
+
+    # -- eq. 18 ----------------------------------------------------------------------------------
+
+    def _target(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return batch["class_label"] if self.classify else batch["label"]
+
+    def loss(self, out: ModelOutput, batch: dict[str, torch.Tensor]
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        """eq. 18: L_task + lambda1 L_sim + lambda2 L_diff, plus the probes' loss (docstring)."""
+        cfg = self.cfg
+        l_task = task_loss(out.pred.float(), batch, cfg.task)
+        l_probe = sum(task_loss(out.extras[f"probe_{m}"].float(), batch, cfg.task) for m in MODS)
+        l_sim, l_diff = out.extras["loss_sim"], out.extras["loss_diff"]
+        total = l_task + cfg.lambda1 * l_sim + cfg.lambda2 * l_diff + cfg.probe_weight * l_probe
+        parts = {"loss/task": l_task, "loss/sim": l_sim, "loss/diff": l_diff,
+                 "loss/probe": l_probe, "loss/total": total}
+        return total, {k: float(v.detach()) for k, v in parts.items()}
+
+    # -- SGM: after backward, before the optimiser step ------------------------------------------
+
+    def sgm_params(self, m: str) -> list[nn.Parameter]:
+        """sigma_m of eqs. 4 and 10: E_m's parameters (and the eq. 1 conv with 'encoder_conv')."""
+        params = list(self.specific[m].parameters())
+        if self.cfg.sgm_scope == "encoder_conv":
+            params += list(self.align[m].parameters())
+        return params
+
+    def after_backward(self, out: ModelOutput, batch: dict[str, torch.Tensor],
+                       epoch: int) -> dict[str, float]:
+        """eqs. 6-10: probe accuracies -> omega -> phi; scale the dominant E_m's gradients."""
+        cfg = self.cfg
+        mode: ProbeMode = "class" if self.classify else cfg.probe_accuracy
+        label = self._target(batch)
+        acc, counted = {}, 0
+        for i, m in enumerate(MODS):
+            hits, n = probe_hits(out.extras[f"probe_{m}"], label, mode)  # eqs. 6-7
+            self.probe_hits_epoch[i] += hits
+            self.probe_n_epoch[i] += n
+            acc[m], counted = (hits / n if n else 0.0), n
+        trace = {f"probe/acc_{m}": acc[m] for m in MODS}
+        if not cfg.sgm:
+            return trace
+        omega = modulation_ratios(acc)  # eq. 8
+        phi = sgm_coefficients(omega, cfg.alpha)  # eq. 9
+        if epoch < cfg.modulation_epochs and counted > 0:
+            for m in MODS:
+                if phi[m] != 1.0:
+                    scale_grads_(self.sgm_params(m), phi[m])  # eq. 10
+        else:
+            phi = dict.fromkeys(MODS, 1.0)  # what was applied: nothing
+        trace.update({f"sgm/omega_{m}": omega[m] for m in MODS})
+        trace.update({f"sgm/phi_{m}": phi[m] for m in MODS})
+        return trace
+
+    # -- IPR and epoch summaries ------------------------------------------------------------------
+
+    def on_epoch_end(self, epoch: int) -> dict[str, float]:
+        """eqs. 12-15 with the epoch's mean distances; AFM gate and probe accuracy means."""
+        cfg = self.cfg
+        trace: dict[str, float] = {}
+        for i, m in enumerate(MODS):
+            if self.probe_n_epoch[i]:
+                trace[f"probe/epoch_acc_{m}"] = self.probe_hits_epoch[i] / self.probe_n_epoch[i]
+        n = float(self.acc_ipr_n)
+        if cfg.ipr and n > 0:
+            D = (self.acc_ipr_dist / n).cpu()  # eq. 12, epoch mean, (3,)
+            if cfg.ipr_weighting == "distance":
+                phi = ipr_weights(D, cfg.delta)  # eq. 14
+            else:
+                phi = (1.0 - torch.tanh(D)).clamp(min=cfg.delta)  # the prose's reading
+            apply = epoch < cfg.modulation_epochs
+            for i, m in enumerate(MODS):
+                w = float(phi[i]) if apply else 0.0  # phi 0 in eq. 15 keeps theta_cur
+                if w > 0:
+                    blend_(self.attn[m].parameters(), self.ipr_init[m].tensors(), w)  # eq. 15
+                trace[f"ipr/dist_{m}"] = float(D[i])
+                trace[f"ipr/phi_{m}"] = w
+        gn = float(self.acc_gates_n)
+        if cfg.afm and gn > 0:
+            for i, k in enumerate((*MODS, "c")):
+                trace[f"afm/g_{k}"] = float(self.acc_gates[i]) / gn
+        self._reset_accumulators()
+        return trace
+
+    def _reset_accumulators(self) -> None:
+        for buf in (self.acc_ipr_dist, self.acc_ipr_n, self.acc_gates, self.acc_gates_n):
+            buf.zero_()
+        self.probe_hits_epoch = [0, 0, 0]
+        self.probe_n_epoch = [0, 0, 0]
+
+
+# --- registry entry ------------------------------------------------------------------------------
+
+_PAPER = {"lambda1": 0.1, "lambda2": 0.01, "alpha": 0.3, "delta": 0.1, "modulation_epochs": 25}
+
+SPEC = ModelSpec(
+    name="mmafnet",
+    config_cls=MMAFNetConfig,
+    model_cls=MMAFNet,
+    # Table 2's rows (its only ablation); L_sim/L_diff stay on in every row
+    variants={
+        "none": {"sgm": False, "ipr": False, "afm": False},
+        "sgm": {"sgm": True, "ipr": False, "afm": False},
+        "sgm_ipr": {"sgm": True, "ipr": True, "afm": False},
+        "full": {"sgm": True, "ipr": True, "afm": True},
+    },
+    presets={
+        # Section 3.1: SGD, lr 1e-4, 50 epochs, modulation in the first 25; batch size and momentum
+        # are not stated (engine defaults 32 and 0.9)
+        "paper": {"model": dict(_PAPER),
+                  "train": {"optimizer": "sgd", "lr": 1e-4, "epochs": 50, "batch_size": 32}},
+        # paper hyper-parameters with Adam, which trains this small model in far fewer steps
+        "adam": {"model": dict(_PAPER),
+                 "train": {"optimizer": "adam", "lr": 1e-3, "epochs": 50, "batch_size": 32}},
+        # smoke runs and tests: small width, modulation in the first 2 of 4 epochs
+        "quick": {"model": {"hidden": 32, "modulation_epochs": 2},
+                  "train": {"epochs": 4, "batch_size": 32, "optimizer": "adam", "lr": 1e-3}},
+    },
+    default_variant="full",
+)

@@ -15,6 +15,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.tasks import (
     Cell,
     evaluate_task,
+    make_folds,
     open_parent_run,
     prepare_data,
     summarize_task,
@@ -102,8 +103,12 @@ def pipeline(
     scale: float = 1.0,
     data_format: str = "mmsa",
     run_kind: str = "pipeline",
+    folds: int = 0,
 ) -> dict[str, Any]:
     """Train and evaluate ``model`` for every variant (or cell) and seed on one dataset.
+
+    ``folds=k`` (k >= 2) runs k-fold cross-validation split by subject (the depression task's
+    protocol): every cell and seed is trained once per fold, named ``<cell>/fold<i>``.
 
     Returns ``{"parent_run_id", "experiment_id", "tracking_uri", "dataset", "rows", "failures"}``.
     """
@@ -121,11 +126,20 @@ def pipeline(
     experiment_id = ensure_experiment(tracking_uri, experiment)
     tracking = {"uri": tracking_uri, "experiment_id": experiment_id, "experiment": experiment}
     parent_run_id = open_parent_run(tracking, data_ref, model, cell_list, seeds, preset, run_kind)
-    rows, failures = run_grid(
-        data_ref=data_ref, model=model, cells=cell_list, seeds=seeds, preset=preset,
-        model_overrides=model_overrides, train_overrides=train_overrides, tracking=tracking,
-        parent_run_id=parent_run_id,
-    )
+    if folds == 1 or folds < 0:
+        raise ConfigError(f"folds: expected 0 (no cross-validation) or k >= 2, got {folds}")
+    fold_refs = make_folds(data_ref, folds) if folds else [data_ref]
+    rows, failures = [], []
+    for ref in fold_refs:
+        fold_cells = [Cell(name=f"{c.name}/fold{ref['fold']}" if folds else c.name, variant=c.variant,
+                           overrides=c.overrides) for c in cell_list]
+        got, failed = run_grid(
+            data_ref=ref, model=model, cells=fold_cells, seeds=seeds, preset=preset,
+            model_overrides=model_overrides, train_overrides=train_overrides, tracking=tracking,
+            parent_run_id=parent_run_id,
+        )
+        rows += got
+        failures += failed
     summarize_task(rows, failures, tracking, parent_run_id, data_ref)
     return {
         "parent_run_id": parent_run_id, "experiment_id": experiment_id, "tracking_uri": tracking_uri,

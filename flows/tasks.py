@@ -116,6 +116,52 @@ def prepare_data(data: str | None = None, scale: float = 1.0, data_format: str =
     }
 
 
+@task(name="make-folds", retries=1, retry_condition_fn=_retry_transient)
+def make_folds(data_ref: dict[str, Any], k: int, seed: int = 0) -> list[dict[str, Any]]:
+    """k subject-disjoint train/valid/test stores from one store (5-fold CV on CMDC).
+
+    All splits are pooled, then ``tasks.folds.fold_splits`` deals whole subjects into folds (balanced
+    by PHQ-9 > 9 for depression) and carves each fold's validation set from its training subjects.
+    Each fold is written as its own store (cached: rewritten only when the source changes).
+    """
+    import numpy as np
+
+    from feature_store import DataError, SplitData, load_dataset, read_manifest, write_dataset
+    from tasks.folds import fold_splits
+
+    manifest, splits = load_dataset(data_ref["path"])
+    parts = list(splits.values())
+    if any(p.subjects is None for p in parts):
+        raise DataError(data_ref["path"], "subject", "a subject column for subject-wise folds (--folds)")
+    pooled = SplitData(
+        ids=np.concatenate([p.ids for p in parts]), labels=np.concatenate([p.labels for p in parts]),
+        features={m: np.concatenate([p.features[m] for p in parts]) for m in parts[0].features},
+        lengths={m: np.concatenate([p.lengths[m] for p in parts]) for m in parts[0].lengths},
+        class_labels=None if parts[0].class_labels is None else np.concatenate([p.class_labels for p in parts]),
+        video_ids=np.concatenate([p.video_ids for p in parts]), clip_ids=np.concatenate([p.clip_ids for p in parts]),
+        subjects=np.concatenate([p.subjects for p in parts]),
+    )
+    labels = pooled.labels if manifest.task == "depression" else None
+    refs = []
+    for i, fold in enumerate(fold_splits(pooled.subjects, labels, k=k, seed=seed), start=1):
+        path = _store_dir(f"{manifest.name}-{manifest.content_hash[:8]}-fold{i}of{k}-s{seed}")
+        config = {"folds_of": manifest.content_hash, "k": k, "fold": i, "seed": seed}
+        try:
+            fold_manifest = read_manifest(path)
+            if fold_manifest.config != config:
+                raise DataError(path, "config", "the same fold definition")
+        except DataError:
+            fold_manifest = write_dataset(
+                path, {name: pooled.take(fold[name]) for name in ("train", "valid", "test")},
+                name=f"{manifest.name}-fold{i}", source=manifest.source, task=manifest.task,
+                label_kind=manifest.label_kind, label_range=tuple(manifest.label_range),
+                source_sha256=manifest.content_hash, config=config, num_classes=manifest.num_classes,
+                class_names=manifest.class_names)
+        refs.append({**data_ref, "path": str(path), "name": fold_manifest.name, "fold": i,
+                     "manifest_hash": fold_manifest.content_hash})
+    return refs
+
+
 def open_parent_run(tracking: dict[str, str], data_ref: dict[str, Any], model: str, cells: list[Cell],
                     seeds: list[int], preset: str, kind: str) -> str:
     run_id = tr.start_run(
@@ -210,6 +256,24 @@ def evaluate_task(trained: dict[str, Any], cfg: RunConfig, cell: str, data_ref: 
             **trained["best_valid"], **metrics}
 
 
+def cross_fold_means(rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
+    """Mean of ``keys`` over the ``<cell>/fold<i>`` runs of each cell (empty without folds)."""
+    import math
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if "/fold" in str(r.get("cell", "")):
+            groups.setdefault(r["cell"].rsplit("/fold", 1)[0], []).append(r)
+    out = []
+    for cell, members in groups.items():
+        mean = {}
+        for k in keys:
+            values = [float(m[k]) for m in members if m.get(k) is not None and not math.isnan(float(m[k]))]
+            mean[k] = sum(values) / len(values) if values else float("nan")
+        out.append({"cell": cell, "n": len(members), **mean})
+    return out
+
+
 @task(name="summarize")
 def summarize_task(rows: list[dict[str, Any]], failures: list[dict[str, Any]], tracking: dict[str, str],
                    parent_run_id: str, data_ref: dict[str, Any]) -> dict[str, Any]:
@@ -221,6 +285,12 @@ def summarize_task(rows: list[dict[str, Any]], failures: list[dict[str, Any]], t
     table = [{"run": r["run_name"], "run_id": r["run_id"], "best_epoch": r["best_epoch"],
               **{k: r.get(k) for k in headline}} for r in rows]
     table += [{"run": f["run_name"], "run_id": "", "best_epoch": "", "error": f["error"]} for f in failures]
+    cv = cross_fold_means(rows, headline)
+    if cv:  # k-fold CV: the mean over folds (and seeds) per cell is the reported figure
+        table += [{"run": f"{row['cell']} (mean of {row['n']} fold runs)", "run_id": "", "best_epoch": "",
+                   **{k: row[k] for k in headline}} for row in cv]
+        for row in cv:
+            tr.log_metrics(uri, parent_run_id, {f"cv/{row['cell']}/{k}": row[k] for k in headline})
     tr.log_table_artifacts(uri, parent_run_id, table, "summary")
     tr.set_tags(uri, parent_run_id, {"msaflow.children": len(rows), "msaflow.failed_children": len(failures)})
     tr.finish_run(uri, parent_run_id)  # failures are recorded on the children and tagged here

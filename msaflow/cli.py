@@ -16,7 +16,7 @@ apply_defaults()
 app = typer.Typer(help="msaflow: reproduce, ablate, tune and compare multimodal sentiment models.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 err = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)  # a log file gets the whole table
 
 
 def _mount(module: str, name: str, help_text: str) -> None:
@@ -103,6 +103,10 @@ def run(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite under $MSAFLOW_HOME).")] = None,
     data_format: Annotated[str, typer.Option("--format", help="Format of a .pkl --data: mmsa | mult.")] = "mmsa",
     scale: Annotated[float, typer.Option(help="Shrink the simulated dataset (sim-* only).")] = 1.0,
+    folds: Annotated[int, typer.Option(help="k-fold cross-validation split by subject (e.g. 5 for CMDC); 0 = the store's splits.")] = 0,
+    workers: Annotated[int, typer.Option(help="Training tasks run at once (threads; with --dask, Dask worker processes).")] = 1,
+    dask: Annotated[bool, typer.Option("--dask", help="Run training tasks on a local Dask cluster of --workers processes.")] = False,
+    dask_address: Annotated[str | None, typer.Option(help="Run training tasks on an existing Dask scheduler (tcp://host:8786).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary to stdout.")] = False,
 ) -> None:
     """The main job: features -> train every variant x seed -> evaluate -> summary in MLflow."""
@@ -112,7 +116,12 @@ def run(
         seed_list = [int(s) for s in _csv(seeds) or ["1"]]
         kwargs = dict(data=data, model=model, variants=_csv(variants), seeds=seed_list, preset=preset,
                       epochs=epochs, experiment=experiment, tracking_uri=tracking_uri, params_file=params,
-                      scale=scale, data_format=data_format)
+                      scale=scale, data_format=data_format, folds=folds)
+        kind = "dask" if (dask or dask_address) else "thread"
+        if kind == "dask" or workers > 1:
+            from flows.serve import task_runner_for
+
+            pipeline = pipeline.with_options(task_runner=task_runner_for(kind, workers, dask_address))
         result = pipeline(**kwargs)
     except user_errors() as exc:
         fail(str(exc).strip("'\""))

@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Iterable, Sequence
 from functools import cache
 from pathlib import Path
@@ -26,6 +27,11 @@ from mlflow.tracking import MlflowClient
 
 from msaflow.settings import default_artifact_root, default_tracking_uri
 from tasks.config import RunConfig, flatten
+
+# MLflow's advice that does not apply here: the model is pickled on purpose (pt2 export needs a
+# traced example), a local dataset path is unambiguous, and feature inputs never hold missing ints.
+warnings.filterwarnings("ignore", message=".*dataset source can be interpreted in multiple ways.*")
+warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column.*")
 
 _BATCH = 900  # MLflow accepts at most 1000 entities per log_batch
 
@@ -186,9 +192,13 @@ def log_model(tracking_uri: str, run_id: str, model: Any, example_batch: dict[st
         pred = model(example).pred.float().numpy()
     signature = infer_signature({k: np.asarray(v) for k, v in example.items()}, pred)
     mlflow.set_tracking_uri(tracking_uri)
+    import logging
+
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # the pickle-format caution, every run
     with mlflow.start_run(run_id=run_id, nested=True):
         mlflow.pytorch.log_model(
             model, name="model", signature=signature,
+            serialization_format="pickle",  # MLflow 3's default (pt2 export) needs an input example
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],  # skip slow requirement inference
         )
 

@@ -63,3 +63,30 @@ def test_one_failing_cell_loses_nothing(tiny_sim, mlflow_uri):
     assert runs["mmafnet/none/seed7"].info.status == "FINISHED"
     assert runs["mmafnet/broken/seed7"].info.status == "FAILED"
     assert "learning rate" in runs["mmafnet/broken/seed7"].data.tags["msaflow.error"].lower()
+
+
+def test_subject_folds_cross_validation(mlflow_uri, msaflow_home):
+    from feature_store import load_split
+
+    result = pipeline(data="sim-cmdc", model="mmcl", variants=["full"], seeds=[1], epochs=1, folds=3,
+                      scale=0.5, experiment="cv", tracking_uri=mlflow_uri)
+    assert not result["failures"]
+    assert sorted(r["cell"] for r in result["rows"]) == ["full/fold1", "full/fold2", "full/fold3"]
+    client = MlflowClient(mlflow_uri)
+    parent = client.get_run(result["parent_run_id"])
+    assert "cv/full/test/mae" in parent.data.metrics
+    children = _children(client, result["experiment_id"], result["parent_run_id"])
+    assert {r.info.run_name for r in children} == {f"mmcl/full/fold{i}/seed1" for i in (1, 2, 3)}
+    stores = sorted((msaflow_home / "stores").glob("sim-cmdc-x0.5-*-fold*of3-s0"))
+    assert len(stores) == 3
+    tests = [set(load_split(s, "test").subjects) for s in stores]
+    for s, test_subjects in zip(stores, tests, strict=True):
+        assert not test_subjects & set(load_split(s, "train").subjects)
+    assert not tests[0] & tests[1] and not tests[1] & tests[2]
+
+
+def test_folds_need_subjects(tiny_sim, mlflow_uri):
+    from feature_store import DataError
+
+    with pytest.raises(DataError, match="subject"):
+        pipeline(data=str(tiny_sim), variants=["none"], epochs=1, folds=2, tracking_uri=mlflow_uri)

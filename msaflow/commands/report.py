@@ -1,0 +1,42 @@
+"""``msaflow report --experiment NAME``: rebuild a reproduction's report from MLflow, no retraining."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def command(
+    experiment: Annotated[str, typer.Option(help="MLflow experiment holding the reproduction (e.g. reproduce-mmafnet-table2).")],
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite under $MSAFLOW_HOME).")] = None,
+    out: Annotated[str | None, typer.Option(help="Report Markdown path; HTML and PNGs go beside it (default: $MSAFLOW_HOME/reports/<experiment>/report.md).")] = None,
+    run_id: Annotated[str | None, typer.Option(help="The reproduction's parent run (default: the newest in the experiment).")] = None,
+    log: Annotated[bool, typer.Option(help="Also (re)log the report to the parent run's report/ artifacts.")] = True,
+) -> None:
+    """Rebuild the report (Markdown, HTML, PNGs) of a reproduction from MLflow alone."""
+    from msaflow.cli import err, fail, user_errors
+    from msaflow.commands.reproduce import print_summary
+    from msaflow.settings import default_tracking_uri
+
+    try:
+        from pathlib import Path
+
+        from flows.reproduce import default_report_path
+        from tasks.report import build_report
+        from tasks.tracking import check_tracking
+
+        uri = tracking_uri or default_tracking_uri()
+        check_tracking(uri)
+        report = build_report(uri, experiment, run_id)
+        paths = report.write(Path(out) if out else default_report_path(experiment))
+        if log:
+            report.log_to_parent(uri)
+    except user_errors() as exc:
+        fail(str(exc).strip("'\""))
+    except ValueError as exc:
+        fail(str(exc))
+    print_summary(report)
+    if report.missing:
+        err.print(f"[yellow]{len(report.missing)} run(s) missing or failed; see the report[/]")
+    err.print(f"report: [bold]{paths['markdown']}[/] (and {paths['html']})")

@@ -1,0 +1,89 @@
+"""``msaflow reproduce TABLE``: a paper's table over several seeds, with statistics and a report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+
+
+def print_summary(report: Any) -> None:
+    """Mean ± std per cell for the report's metrics, after the data statement."""
+    from rich.table import Table
+
+    from msaflow.cli import out
+    from tasks.report import fmt_summary
+
+    out.print(report.statement.replace("**", ""), highlight=False)
+    table = Table(title=f"{report.table} on {report.dataset}: mean ± std over seeds {report.seeds} (CIs in the report)")
+    table.add_column("cell")
+    for m in report.metrics:
+        table.add_column(m, justify="right")
+    for cell in report.cells:
+        table.add_row(cell, *(fmt_summary(m, report.summaries[cell][m], ci=False) for m in report.metrics))
+    out.print(table)
+
+
+def command(
+    table: Annotated[str, typer.Argument(help="mmafnet-table2 | mmafnet-table3 | mmcl-table1.")],
+    data: Annotated[str | None, typer.Option(help="Feature store DIR, MMSA/MulT .pkl, or sim-<profile>. Default: sim-mosi.")] = None,
+    seeds: Annotated[int, typer.Option(help="Number of seeds (1..N); the statistics need at least 2.")] = 5,
+    epochs: Annotated[int | None, typer.Option(help="Override the preset's epochs.")] = None,
+    preset: Annotated[str, typer.Option(help="quick (CPU, minutes) | paper | model-specific presets.")] = "quick",
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default: reproduce-<TABLE>).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite under $MSAFLOW_HOME).")] = None,
+    out: Annotated[str | None, typer.Option(help="Report Markdown path; HTML and PNGs go beside it (default: $MSAFLOW_HOME/reports/<experiment>/report.md).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Runs at a time (default: min(2, CPU count)).")] = None,
+    scale: Annotated[float, typer.Option(help="Shrink the simulated dataset (sim-* only).")] = 1.0,
+    data_format: Annotated[str, typer.Option("--format", help="Format of a .pkl --data: mmsa | mult.")] = "mmsa",
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary to stdout.")] = False,
+) -> None:
+    """Reproduce a paper's table: every cell x seed as child runs of one MLflow parent, then the report.
+
+    Re-running the same command resumes: finished runs are not redone (more --seeds adds runs).
+    """
+    from msaflow.cli import err, fail, ui_hint, user_errors
+
+    try:
+        import os
+        from pathlib import Path
+
+        from flows.reproduce import get_table, reproduce
+
+        get_table(table)  # an unknown table is a usage error, before anything starts
+        # Prefect's ephemeral server cannot create its database in a folder that does not exist yet.
+        Path(os.environ.get("PREFECT_HOME", ".msaflow/prefect")).expanduser().mkdir(parents=True, exist_ok=True)
+        result = reproduce(table, data=data, seeds=seeds, epochs=epochs, preset=preset, experiment=experiment,
+                           tracking_uri=tracking_uri, max_workers=workers, out=out, scale=scale,
+                           data_format=data_format)
+    except user_errors() as exc:
+        fail(str(exc).strip("'\""))
+    except ValueError as exc:
+        fail(str(exc))
+    if as_json:
+        sys.stdout.write(json.dumps({
+            "table": table, "parent_run_id": result["parent_run_id"], "experiment": result["experiment"],
+            "experiment_id": result["experiment_id"], "tracking_uri": result["tracking_uri"],
+            "dataset": result["dataset"]["name"], "dataset_source": result["dataset"]["source"],
+            "resumed": result["resumed"], "report": result["report"],
+            "runs": [{"run_id": r["run_id"], "cell": r["cell"], "seed": r["seed"], "cached": r.get("cached", False)}
+                     for r in result["rows"]],
+            "failures": result["failures"],
+        }, indent=2, default=str) + "\n")
+    else:
+        from tasks.report import build_report
+
+        if result["report"]:
+            print_summary(build_report(result["tracking_uri"], result["experiment"], result["parent_run_id"],
+                                       figures=False))
+            err.print(f"report: [bold]{result['report']['markdown']}[/] (and {result['report']['html']})")
+        cached = sum(bool(r.get("cached")) for r in result["rows"])
+        err.print(f"{len(result['rows'])} runs finished ({cached} from cache), {len(result['failures'])} failed")
+        for f in result["failures"]:
+            err.print(f"[red]{f['run_name']} FAILED[/]: {f['error'][:200]}")
+        err.print(ui_hint(result))
+    if result["failures"]:
+        err.print("[yellow]re-run the same command to retry the failed runs; finished ones are kept[/]")
+        raise typer.Exit(1)

@@ -11,6 +11,7 @@ from feature_store import (
     load_dataset,
     load_split,
     read_manifest,
+    validate_dataset,
     write_dataset,
 )
 
@@ -56,9 +57,11 @@ def test_checksum_mismatch_is_an_error(tmp_path):
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 3] ^= 0xFF  # same size, changed content
     path.write_bytes(bytes(raw))
-    with pytest.raises(DataError, match="sha256") as info:
+    with pytest.raises(DataError, match="crc32") as info:
         load_split(tmp_path / "s", "train")
     assert info.value.path == path
+    with pytest.raises(DataError, match="sha256"):
+        validate_dataset(tmp_path / "s")
 
 
 @pytest.mark.parametrize("bad, field", [

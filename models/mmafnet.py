@@ -32,7 +32,11 @@ Where the paper is ambiguous (each choice is a config field unless noted)
 - ``cmd_moments``: eq. 2's CMD order; 5 as MISA. The 1/3 of eq. 2 is kept (mean over pairs).
 - L_diff (eq. 3, "dot product"): MISA's implementation -- the mean of the squared entries of the
   correlation of batch-centred, row-normalised features (the squared Frobenius norm divided by
-  d*d). No field: lambda2 = 0.01 was tuned for that scale.
+  d*d; no field: lambda2 = 0.01 was tuned for that scale).
+- ``diff_detach_norm``: MISA's code detaches the row norms. Without MISA's reconstruction loss
+  that lets L_diff shrink the features' spread across the batch, and the shrinking feeds on itself
+  (the gradient grows as 1/norm): on a tiny model a single batch could no longer be fitted. Default
+  False (a scale-invariant loss); True is MISA's code.
 - ``probe_accuracy``: eq. 6 counts f(X_m) = Y, undefined for regression. "sign" (default): sign
   agreement on the batch's non-zero labels (Acc2 non-0); "acc7": agreement of the rounded
   [-3, 3]-clipped values. Classification always uses argmax == class.
@@ -64,6 +68,11 @@ Where the paper is ambiguous (each choice is a config field unless noted)
 - ``afm_attention``: eq. 16's attention is unspecified: "additive" (default): a score
   v^T tanh(W z_k + b) per vector, softmax over the four; "dot": a learned query, scaled dot score.
   With ``afm`` off the four vectors are concatenated unweighted.
+- ``afm_rescale``: eq. 17 does not say how g is normalised. Softmax gates sum to 1, so the
+  weighted concatenation is 4x smaller than the plain one of the AFM-off rows of Table 2, and the
+  ablation would mix a scale change into the weighting (on a tiny model the loss plateaued for
+  about 7 epochs instead of falling from the first). Default True: Z = 4 [g_k Z_k], uniform gates
+  equal the plain concatenation; the traced g still sums to 1. False: eq. 17 literally.
 - Paper hyper-parameters (Section 3.1): lambda1 = 0.1, lambda2 = 0.01, alpha = 0.3, delta = 0.1,
   SGD, lr 1e-4, 50 epochs, modulation in the first 25. Batch size and momentum are not stated: the
   "paper" preset keeps the engine's defaults (32, 0.9).
@@ -107,6 +116,7 @@ class MMAFNetConfig(InputSpec):
     delta: float = 0.1  # eq. 14
     modulation_epochs: int = 25  # Section 3.1 / Table 3
     cmd_moments: int = 5  # eq. 2 (MISA)
+    diff_detach_norm: bool = False  # eq. 3; True = MISA's code
     # where the paper is ambiguous (module docstring)
     decouple_features: Literal["pooled", "frames"] = "pooled"
     probe_accuracy: Literal["sign", "acc7"] = "sign"
@@ -117,6 +127,7 @@ class MMAFNetConfig(InputSpec):
     ipr_weighting: Literal["distance", "closeness"] = "distance"
     invariant_fusion: Literal["mean", "concat"] = "mean"
     afm_attention: Literal["additive", "dot"] = "additive"
+    afm_rescale: bool = True
 
 
 _CHOICES = {
@@ -214,24 +225,27 @@ def similarity_loss(inv: Mapping[str, torch.Tensor], k: int = 5) -> torch.Tensor
     return sum(cmd(inv[m1], inv[m2], k) for m1, m2 in PAIRS) / len(PAIRS)
 
 
-def diff_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def diff_loss(a: torch.Tensor, b: torch.Tensor, detach_norm: bool = False) -> torch.Tensor:
     """eq. 3's <a, b> (MISA's DiffLoss): mean((A^T B)^2) for batch-centred, row-normalised A, B.
 
     a (N, d1), b (N, d2), rows paired. 0 when the centred features are orthogonal.
+    ``detach_norm`` as MISA's code: the row norms get no gradient (see ``diff_detach_norm``).
     """
     a, b = a.float().flatten(1), b.float().flatten(1)
     a = a - a.mean(0, keepdim=True)
     b = b - b.mean(0, keepdim=True)
-    # norms detached as in MISA: the loss acts on directions, not on the features' scale
-    a = a / (a.norm(dim=1, keepdim=True).detach() + 1e-6)
-    b = b / (b.norm(dim=1, keepdim=True).detach() + 1e-6)
+    na, nb = a.norm(dim=1, keepdim=True), b.norm(dim=1, keepdim=True)
+    if detach_norm:
+        na, nb = na.detach(), nb.detach()
+    a, b = a / (na + 1e-6), b / (nb + 1e-6)
     return (a.t() @ b).pow(2).mean()
 
 
-def difference_loss(inv: Mapping[str, torch.Tensor], spec: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def difference_loss(inv: Mapping[str, torch.Tensor], spec: Mapping[str, torch.Tensor],
+                    detach_norm: bool = False) -> torch.Tensor:
     """eq. 3: L_diff = sum_m <X_m^c, X_m^s> + sum over (a,v), (a,t), (v,t) of <X_m1^s, X_m2^s>."""
-    intra = sum(diff_loss(inv[m], spec[m]) for m in MODS)
-    inter = sum(diff_loss(spec[m1], spec[m2]) for m1, m2 in PAIRS)
+    intra = sum(diff_loss(inv[m], spec[m], detach_norm) for m in MODS)
+    inter = sum(diff_loss(spec[m1], spec[m2], detach_norm) for m1, m2 in PAIRS)
     return intra + inter
 
 
@@ -358,11 +372,15 @@ class ParamSnapshot(nn.Module):
 
 
 class AdaptiveFusion(nn.Module):
-    """eqs. 16-17: g = softmax attention over [Z_t^s; Z_a^s; Z_v^s; Z^c], Z = [g_k Z_k]."""
+    """eqs. 16-17: g = softmax attention over [Z_t^s; Z_a^s; Z_v^s; Z^c], Z = [g_k Z_k].
 
-    def __init__(self, d: int, attention: str) -> None:
+    With ``rescale`` Z is multiplied by 4, so uniform gates give the plain concatenation.
+    """
+
+    def __init__(self, d: int, attention: str, rescale: bool = False) -> None:
         super().__init__()
         self.attention = attention
+        self.rescale = rescale
         self.proj = nn.Linear(d, d)
         self.score = nn.Linear(d, 1, bias=False)  # additive: v
         self.query = nn.Parameter(torch.randn(d) / math.sqrt(d))  # dot: learned query
@@ -377,7 +395,8 @@ class AdaptiveFusion(nn.Module):
 
     def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         g = self.gates(feats)  # eq. 16, (B, 4)
-        return (feats * g.unsqueeze(-1)).flatten(1), g  # eq. 17, (B, 4d)
+        w = g * feats.shape[1] if self.rescale else g
+        return (feats * w.unsqueeze(-1)).flatten(1), g  # eq. 17, (B, 4d)
 
 
 # --- the model (Fig. 1) and eq. 18 ---------------------------------------------------------------
@@ -401,7 +420,7 @@ class MMAFNet(MSAModel):
         self.probes = nn.ModuleDict({m: nn.Linear(d, out_dim) for m in MODS})  # eq. 5
         self.attn = nn.ModuleDict({m: SelfAttention(d, cfg.attn_heads, cfg.dropout) for m in MODS})
         self.inv_proj = nn.Linear(3 * d, d) if cfg.invariant_fusion == "concat" else None
-        self.afm = AdaptiveFusion(d, cfg.afm_attention)
+        self.afm = AdaptiveFusion(d, cfg.afm_attention, cfg.afm_rescale)
         self.head = nn.Sequential(nn.Linear(4 * d, d), nn.ReLU(), nn.Dropout(cfg.dropout),
                                   nn.Linear(d, out_dim))
         # theta_init of eq. 15, captured now, before any step
@@ -440,7 +459,7 @@ class MMAFNet(MSAModel):
             inv = {m: x_c[m][both] for m in MODS}
             spec = {m: x_s[m][both] for m in MODS}
         loss_sim = similarity_loss(inv, cfg.cmd_moments)  # eq. 2
-        loss_diff = difference_loss(inv, spec)  # eq. 3
+        loss_diff = difference_loss(inv, spec, cfg.diff_detach_norm)  # eq. 3
 
         # eq. 5: one probe per modality on its specific feature
         probes = {}
@@ -523,7 +542,8 @@ class MMAFNet(MSAModel):
             hits, n = probe_hits(out.extras[f"probe_{m}"], label, mode)  # eqs. 6-7
             self.probe_hits_epoch[i] += hits
             self.probe_n_epoch[i] += n
-            acc[m], counted = (hits / n if n else 0.0), n
+            acc[m] = hits / n if n else 0.0
+            counted = n  # the same labels for all three probes
         trace = {f"probe/acc_{m}": acc[m] for m in MODS}
         if not cfg.sgm:
             return trace

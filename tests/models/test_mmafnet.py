@@ -107,6 +107,20 @@ def test_diff_loss_orthogonal_is_zero_identical_is_known():
     assert diff_loss(3 * x + 7, x).item() == pytest.approx(1.0, rel=1e-5)  # centred and normalised
 
 
+def test_diff_loss_gradient_is_scale_free_unless_norms_are_detached():
+    torch.manual_seed(0)
+    a, b = torch.randn(6, 3), torch.randn(6, 3)
+    grads = {}
+    for detach in (False, True):
+        s = torch.tensor(1.0, requires_grad=True)
+        value = diff_loss(s * a, b, detach_norm=detach)
+        value.backward()
+        grads[detach] = s.grad.item()
+        assert value.item() == pytest.approx(diff_loss(a, b).item(), rel=1e-5)
+    assert grads[False] == pytest.approx(0.0, abs=1e-5)  # nothing gained by shrinking features
+    assert grads[True] == pytest.approx(2 * diff_loss(a, b).item(), rel=1e-3)  # MISA: L ~ s^2
+
+
 def test_difference_loss_sums_intra_and_inter_terms():
     x = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
     feats = {"t": x, "a": x, "v": x}
@@ -201,6 +215,8 @@ def test_afm_gates_sum_to_one_and_weight_the_concatenation(attention):
     assert (g > 0).all()
     expected = torch.cat([g[:, k:k + 1] * feats[:, k] for k in range(4)], dim=-1)
     assert fused.shape == (2, 12) and torch.allclose(fused, expected)
+    afm.rescale = True  # afm_rescale: uniform gates would give the plain concatenation
+    assert torch.allclose(afm(feats)[0], 4 * expected)
 
 
 def test_masked_mean_ignores_padding_and_empty_rows():
@@ -381,7 +397,7 @@ def test_variants_forward_and_backward_without_nans(variant, classes):
     assert out.pred.shape == ((2, 3) if classes else (2,))
     total, parts = model.loss(out, batch)
     total.backward()
-    assert torch.isfinite(out.pred).all() and math.isfinite(float(total))
+    assert torch.isfinite(out.pred).all() and math.isfinite(float(total.detach()))
     assert set(parts) == {"loss/task", "loss/sim", "loss/diff", "loss/probe", "loss/total"}
     assert all(isinstance(v, float) and math.isfinite(v) for v in parts.values())
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -391,6 +407,9 @@ def test_variants_forward_and_backward_without_nans(variant, classes):
     assert parts["loss/total"] == pytest.approx(expected, rel=1e-5)
     model.after_backward(out, batch, 0)
     assert all(math.isfinite(v) for v in model.on_epoch_end(0).values())
+    model.eval()  # inference path (attention fast path) with the same short rows
+    with torch.no_grad():
+        assert torch.isfinite(model(batch).pred).all()
 
 
 @pytest.mark.parametrize("kw", [{"decouple_features": "frames"}, {"ipr_distance": "pooled"},
@@ -417,11 +436,16 @@ def test_probe_detach_keeps_probe_loss_out_of_the_encoders():
 
 def test_short_training_loop_reduces_the_loss():
     torch.manual_seed(0)
-    model = MMAFNet(tiny_cfg(modulation_epochs=2))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    batches = [make_batch(B=16, seed=s) for s in range(4)]
-    for b in batches:  # a learnable target from the text features
-        b["label"] = 2 * torch.tanh(b["text"][:, :, 0].mean(1) * 3)
+    model = MMAFNet(tiny_cfg(modulation_epochs=2))  # full: SGM, IPR and AFM all active
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    batches = []
+    for s in range(4):  # every modality carries a per-sample offset c, the label is 2c
+        b = make_batch(B=16, seed=s)
+        c = torch.linspace(-1, 1, 16)[torch.randperm(16, generator=torch.Generator().manual_seed(s))]
+        for name in DIMS:
+            b[name] = 0.5 * b[name] + c[:, None, None]
+        b["label"] = 2 * c
+        batches.append(b)
 
     def task_loss_now() -> float:
         model.eval()
@@ -429,7 +453,7 @@ def test_short_training_loop_reduces_the_loss():
             return sum(model.loss(model(b), b)[1]["loss/task"] for b in batches) / len(batches)
 
     first = task_loss_now()
-    for epoch in range(8):
+    for epoch in range(6):  # the engine's call order
         model.train()
         for b in batches:
             opt.zero_grad(set_to_none=True)
@@ -439,7 +463,7 @@ def test_short_training_loop_reduces_the_loss():
             model.after_backward(out, b, epoch)
             opt.step()
         model.on_epoch_end(epoch)
-    assert task_loss_now() < 0.7 * first
+    assert task_loss_now() < 0.5 * first
 
 
 def test_state_dict_carries_theta_init_and_reloads_exactly():

@@ -15,7 +15,7 @@ apply_defaults()
 
 app = typer.Typer(help="msaflow: reproduce, ablate, tune and compare multimodal sentiment models.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # error lines stay whole (paths are greppable)
 out = Console(width=None if sys.stdout.isatty() else 160)  # a log file gets the whole table
 
 
@@ -57,6 +57,21 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from tasks.tracking import TrackingError
 
     return DataError, ConfigError, TrackingError, KeyError
+
+
+def preflight_data(data: str | None) -> None:
+    """Fail on an unreadable --data before Prefect starts (its task logs would bury the message)."""
+    from pathlib import Path
+
+    from feature_store import DataError, read_manifest
+
+    if data is None or data.startswith("sim-"):
+        return
+    path = Path(data).expanduser()
+    if path.is_dir():
+        read_manifest(path)
+    elif not path.is_file():
+        raise DataError(path, "--data", "a feature-store directory, an MMSA/MulT .pkl file, or sim-<profile>")
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -113,6 +128,11 @@ def run(
     try:
         from flows.pipeline import pipeline
 
+        preflight_data(data)
+        from msaflow.settings import default_tracking_uri
+        from tasks.tracking import check_tracking
+
+        check_tracking(tracking_uri or default_tracking_uri())
         seed_list = [int(s) for s in _csv(seeds) or ["1"]]
         kwargs = dict(data=data, model=model, variants=_csv(variants), seeds=seed_list, preset=preset,
                       epochs=epochs, experiment=experiment, tracking_uri=tracking_uri, params_file=params,

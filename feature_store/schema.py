@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: sequences as fixed-size binary (1: nested fixed-size lists)
 MODALITIES = ("text", "audio", "vision")
 SPLITS = ("train", "valid", "test")
 TASKS = ("sentiment", "emotion", "depression")
@@ -112,8 +112,11 @@ class Manifest:
         for key in required:
             if key not in d:
                 raise DataError(path, key, f"a manifest field {key!r} (schema version {SCHEMA_VERSION})")
-        if d.get("schema_version", SCHEMA_VERSION) > SCHEMA_VERSION:
-            raise DataError(path, "schema_version", f"<= {SCHEMA_VERSION}; upgrade msaflow")
+        version = d.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise DataError(path, "schema_version",
+                            f"{SCHEMA_VERSION}, got {version}: re-create the store with this msaflow "
+                            "(msaflow data synth / ingest; sources are never modified)")
         return cls(
             name=d["name"], source=d["source"], task=d["task"], label_kind=d["label_kind"],
             label_range=tuple(d["label_range"]), modalities=d["modalities"], splits=d["splits"],

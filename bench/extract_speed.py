@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from msaflow.settings import apply_defaults
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/feature_store.py shadows the package
+from msaflow.settings import apply_defaults  # noqa: E402
 
 apply_defaults()
 

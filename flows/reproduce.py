@@ -83,10 +83,16 @@ TABLES: dict[str, TableSpec] = {
     "mmafnet-table3": TableSpec(
         model="mmafnet",
         cells=tuple(
-            [Cell(f"sgm-ep{e}", "full", {"model": {"ipr": False, "modulation_epochs": e}}) for e in _EPOCHS]
+            [
+                Cell(f"sgm-ep{e}", "full", {"model": {"ipr": False, "modulation_epochs": e}})
+                for e in _EPOCHS
+            ]
             + [Cell(f"sgm_ipr-ep{e}", "full", {"model": {"modulation_epochs": e}}) for e in _EPOCHS]
         ),
-        baseline={**{f"sgm-ep{e}": "sgm-ep25" for e in _EPOCHS}, **{f"sgm_ipr-ep{e}": "sgm_ipr-ep25" for e in _EPOCHS}},
+        baseline={
+            **{f"sgm-ep{e}": "sgm-ep25" for e in _EPOCHS},
+            **{f"sgm_ipr-ep{e}": "sgm_ipr-ep25" for e in _EPOCHS},
+        },
         paper="mmafnet-table3",
         description="MMAFNet Table 3: modulation for 15/20/25/30 of 50 epochs, SGM and SGM+IPR.",
         paper_epochs=50,
@@ -97,10 +103,12 @@ TABLES: dict[str, TableSpec] = {
         cells=tuple(Cell(v, v) for v in ("full", "no_csd", "no_selfattn", "no_crossattn")),
         baseline="full",
         paper="mmcl-table1",
-        description="Improved MMCL Table I: ablation (full, w/o CSD, w/o self-attention, w/o cross-attention).",
+        description="Improved MMCL Table I: ablation (full, w/o CSD, w/o self-attention, "
+        "w/o cross-attention).",
     ),
 }
-# MMAFNet's Table 1 compares against other methods, not our variants: no table to run; its MMAFNet row
+# MMAFNet's Table 1 compares against other methods, not our variants: no table to run; its
+# MMAFNet row
 # is kept in tasks.paper_results for reference.
 
 
@@ -118,21 +126,60 @@ def default_report_path(experiment: str) -> Path:
     return msaflow_home() / "reports" / experiment / "report.md"
 
 
-def _reproduction_key(table: str, spec: TableSpec, cells: list[Cell], data_ref: dict[str, Any], preset: str,
-                      epochs: int, train_overrides: dict[str, Any]) -> str:
-    blob = json.dumps({"table": table, "model": spec.model, "data": data_ref["manifest_hash"], "preset": preset,
-                       "epochs": epochs, "train": train_overrides, "code": code_version(),
-                       "cells": [[c.name, c.variant, c.overrides] for c in cells]}, sort_keys=True, default=str)
+def membership_tags(run_ids: list[str], size: int = 4800) -> dict[str, str]:
+    """Run ids as tags (``msaflow.runs.0`` ..., each under MLflow's 5000-character tag limit)."""
+    text = ",".join(run_ids)
+    chunks = [text[i : i + size] for i in range(0, len(text), size)] or [""]
+    return {
+        "msaflow.runs.n": str(len(chunks)),
+        **{f"msaflow.runs.{i}": c for i, c in enumerate(chunks)},
+    }
+
+
+def _reproduction_key(
+    table: str,
+    spec: TableSpec,
+    cells: list[Cell],
+    data_ref: dict[str, Any],
+    preset: str,
+    epochs: int,
+    train_overrides: dict[str, Any],
+) -> str:
+    blob = json.dumps(
+        {
+            "table": table,
+            "model": spec.model,
+            "data": data_ref["manifest_hash"],
+            "preset": preset,
+            "epochs": epochs,
+            "train": train_overrides,
+            "code": code_version(),
+            "cells": [[c.name, c.variant, c.overrides] for c in cells],
+        },
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def _open_or_resume_parent(tracking: dict[str, str], key: str, data_ref: dict[str, Any], spec: TableSpec,
-                           cells: list[Cell], seeds: list[int], preset: str) -> tuple[str, bool]:
+def _open_or_resume_parent(
+    tracking: dict[str, str],
+    key: str,
+    data_ref: dict[str, Any],
+    spec: TableSpec,
+    cells: list[Cell],
+    seeds: list[int],
+    preset: str,
+) -> tuple[str, bool]:
     uri = tracking["uri"]
     found = tr.client(uri).search_runs(
         [tracking["experiment_id"]],
-        filter_string=f"tags.`msaflow.kind` = 'reproduce' and tags.`msaflow.reproduce_key` = '{key}'",
-        order_by=["attributes.start_time DESC"], max_results=1)
+        filter_string=(
+            f"tags.`msaflow.kind` = 'reproduce' and tags.`msaflow.reproduce_key` = '{key}'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     if found:
         run_id = found[0].info.run_id
         tr.client(uri).update_run(run_id, status="RUNNING")
@@ -140,7 +187,7 @@ def _open_or_resume_parent(tracking: dict[str, str], key: str, data_ref: dict[st
     return open_parent_run(tracking, data_ref, spec.model, cells, seeds, preset, "reproduce"), False
 
 
-@flow(name="reproduce", task_runner=ThreadPoolTaskRunner(max_workers=2))
+@flow(name="reproduce", task_runner=ThreadPoolTaskRunner(max_workers=default_workers()))
 def reproduce_flow(
     table: str,
     data: str | None = None,
@@ -153,14 +200,15 @@ def reproduce_flow(
     scale: float = 1.0,
     data_format: str = "mmsa",
     train_overrides: dict[str, Any] | None = None,
-    workers: int = 1,
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    """Train every (cell, seed) of ``table`` as children of one parent run, then build the report."""
+    """Train every (cell, seed) of ``table`` as children of one parent run, then report."""
     import torch
 
     from tasks.report import ReportError, build_report
 
     spec = get_table(table)
+    workers = workers or default_workers()  # must match the task runner's max_workers
     tracking_uri = tracking_uri or default_tracking_uri()
     tr.check_tracking(tracking_uri)
     experiment = experiment or f"reproduce-{table}"
@@ -169,22 +217,35 @@ def reproduce_flow(
     if epochs is not None:
         train_overrides["epochs"] = epochs
     first = spec.cells[0]
-    resolved_epochs = resolve_run_config(spec.model, first.variant, preset, train_overrides=train_overrides).train.epochs
+    resolved_epochs = resolve_run_config(
+        spec.model, first.variant, preset, train_overrides=train_overrides
+    ).train.epochs
     cells = spec.resolve_cells(resolved_epochs)
 
     data_ref = prepare_data(data, scale=scale, data_format=data_format)
     experiment_id = tr.ensure_experiment(tracking_uri, experiment)
     tracking = {"uri": tracking_uri, "experiment_id": experiment_id, "experiment": experiment}
     key = _reproduction_key(table, spec, cells, data_ref, preset, resolved_epochs, train_overrides)
-    parent_run_id, resumed = _open_or_resume_parent(tracking, key, data_ref, spec, cells, seeds, preset)
+    parent_run_id, resumed = _open_or_resume_parent(
+        tracking, key, data_ref, spec, cells, seeds, preset
+    )
     # Tags, not params: params are immutable and the seeds may grow when a reproduction is extended.
-    tr.set_tags(tracking_uri, parent_run_id, {
-        "msaflow.reproduce_key": key, "msaflow.table": table, "msaflow.paper": spec.paper,
-        "msaflow.cells": json.dumps([c.name for c in cells]), "msaflow.baselines": json.dumps(spec.baselines()),
-        "msaflow.cell_overrides": json.dumps({c.name: c.overrides for c in cells}),
-        "msaflow.seeds": ",".join(map(str, seeds)), "msaflow.epochs": resolved_epochs,
-        "msaflow.task": data_ref["task"], "msaflow.workers": workers,
-    })
+    tr.set_tags(
+        tracking_uri,
+        parent_run_id,
+        {
+            "msaflow.reproduce_key": key,
+            "msaflow.table": table,
+            "msaflow.paper": spec.paper,
+            "msaflow.cells": json.dumps([c.name for c in cells]),
+            "msaflow.baselines": json.dumps(spec.baselines()),
+            "msaflow.cell_overrides": json.dumps({c.name: c.overrides for c in cells}),
+            "msaflow.seeds": ",".join(map(str, seeds)),
+            "msaflow.epochs": resolved_epochs,
+            "msaflow.task": data_ref["task"],
+            "msaflow.workers": workers,
+        },
+    )
 
     # Concurrent runs share the cores: give each its share of intra-op threads, then restore.
     threads = torch.get_num_threads()
@@ -192,15 +253,23 @@ def reproduce_flow(
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     try:
         rows, failures = run_grid(
-            data_ref=data_ref, model=spec.model, cells=cells, seeds=seeds, preset=preset, model_overrides={},
-            train_overrides=train_overrides, tracking=tracking, parent_run_id=parent_run_id)
+            data_ref=data_ref,
+            model=spec.model,
+            cells=cells,
+            seeds=seeds,
+            preset=preset,
+            model_overrides={},
+            train_overrides=train_overrides,
+            tracking=tracking,
+            parent_run_id=parent_run_id,
+        )
     finally:
         torch.set_num_threads(threads)
     summarize_task(rows, failures, tracking, parent_run_id, data_ref)
     for row in rows:
         tr.set_tags(tracking_uri, row["run_id"], {"msaflow.table": table})
     # Which runs make up this reproduction: a cache hit may belong to an earlier parent.
-    tr.client(tracking_uri).log_dict(parent_run_id, [r["run_id"] for r in rows], "reproduce/runs.json")
+    tr.set_tags(tracking_uri, parent_run_id, membership_tags([r["run_id"] for r in rows]))
 
     report_paths: dict[str, str] = {}
     report_error = None
@@ -212,9 +281,17 @@ def reproduce_flow(
     except ReportError as exc:  # every run failed: nothing to report, the failures say why
         report_error = str(exc)
     return {
-        "table": table, "parent_run_id": parent_run_id, "resumed": resumed, "experiment_id": experiment_id,
-        "experiment": experiment, "tracking_uri": tracking_uri, "dataset": data_ref, "rows": rows,
-        "failures": failures, "report": report_paths, "report_error": report_error,
+        "table": table,
+        "parent_run_id": parent_run_id,
+        "resumed": resumed,
+        "experiment_id": experiment_id,
+        "experiment": experiment,
+        "tracking_uri": tracking_uri,
+        "dataset": data_ref,
+        "rows": rows,
+        "failures": failures,
+        "report": report_paths,
+        "report_error": report_error,
     }
 
 
@@ -234,7 +311,16 @@ def reproduce(
 ) -> dict[str, Any]:
     """Reproduce ``table`` with ``seeds`` seeds (an int n means seeds 1..n), up to ``max_workers``
     runs at a time (default ``min(2, cpu_count)``). Returns the flow's result dict."""
-    get_table(table)  # fail before Prefect starts
+    spec = get_table(table)  # fail on a bad table, preset or epoch count before Prefect starts
+    resolve_run_config(
+        spec.model,
+        spec.cells[0].variant,
+        preset,
+        train_overrides={
+            **(train_overrides or {}),
+            **({"epochs": epochs} if epochs is not None else {}),
+        },
+    )
     seed_list = list(range(1, seeds + 1)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise ConfigError("seeds: expected at least one seed")
@@ -243,6 +329,16 @@ def reproduce(
         raise ConfigError(f"max_workers: expected >= 1, got {workers}")
     runner = ThreadPoolTaskRunner(max_workers=workers)
     return reproduce_flow.with_options(task_runner=runner, flow_run_name=f"reproduce-{table}")(
-        table=table, data=data, seeds=seed_list, epochs=epochs, preset=preset, experiment=experiment,
-        tracking_uri=tracking_uri, out=out, scale=scale, data_format=data_format,
-        train_overrides=train_overrides, workers=workers)
+        table=table,
+        data=data,
+        seeds=seed_list,
+        epochs=epochs,
+        preset=preset,
+        experiment=experiment,
+        tracking_uri=tracking_uri,
+        out=out,
+        scale=scale,
+        data_format=data_format,
+        train_overrides=train_overrides,
+        workers=workers,
+    )

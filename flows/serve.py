@@ -8,7 +8,7 @@
 * ``task_runner_for`` gives the pipeline a Dask task runner (a local cluster or a remote scheduler), so the
   training tasks of *one* flow run spread over several cores or machines.
 
-Flows are referenced by *module* entrypoint (``flows.reproduce:reproduce``), not by file path: Prefect loads
+Flows are referenced by *module* entrypoint (``flows.reproduce:reproduce_flow``), not by file path: Prefect loads
 a file-path entrypoint (``flows/pipeline.py:pipeline``) with ``flows/`` first on ``sys.path``, where
 ``flows/tasks.py`` shadows the ``tasks`` package and the import fails (circular import). A flow whose
 file is not in this checkout is reported as missing, never imported eagerly.
@@ -16,6 +16,7 @@ file is not in this checkout is reported as missing, never imported eagerly.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,29 @@ POOL = "gpu"
 # name -> module entrypoint (module : flow function), importable from the project root
 ENTRYPOINTS: dict[str, str] = {
     "pipeline": "flows.pipeline:pipeline",
-    "reproduce": "flows.reproduce:reproduce",
+    "reproduce": "flows.reproduce:reproduce_flow",  # `reproduce` is the plain-Python wrapper, not the @flow
     "tune": "flows.tune:tune",
 }
 
 
 class ServeError(ValueError):
     """A serve/deploy request that cannot be carried out (unknown flow, bad parameter, missing file)."""
+
+
+def not_a_flow(obj: Any, entrypoint: str) -> str | None:
+    """Why ``obj`` (loaded from ``entrypoint``) cannot be served or deployed, or None if it is a Prefect flow."""
+    from prefect import Flow
+
+    if isinstance(obj, Flow):
+        return None
+    module, _, func = entrypoint.partition(":")
+    hint = ""
+    mod = sys.modules.get(module)
+    for candidate in (f"{func}_flow", f"{func}_pipeline"):
+        if isinstance(getattr(mod, candidate, None), Flow):
+            hint = f"; use {module}:{candidate}"
+            break
+    return f"{entrypoint} is not a Prefect flow (no @flow){hint}"
 
 
 def entrypoint_file(entrypoint: str, root: Path = ROOT) -> Path:
@@ -63,7 +80,11 @@ def load_flow(name: str):
     if not entrypoint_exists(entrypoint):
         raise ServeError(f"flow {name!r} is not in this checkout (expected {entrypoint})")
     module, _, func = entrypoint.partition(":")
-    return getattr(importlib.import_module(module), func)
+    obj = getattr(importlib.import_module(module), func)
+    reason = not_a_flow(obj, entrypoint)
+    if reason:
+        raise ServeError(reason)
+    return obj
 
 
 def parse_params(items: list[str] | None) -> dict[str, Any]:
@@ -80,13 +101,20 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
     return params
 
 
-def check_params(flow: Any, params: dict[str, Any]) -> None:
+def check_params(flow: Any, params: dict[str, Any], require: bool = False) -> None:
+    """Unknown parameters fail; with ``require``, so do required ones (no default) left unset: every run of
+    such a deployment would fail at start."""
     import inspect
 
-    names = set(inspect.signature(flow.fn).parameters)
+    signature = inspect.signature(flow.fn).parameters
+    names = set(signature)
     unknown = sorted(set(params) - names)
     if unknown:
         raise ServeError(f"flow {flow.name!r} has no parameter(s) {unknown}; expected some of {sorted(names)}")
+    missing = [n for n, p in signature.items() if p.default is inspect.Parameter.empty and n not in params
+               and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if require and missing:
+        raise ServeError(f"flow {flow.name!r} needs parameter(s) {missing} (no default); set them")
 
 
 def task_runner_for(kind: str = "thread", workers: int | None = None, address: str | None = None,
@@ -161,7 +189,7 @@ def serve_flow(name: str = "pipeline", *, deployment: str | None = None, cron: s
     """Create a deployment for flow ``name`` (optionally on ``cron``) and run its runs in this process."""
     flow = load_flow(name)
     parameters = dict(parameters or {})
-    check_params(flow, parameters)
+    check_params(flow, parameters, require=True)
     from prefect.deployments.runner import EntrypointType
 
     flow = with_runner(flow, task_runner)
@@ -195,7 +223,6 @@ def deploy_from_yaml(names: list[str] | None = None, path: Path = ROOT / "prefec
     (a null ``limit``) after registering.
     """
     import importlib
-    import sys
 
     from prefect.deployments.runner import EntrypointType
     from prefect.runner.storage import LocalStorage
@@ -216,8 +243,16 @@ def deploy_from_yaml(names: list[str] | None = None, path: Path = ROOT / "prefec
         if str(root) not in sys.path:
             sys.path.insert(0, str(root))
         flow = getattr(importlib.import_module(module), func)
+        reason = not_a_flow(flow, dep["entrypoint"])
+        if reason:  # a plain function: nothing a worker could run; say so, deploy the others
+            report.append({"name": dep["name"], "status": "skipped", "reason": reason})
+            continue
         parameters = dict(dep.get("parameters") or {})
-        check_params(flow, parameters)
+        try:
+            check_params(flow, parameters, require=True)
+        except ServeError as exc:
+            report.append({"name": dep["name"], "status": "skipped", "reason": str(exc)})
+            continue
         deployment = flow.to_deployment(
             name=dep["name"], description=dep.get("description"), tags=dep.get("tags"), parameters=parameters,
             schedules=_schedules(dep), work_pool_name=work_pool or pool.get("name", POOL),

@@ -206,6 +206,7 @@ def train_task(cfg: RunConfig, cell: str, data_ref: dict[str, Any], tracking: di
         })
     else:
         tr.client(uri).update_run(run_id, status="RUNNING")
+    tr.supersede_stale_runs(uri, tracking["experiment_id"], key, run_id)
     try:
         tr.log_config(uri, run_id, cfg)
         tr.log_dataset_input(uri, run_id, read_manifest(data_ref["path"]), data_ref["path"])
@@ -218,6 +219,8 @@ def train_task(cfg: RunConfig, cell: str, data_ref: dict[str, Any], tracking: di
         tr.log_rows(uri, run_id, result.step_traces, "step", skip=("epoch",))
         tr.log_rows(uri, run_id, result.epoch_traces, "epoch")
         tr.log_metrics(uri, run_id, {"best_epoch": result.best_epoch, "time/train_s": result.seconds})
+        if result.resumed_from_epoch is not None:  # 0-based epoch the checkpoint resumed at
+            tr.set_tags(uri, run_id, {"msaflow.resumed_from_epoch": result.resumed_from_epoch})
         tr.log_figures(uri, run_id, {"plots/learning_curves.png": learning_curves(result.history),
                                      **trace_figures(result.step_traces, result.epoch_traces)})
     except BaseException as exc:

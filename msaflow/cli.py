@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from msaflow.commands.options import AsJson, DataFormat, TrackingUri
 from msaflow.settings import apply_defaults
 
 apply_defaults()
@@ -57,6 +58,20 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from tasks.tracking import TrackingError
 
     return DataError, ConfigError, TrackingError, KeyError
+
+
+def tracking_errors() -> tuple[type[BaseException], ...]:
+    """What MLflow raises when the tracking store goes away during a run."""
+    from mlflow.exceptions import MlflowException
+
+    return (MlflowException,)
+
+
+def tracking_lost(exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (f"the MLflow tracking store failed during the run ({first[:300]}). Runs that finished are "
+            "kept in the store; re-run the same command when it is back: finished runs come from the "
+            "cache, interrupted ones resume from their checkpoints.")
 
 
 def preflight_data(data: str | None) -> None:
@@ -115,16 +130,19 @@ def run(
     preset: Annotated[str, typer.Option(help="quick (CPU, minutes) | paper | model-specific presets.")] = "quick",
     params: Annotated[str | None, typer.Option(help="YAML of overrides {model: {...}, train: {...}} (e.g. tune's best.yaml).")] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "msaflow",
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite under $MSAFLOW_HOME).")] = None,
-    data_format: Annotated[str, typer.Option("--format", help="Format of a .pkl --data: mmsa | mult.")] = "mmsa",
+    tracking_uri: TrackingUri = None,
+    data_format: DataFormat = "mmsa",
     scale: Annotated[float, typer.Option(help="Shrink the simulated dataset (sim-* only).")] = 1.0,
     folds: Annotated[int, typer.Option(help="k-fold cross-validation split by subject (e.g. 5 for CMDC); 0 = the store's splits.")] = 0,
     workers: Annotated[int, typer.Option(help="Training tasks run at once (threads; with --dask, Dask worker processes).")] = 1,
     dask: Annotated[bool, typer.Option("--dask", help="Run training tasks on a local Dask cluster of --workers processes.")] = False,
     dask_address: Annotated[str | None, typer.Option(help="Run training tasks on an existing Dask scheduler (tcp://host:8786).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary to stdout.")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """The main job: features -> train every variant x seed -> evaluate -> summary in MLflow."""
+    from msaflow.settings import start_prefect_early
+
+    prefect_ready = start_prefect_early()  # overlaps the server's start-up with the imports below
     try:
         from flows.pipeline import pipeline
 
@@ -142,9 +160,12 @@ def run(
             from flows.serve import task_runner_for
 
             pipeline = pipeline.with_options(task_runner=task_runner_for(kind, workers, dask_address))
+        prefect_ready()
         result = pipeline(**kwargs)
     except user_errors() as exc:
         fail(str(exc).strip("'\""))
+    except tracking_errors() as exc:
+        fail(tracking_lost(exc), code=1)
     except ValueError as exc:
         fail(str(exc))
     if as_json:

@@ -18,10 +18,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # Metrics the papers print in percent; ours are fractions in [0, 1].
-PERCENT_METRICS = frozenset({
-    "acc2_non0", "acc2_has0", "f1_non0", "f1_has0", "acc5", "acc7",
-    "acc", "acc_avg", "f1_avg", "f1_weighted", "f1_macro",
-})
+PERCENT_METRICS = frozenset(
+    {
+        "acc2_non0",
+        "acc2_has0",
+        "f1_non0",
+        "f1_has0",
+        "acc5",
+        "acc7",
+        "acc",
+        "acc_avg",
+        "f1_avg",
+        "f1_weighted",
+        "f1_macro",
+    }
+)
 
 # Which paper dataset a feature-store profile stands in for (``sim-mosi`` -> the paper's CMU-MOSI).
 PROFILE_TO_PAPER_DATASET = {"mosi": "CMU-MOSI", "mosei": "CMU-MOSEI", "iemocap": "IEMOCAP"}
@@ -83,8 +94,10 @@ MMCL = Citation(
     source="shared/papers/mmcl.md",
 )
 
-_ACC2_NOTE_MMAFNET = ("Acc2/F1 are the negative/positive (non-zero) convention: the paper's baseline numbers "
-                      "match that column of MISA's and Self-MM's own tables; shown against our acc2_non0/f1_non0.")
+_ACC2_NOTE_MMAFNET = (
+    "Acc2/F1 are the negative/positive (non-zero) convention: the paper's baseline numbers "
+    "match that column of MISA's and Self-MM's own tables; shown against our acc2_non0/f1_non0."
+)
 
 
 def _mmafnet_row(acc2: float, f1: float, acc7: float, mae: float) -> dict[str, float]:
@@ -100,19 +113,22 @@ def _register(table: PaperTable) -> PaperTable:
 
 
 # Table 1 compares MMAFNet with other methods (not an ablation of our variants): only the MMAFNet
-# row maps onto one of our cells ("full"); the others are kept for reference in ``MMAFNET_TABLE1_OTHERS``.
-_register(PaperTable(
-    key="mmafnet-table1",
-    citation=MMAFNET,
-    table="Table 1",
-    caption="Experimental results on two datasets (comparison with state-of-the-art methods).",
-    results={
-        "CMU-MOSI": {"full": _mmafnet_row(86.6, 86.6, 47.1, 0.698)},
-        "CMU-MOSEI": {"full": _mmafnet_row(86.3, 86.2, 54.4, 0.527)},
-    },
-    row_labels={"full": "MMAFNet (Ours)"},
-    notes=(_ACC2_NOTE_MMAFNET,),
-))
+# row maps onto one of our cells ("full"); the others are kept for reference in
+# ``MMAFNET_TABLE1_OTHERS``.
+_register(
+    PaperTable(
+        key="mmafnet-table1",
+        citation=MMAFNET,
+        table="Table 1",
+        caption="Experimental results on two datasets (comparison with state-of-the-art methods).",
+        results={
+            "CMU-MOSI": {"full": _mmafnet_row(86.6, 86.6, 47.1, 0.698)},
+            "CMU-MOSEI": {"full": _mmafnet_row(86.3, 86.2, 54.4, 0.527)},
+        },
+        row_labels={"full": "MMAFNet (Ours)"},
+        notes=(_ACC2_NOTE_MMAFNET,),
+    )
+)
 
 # method -> (MOSI Acc2, F1, Acc7, MAE, MOSEI Acc2, F1, Acc7, MAE); None where the paper prints "-".
 MMAFNET_TABLE1_OTHERS: dict[str, tuple[float | None, ...]] = {
@@ -130,31 +146,38 @@ MMAFNET_TABLE1_OTHERS: dict[str, tuple[float | None, ...]] = {
     "MMAFNet (Ours)": (86.6, 86.6, 47.1, 0.698, 86.3, 86.2, 54.4, 0.527),
 }
 
-_register(PaperTable(
-    key="mmafnet-table2",
-    citation=MMAFNET,
-    table="Table 2",
-    caption="Ablation study of modules validity in MMAFNet on the two datasets.",
-    results={
-        "CMU-MOSI": {
-            "none": _mmafnet_row(84.6, 84.5, 44.3, 0.735),
-            "sgm": _mmafnet_row(85.4, 85.3, 45.5, 0.721),
-            "sgm_ipr": _mmafnet_row(86.2, 86.1, 46.3, 0.711),
-            "full": _mmafnet_row(86.6, 86.6, 47.1, 0.698),
+_register(
+    PaperTable(
+        key="mmafnet-table2",
+        citation=MMAFNET,
+        table="Table 2",
+        caption="Ablation study of modules validity in MMAFNet on the two datasets.",
+        results={
+            "CMU-MOSI": {
+                "none": _mmafnet_row(84.6, 84.5, 44.3, 0.735),
+                "sgm": _mmafnet_row(85.4, 85.3, 45.5, 0.721),
+                "sgm_ipr": _mmafnet_row(86.2, 86.1, 46.3, 0.711),
+                "full": _mmafnet_row(86.6, 86.6, 47.1, 0.698),
+            },
+            "CMU-MOSEI": {
+                "none": _mmafnet_row(84.8, 84.9, 52.6, 0.547),
+                "sgm": _mmafnet_row(85.4, 85.4, 53.5, 0.539),
+                "sgm_ipr": _mmafnet_row(86.0, 86.0, 54.0, 0.530),
+                "full": _mmafnet_row(86.3, 86.2, 54.4, 0.527),
+            },
         },
-        "CMU-MOSEI": {
-            "none": _mmafnet_row(84.8, 84.9, 52.6, 0.547),
-            "sgm": _mmafnet_row(85.4, 85.4, 53.5, 0.539),
-            "sgm_ipr": _mmafnet_row(86.0, 86.0, 54.0, 0.530),
-            "full": _mmafnet_row(86.3, 86.2, 54.4, 0.527),
+        row_labels={
+            "none": "no SGM, no IPR, no AFM",
+            "sgm": "SGM",
+            "sgm_ipr": "SGM + IPR",
+            "full": "SGM + IPR + AFM",
         },
-    },
-    row_labels={"none": "no SGM, no IPR, no AFM", "sgm": "SGM", "sgm_ipr": "SGM + IPR",
-                "full": "SGM + IPR + AFM"},
-    notes=(_ACC2_NOTE_MMAFNET,),
-))
+        notes=(_ACC2_NOTE_MMAFNET,),
+    )
+)
 
-# Table 3's "SGM+IPR" column at 25 epochs equals the full model of Tables 1-2 (86.6/86.6/47.1/0.698),
+# Table 3's "SGM+IPR" column at 25 epochs equals the full model of Tables 1-2
+# (86.6/86.6/47.1/0.698),
 # so both of its columns keep AFM on; its cells are named "<column>-ep<epochs>".
 _T3 = {
     # epochs: (SGM Acc2, F1, Acc7, MAE), (SGM+IPR Acc2, F1, Acc7, MAE)
@@ -163,49 +186,92 @@ _T3 = {
     25: ((85.9, 85.9, 46.0, 0.715), (86.6, 86.6, 47.1, 0.698)),
     30: ((85.6, 85.7, 45.8, 0.721), (86.2, 86.1, 47.0, 0.705)),
 }
-_register(PaperTable(
-    key="mmafnet-table3",
-    citation=MMAFNET,
-    table="Table 3",
-    caption="MMAFNet modulation frequency analysis experiments on the CMU-MOSI dataset.",
-    results={"CMU-MOSI": {
-        **{f"sgm-ep{ep}": _mmafnet_row(*sgm) for ep, (sgm, _) in _T3.items()},
-        **{f"sgm_ipr-ep{ep}": _mmafnet_row(*both) for ep, (_, both) in _T3.items()},
-    }},
-    row_labels={**{f"sgm-ep{ep}": f"SGM, {ep} epochs" for ep in _T3},
-                **{f"sgm_ipr-ep{ep}": f"SGM+IPR, {ep} epochs" for ep in _T3}},
-    notes=(_ACC2_NOTE_MMAFNET,
-           "The paper trains 50 epochs and modulates during the first 15/20/25/30; at other epoch "
-           "counts the modulation period is scaled by the same fraction (0.3/0.4/0.5/0.6).",
-           "Its SGM+IPR column at 25 epochs equals the full model (AFM on), so AFM stays on in both columns."),
-))
+_register(
+    PaperTable(
+        key="mmafnet-table3",
+        citation=MMAFNET,
+        table="Table 3",
+        caption="MMAFNet modulation frequency analysis experiments on the CMU-MOSI dataset.",
+        results={
+            "CMU-MOSI": {
+                **{f"sgm-ep{ep}": _mmafnet_row(*sgm) for ep, (sgm, _) in _T3.items()},
+                **{f"sgm_ipr-ep{ep}": _mmafnet_row(*both) for ep, (_, both) in _T3.items()},
+            }
+        },
+        row_labels={
+            **{f"sgm-ep{ep}": f"SGM, {ep} epochs" for ep in _T3},
+            **{f"sgm_ipr-ep{ep}": f"SGM+IPR, {ep} epochs" for ep in _T3},
+        },
+        notes=(
+            _ACC2_NOTE_MMAFNET,
+            "The paper trains 50 epochs and modulates during the first 15/20/25/30; at other epoch "
+            "counts the modulation period is scaled by the same fraction (0.3/0.4/0.5/0.6).",
+            "Its SGM+IPR column at 25 epochs equals the full model (AFM on), so AFM stays on in "
+            "both columns.",
+        ),
+    )
+)
 
-_register(PaperTable(
-    key="mmcl-table1",
-    citation=MMCL,
-    table="Table I",
-    caption="Ablation study results.",
-    results={
-        "IEMOCAP": {
-            "full": {"acc_avg": 84.9, "f1_avg": 84.5},
-            "no_csd": {"acc_avg": 81.9, "f1_avg": 81.2},
-            "no_selfattn": {"acc_avg": 83.1, "f1_avg": 82.4},
-            "no_crossattn": {"acc_avg": 82.7, "f1_avg": 81.6},
+_register(
+    PaperTable(
+        key="mmcl-table1",
+        citation=MMCL,
+        table="Table I",
+        caption="Ablation study results.",
+        results={
+            "IEMOCAP": {
+                "full": {"acc_avg": 84.9, "f1_avg": 84.5},
+                "no_csd": {"acc_avg": 81.9, "f1_avg": 81.2},
+                "no_selfattn": {"acc_avg": 83.1, "f1_avg": 82.4},
+                "no_crossattn": {"acc_avg": 82.7, "f1_avg": 81.6},
+            },
+            "CMU-MOSI": {
+                "full": {
+                    "acc7": 50.4,
+                    "acc2_non0": 87.3,
+                    "f1_non0": 87.3,
+                    "mae": 0.672,
+                    "corr": 0.817,
+                },
+                "no_csd": {
+                    "acc7": 47.0,
+                    "acc2_non0": 85.7,
+                    "f1_non0": 85.6,
+                    "mae": 0.714,
+                    "corr": 0.804,
+                },
+                "no_selfattn": {
+                    "acc7": 47.2,
+                    "acc2_non0": 85.7,
+                    "f1_non0": 85.6,
+                    "mae": 0.701,
+                    "corr": 0.806,
+                },
+                "no_crossattn": {
+                    "acc7": 47.5,
+                    "acc2_non0": 85.3,
+                    "f1_non0": 85.1,
+                    "mae": 0.707,
+                    "corr": 0.799,
+                },
+            },
         },
-        "CMU-MOSI": {
-            "full": {"acc7": 50.4, "acc2_non0": 87.3, "f1_non0": 87.3, "mae": 0.672, "corr": 0.817},
-            "no_csd": {"acc7": 47.0, "acc2_non0": 85.7, "f1_non0": 85.6, "mae": 0.714, "corr": 0.804},
-            "no_selfattn": {"acc7": 47.2, "acc2_non0": 85.7, "f1_non0": 85.6, "mae": 0.701, "corr": 0.806},
-            "no_crossattn": {"acc7": 47.5, "acc2_non0": 85.3, "f1_non0": 85.1, "mae": 0.707, "corr": 0.799},
+        row_labels={
+            "full": "Full",
+            "no_csd": "w/o CSD",
+            "no_selfattn": "w/o Self-Attn",
+            "no_crossattn": "w/o Cross-Attn",
         },
-    },
-    row_labels={"full": "Full", "no_csd": "w/o CSD", "no_selfattn": "w/o Self-Attn",
-                "no_crossattn": "w/o Cross-Attn"},
-    notes=("The paper does not say which Acc2 it reports; we assume the non-zero (negative/positive) "
-           "convention, acc2_non0/f1_non0.",
-           "IEMOCAP Acc/F1 are read as the averages of the per-class figures the paper says it reports "
-           "(our acc_avg/f1_avg)."),
-))
+        notes=(
+            "The paper does not say which Acc2 it reports; we assume the non-zero "
+            "(negative/positive) "
+            "convention, acc2_non0/f1_non0.",
+            "IEMOCAP Acc/F1 are read as the averages of the per-class figures the paper says it "
+            "reports "
+            "(our acc_avg/f1_avg).",
+        ),
+    )
+)
 
 
 def paper_table(key: str) -> PaperTable:
@@ -215,7 +281,7 @@ def paper_table(key: str) -> PaperTable:
 
 
 def paper_dataset_for(dataset_name: str) -> str | None:
-    """The paper dataset a store stands in for: ``sim-mosi`` / ``mosi`` / ``cmu-mosi-x0.05`` -> CMU-MOSI."""
+    """The paper dataset a store stands in for: ``sim-mosi``, ``mosi-x0.05`` -> CMU-MOSI."""
     name = dataset_name.lower()
     for profile in sorted(PROFILE_TO_PAPER_DATASET, key=len, reverse=True):
         if profile in name:

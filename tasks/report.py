@@ -1,11 +1,12 @@
 """The reproduction report, rebuilt from MLflow alone (no retraining, no Prefect, no local cache).
 
-Inputs are what the ``reproduce`` flow leaves in MLflow: a parent run (tags ``msaflow.kind=reproduce``,
-``msaflow.table``, ``msaflow.cells``, ``msaflow.baselines``, ``msaflow.seeds``, ``dataset``,
-``msaflow.dataset_source``) whose children (tag ``mlflow.parentRunId``; tags ``cell``, ``seed``,
-``model``, ``dataset``) carry ``test/*`` metrics and stepped trace metrics (``sgm/omega_t``,
-``ipr/dist_t``, ...). Output: Markdown, a self-contained HTML page (PNGs inlined as base64) and the
-PNGs themselves, written to a folder and/or logged to the parent run under ``report/``.
+Inputs are what the ``reproduce`` flow leaves in MLflow: a parent run (tags
+``msaflow.kind=reproduce``, ``msaflow.table``, ``msaflow.cells``, ``msaflow.baselines``,
+``msaflow.seeds``, ``msaflow.runs.*``, ``dataset``, ``msaflow.dataset_source``) whose children
+(tag ``mlflow.parentRunId``; tags ``cell``, ``seed``, ``model``, ``dataset``) carry ``test/*``
+metrics and stepped trace metrics (``sgm/omega_t``, ``ipr/dist_t``, ...). Output: Markdown, a
+self-contained HTML page (PNGs inlined as base64) and the PNGs themselves, written to a folder
+and/or logged to the parent run under ``report/``.
 
 The report never presents simulation results as results on the paper's dataset: the data statement
 comes first and the paper's figures are always labelled with the paper's dataset.
@@ -28,6 +29,7 @@ from tasks.paper_results import PERCENT_METRICS, PaperTable, paper_dataset_for, 
 from tasks.stats import Paired, Summary, cell_summaries, compare_to_baseline
 
 NON_TRACE_PREFIXES = ("test/", "train/", "valid/", "time/")
+MODALITY_ORDER = {"t": 0, "a": 1, "v": 2, "c": 3}
 N_BOOT = 10_000
 Block = tuple[Any, ...]
 
@@ -93,34 +95,45 @@ def find_reproduction(tracking_uri: str, experiment: str, parent_run_id: str | N
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
         names = sorted(e.name for e in c.search_experiments())
-        raise ReportError(f"no MLflow experiment {experiment!r} at {tracking_uri}; experiments: {names}")
+        raise ReportError(
+            f"no MLflow experiment {experiment!r} at {tracking_uri}; experiments: {names}"
+        )
     if parent_run_id:
         run = c.get_run(parent_run_id)
         if run.info.experiment_id != exp.experiment_id:
             raise ReportError(f"run {parent_run_id} is not in experiment {experiment!r}")
         return run
-    runs = c.search_runs([exp.experiment_id], filter_string="tags.`msaflow.kind` = 'reproduce'",
-                         order_by=["attributes.start_time DESC"], max_results=1)
+    runs = c.search_runs(
+        [exp.experiment_id],
+        filter_string="tags.`msaflow.kind` = 'reproduce'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     if not runs:
-        raise ReportError(f"experiment {experiment!r} holds no reproduction (run `msaflow reproduce` first)")
+        raise ReportError(
+            f"experiment {experiment!r} holds no reproduction (run `msaflow reproduce` first)"
+        )
     return runs[0]
 
 
-def _membership(c: Any, parent: Any) -> list[str]:
-    """Run ids the flow recorded; includes cache hits that belong to an earlier parent."""
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = c.download_artifacts(parent.info.run_id, "reproduce/runs.json", tmp)
-            return list(json.loads(Path(path).read_text()))
-    except Exception:  # noqa: BLE001 - absent before the flow finished once
-        return []
+def _membership(parent: Any) -> list[str]:
+    """Run ids the flow recorded (tags ``msaflow.runs.*``), cache hits of an earlier parent too."""
+    tags = parent.data.tags
+    n = int(tags.get("msaflow.runs.n", "0") or 0)
+    text = "".join(tags.get(f"msaflow.runs.{i}", "") for i in range(n))
+    return [r for r in text.split(",") if r]
 
 
 def _child_runs(c: Any, parent: Any) -> list[Any]:
-    runs = {r.info.run_id: r for r in c.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-        max_results=5000)}
-    for run_id in _membership(c, parent):
+    runs = {
+        r.info.run_id: r
+        for r in c.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+            max_results=5000,
+        )
+    }
+    for run_id in _membership(parent):
         if run_id not in runs:
             try:
                 runs[run_id] = c.get_run(run_id)
@@ -137,17 +150,20 @@ def _json_tag(tags: dict[str, str], key: str, default: Any) -> Any:
 
 
 def _trace_keys(run: Any) -> list[str]:
-    return sorted(k for k in run.data.metrics
-                  if "/" in k and not k.startswith(NON_TRACE_PREFIXES))
+    return sorted(k for k in run.data.metrics if "/" in k and not k.startswith(NON_TRACE_PREFIXES))
 
 
-def _traces(c: Any, picked: dict[tuple[str, int], Any]) -> dict[str, dict[str, dict[int, list[float]]]]:
+def _traces(
+    c: Any, picked: dict[tuple[str, int], Any]
+) -> dict[str, dict[str, dict[int, list[float]]]]:
     """``{key: {cell: {step: [value per seed]}}}`` from the metric histories."""
     out: dict[str, dict[str, dict[int, list[float]]]] = {}
     for (cell, _seed), run in picked.items():
         for key in _trace_keys(run):
             for m in c.get_metric_history(run.info.run_id, key):
-                out.setdefault(key, {}).setdefault(cell, {}).setdefault(int(m.step), []).append(float(m.value))
+                out.setdefault(key, {}).setdefault(cell, {}).setdefault(int(m.step), []).append(
+                    float(m.value)
+                )
     return out
 
 
@@ -171,16 +187,22 @@ def dataset_statement(name: str, source: str, paper_datasets: list[str]) -> tupl
     if simulated:
         stand_in = f"NOT {real}" if real else "NOT a real corpus"
         paper = ", ".join(paper_datasets) or "the paper's datasets"
-        return True, (f"**Data: simulation benchmark {name}, {stand_in}.** These numbers come from msaflow's "
-                      f"synthetic feature store (source: {source}). They exercise the pipeline and the relative "
-                      f"effect of the variants; they are not results on {paper}. The paper's figures "
-                      f"are shown beside ours for reference only and are labelled with the paper's dataset.")
-    return False, (f"**Data: {name}** (source: {source}). The paper's figures are labelled with the "
-                   f"paper's dataset; compare only columns for the same corpus and protocol.")
+        return True, (
+            f"**Data: simulation benchmark {name}, {stand_in}.** These numbers come from msaflow's "
+            f"synthetic feature store (source: {source}). They exercise the pipeline and the "
+            "relative "
+            f"effect of the variants; they are not results on {paper}. The paper's figures "
+            f"are shown beside ours for reference only and are labelled with the paper's dataset."
+        )
+    return False, (
+        f"**Data: {name}** (source: {source}). The paper's figures are labelled with the "
+        f"paper's dataset; compare only columns for the same corpus and protocol."
+    )
 
 
-def build_report(tracking_uri: str, experiment: str, parent_run_id: str | None = None,
-                 figures: bool = True) -> Report:
+def build_report(
+    tracking_uri: str, experiment: str, parent_run_id: str | None = None, figures: bool = True
+) -> Report:
     """Everything the report says, from MLflow alone."""
     from tasks.metrics import HEADLINE
     from tasks.tracking import client
@@ -197,7 +219,12 @@ def build_report(tracking_uri: str, experiment: str, parent_run_id: str | None =
     failed: dict[tuple[str, int], str] = {}
     for run in sorted(_child_runs(c, parent), key=lambda r: r.info.start_time or 0):
         cell, seed = run.data.tags.get("cell"), run.data.tags.get("seed")
-        if cell is None or seed is None or (cells and cell not in cells) or (seeds and int(seed) not in seeds):
+        if (
+            cell is None
+            or seed is None
+            or (cells and cell not in cells)
+            or (seeds and int(seed) not in seeds)
+        ):
             continue
         key = (cell, int(seed))
         if run.info.status == "FINISHED" and any(k.startswith("test/") for k in run.data.metrics):
@@ -206,17 +233,27 @@ def build_report(tracking_uri: str, experiment: str, parent_run_id: str | None =
         elif key not in finished:
             failed[key] = run.data.tags.get("msaflow.error", run.info.status)
     if not finished:
-        raise ReportError(f"reproduction {parent.info.run_id} in {experiment!r} has no finished runs yet")
+        raise ReportError(
+            f"reproduction {parent.info.run_id} in {experiment!r} has no finished runs yet"
+        )
     cells = cells or sorted({cell for cell, _ in finished})
     seeds = seeds or sorted({seed for _, seed in finished})
 
     task = tags.get("msaflow.task") or _infer_task(finished)
-    present = {k.removeprefix("test/") for run in finished.values() for k in run.data.metrics if k.startswith("test/")}
+    present = {
+        k.removeprefix("test/")
+        for run in finished.values()
+        for k in run.data.metrics
+        if k.startswith("test/")
+    }
     metrics = [m for m in HEADLINE.get(task, ()) if m in present] or sorted(present - {"loss"})
     values: dict[str, dict[int, dict[str, float]]] = {cell: {} for cell in cells}
     for (cell, seed), run in finished.items():
-        values[cell][seed] = {m: float(run.data.metrics[f"test/{m}"]) for m in metrics
-                              if f"test/{m}" in run.data.metrics}
+        values[cell][seed] = {
+            m: float(run.data.metrics[f"test/{m}"])
+            for m in metrics
+            if f"test/{m}" in run.data.metrics
+        }
 
     try:
         paper = paper_table(tags.get("msaflow.paper") or table)
@@ -228,14 +265,29 @@ def build_report(tracking_uri: str, experiment: str, parent_run_id: str | None =
     baselines = {cell: baselines.get(cell, baselines.get("*", cells[0])) for cell in cells}
 
     report = Report(
-        experiment=experiment, parent_run_id=parent.info.run_id, table=table,
-        model=tags.get("model", "?"), dataset=name, dataset_source=source, simulated=simulated,
-        statement=statement, cells=cells, seeds=seeds, metrics=metrics, values=values,
+        experiment=experiment,
+        parent_run_id=parent.info.run_id,
+        table=table,
+        model=tags.get("model", "?"),
+        dataset=name,
+        dataset_source=source,
+        simulated=simulated,
+        statement=statement,
+        cells=cells,
+        seeds=seeds,
+        metrics=metrics,
+        values=values,
         summaries=cell_summaries(values, metrics),
         comparisons=compare_to_baseline(values, metrics, baselines, n_boot=N_BOOT, seed=0),
-        baselines=baselines, paper=paper, differing_params=_differing_params(finished),
-        missing=[f"{cell}/seed{seed}: {failed.get((cell, seed), 'not run')}"[:300]
-                 for cell in cells for seed in seeds if (cell, seed) not in finished],
+        baselines=baselines,
+        paper=paper,
+        differing_params=_differing_params(finished),
+        missing=[
+            f"{cell}/seed{seed}: {failed.get((cell, seed), 'not run')}"[:300]
+            for cell in cells
+            for seed in seeds
+            if (cell, seed) not in finished
+        ],
     )
     if figures:
         report.figures = {"metrics.png": metrics_figure(report)}
@@ -270,13 +322,14 @@ def fmt_value(metric: str, value: float | None) -> str:
     return f"{value * scale:.{dec}f}"
 
 
-def fmt_summary(metric: str, s: Summary) -> str:
+def fmt_summary(metric: str, s: Summary, ci: bool = True) -> str:
     if s.n == 0:
         return "—"
     scale, dec = _unit(metric)
     text = f"{s.mean * scale:.{dec}f}"
     if s.n > 1:
-        text += f" ± {s.std * scale:.{dec}f} [{s.ci_low * scale:.{dec}f}, {s.ci_high * scale:.{dec}f}]"
+        text += f" ± {s.std * scale:.{dec}f}"
+        text += f" [{s.ci_low * scale:.{dec}f}, {s.ci_high * scale:.{dec}f}]" if ci else ""
     return text
 
 
@@ -300,17 +353,29 @@ def render_blocks(r: Report, tags: dict[str, str]) -> list[Block]:
     blocks: list[Block] = [
         ("h1", title),
         ("p", r.statement),
-        ("p", f"Model **{r.model}**, preset **{preset}**, **{epochs}** epochs, seeds {r.seeds}; "
-              f"{found}/{expected} runs finished. MLflow experiment `{r.experiment}`, parent run "
-              f"`{r.parent_run_id}`. Accuracies and F1 in percent; MAE and Corr as is."),
+        (
+            "p",
+            f"Model **{r.model}**, preset **{preset}**, **{epochs}** epochs, seeds {r.seeds}; "
+            f"{found}/{expected} runs finished. MLflow experiment `{r.experiment}`, parent run "
+            f"`{r.parent_run_id}`. Accuracies and F1 in percent; MAE and Corr as is.",
+        ),
     ]
     if r.missing:
         blocks.append(("p", "**Missing or failed runs** (statistics use the finished seeds only):"))
         blocks.append(("ul", r.missing))
 
-    rows = [{"cell": cell, "n": str(max((s.n for s in r.summaries[cell].values()), default=0)),
-             **{m: fmt_summary(m, r.summaries[cell][m]) for m in r.metrics}} for cell in r.cells]
-    blocks += [("h2", f"Our results on {r.dataset}: mean ± std [95% CI] over seeds"), ("table", rows)]
+    rows = [
+        {
+            "cell": cell,
+            "n": str(max((s.n for s in r.summaries[cell].values()), default=0)),
+            **{m: fmt_summary(m, r.summaries[cell][m]) for m in r.metrics},
+        }
+        for cell in r.cells
+    ]
+    blocks += [
+        ("h2", f"Our results on {r.dataset}: mean ± std [95% CI] over seeds"),
+        ("table", rows),
+    ]
 
     if r.paper:
         blocks += paper_blocks(r)
@@ -319,46 +384,100 @@ def render_blocks(r: Report, tags: dict[str, str]) -> list[Block]:
     for cell in r.cells:
         for m, p in r.comparisons.get(cell, {}).items():
             scale, dec = _unit(m)
-            comp_rows.append({
-                "cell": cell, "vs": r.baselines[cell], "metric": m, "n pairs": str(p.n),
-                "mean diff": f"{p.mean_diff * scale:+.{dec}f}" if math.isfinite(p.mean_diff) else "nan",
-                "95% CI (t)": _interval(p.ci_low, p.ci_high, scale, dec),
-                "95% CI (bootstrap)": _interval(p.boot_low, p.boot_high, scale, dec),
-                "d_z": _fmt_d(p.d_z), "p (paired t)": _fmt_p(p.p_value),
-            })
+            comp_rows.append(
+                {
+                    "cell": cell,
+                    "vs": r.baselines[cell],
+                    "metric": m,
+                    "n pairs": str(p.n),
+                    "mean diff": f"{p.mean_diff * scale:+.{dec}f}"
+                    if math.isfinite(p.mean_diff)
+                    else "nan",
+                    "95% CI (t)": _interval(p.ci_low, p.ci_high, scale, dec),
+                    "95% CI (bootstrap)": _interval(p.boot_low, p.boot_high, scale, dec),
+                    "d_z": _fmt_d(p.d_z),
+                    "p (paired t)": _fmt_p(p.p_value),
+                }
+            )
     blocks.append(("h2", "Paired comparison against the baseline (matched seeds)"))
-    blocks.append(("p", "diff = cell − baseline (for MAE, negative is better). d_z = mean(diff)/std(diff) "
-                        "(Cohen's effect size for paired samples); p from a two-sided paired t-test; the "
-                        f"bootstrap interval resamples the seed differences ({N_BOOT} draws, seed 0). "
-                        "With one seed there is no spread and these are NaN. With few seeds the tests have "
-                        "little power: a large p is not evidence of no effect."))
+    blocks.append(
+        (
+            "p",
+            "diff = cell − baseline (for MAE, negative is better). d_z = mean(diff)/std(diff) "
+            "(Cohen's effect size for paired samples); p from a two-sided paired t-test; the "
+            f"bootstrap interval resamples the seed differences ({N_BOOT} draws, seed 0). "
+            "With one seed there is no spread and these are NaN. With few seeds the tests have "
+            "little power: a large p is not evidence of no effect.",
+        )
+    )
     blocks.append(("table", comp_rows) if comp_rows else ("p", "(no cell besides the baseline)"))
 
     blocks.append(("h2", "What differs between the runs"))
     if r.differing_params:
-        blocks.append(("p", "MLflow params that differ between runs besides `train.seed` — in the UI's compare "
-                            "view only these (and the metrics) change from cell to cell:"))
-        blocks.append(("table", [{"param": k, **{c: ", ".join(v.get(c, [])) for c in r.cells}}
-                                 for k, v in r.differing_params.items()]))
+        blocks.append(
+            (
+                "p",
+                "MLflow params that differ between runs besides `train.seed` — in the UI's "
+                "compare "
+                "view only these (and the metrics) change from cell to cell:",
+            )
+        )
+        blocks.append(
+            (
+                "table",
+                [
+                    {"param": k, **{c: ", ".join(v.get(c, [])) for c in r.cells}}
+                    for k, v in r.differing_params.items()
+                ],
+            )
+        )
     else:
         blocks.append(("p", "No param differs between the runs besides `train.seed`."))
+    same = identical_cells(r)
+    if same:
+        blocks.append(
+            (
+                "p",
+                "**Cells that ran the same configuration** (at this epoch count their settings "
+                "coincide, so any difference between them is noise): "
+                + "; ".join(" = ".join(group) for group in same)
+                + ".",
+            )
+        )
 
     blocks.append(("h2", "Figures"))
     for name in r.figures:
-        caption = ("Test metrics per cell: mean over seeds, error bars 95% CI; paper values as markers, "
-                   "labelled with the paper's dataset." if name == "metrics.png"
-                   else f"Training traces `{name.removeprefix('traces_').removesuffix('.png')}/*` (modulation, gates, probes), "
-                        "mean over seeds per step/epoch, band ± std.")
+        caption = (
+            "Test metrics per cell: mean over seeds, error bars 95% CI; paper values as markers, "
+            "labelled with the paper's dataset."
+            if name == "metrics.png"
+            else f"Training traces `{name.removeprefix('traces_').removesuffix('.png')}/*` "
+            "(modulation, gates, probes), "
+            "mean over seeds per step/epoch, band ± std."
+        )
         blocks.append(("img", name, caption))
 
     notes = list(r.paper.notes) if r.paper else []
-    notes.append("Statistics: sample std (ddof=1); 95% CI from the t distribution with n−1 degrees of "
-                 "freedom; non-finite values (e.g. an undefined correlation) are dropped per seed.")
+    notes.append(
+        "Statistics: sample std (ddof=1); 95% CI from the t distribution with n−1 degrees of "
+        "freedom; non-finite values (e.g. an undefined correlation) are dropped per seed."
+    )
     blocks += [("h2", "Notes"), ("ul", notes)]
     if r.paper:
         cite = r.paper.citation
         blocks.append(("p", f"Paper: {cite.text()} Numbers transcribed from `{cite.source}`."))
     return blocks
+
+
+def identical_cells(r: Report) -> list[list[str]]:
+    """Groups of cells whose params agree on every key that varies (e.g. Table 3 at few epochs)."""
+    keys = [k for k in r.differing_params if k != "variant"]
+    groups: dict[tuple, list[str]] = {}
+    for cell in r.cells:
+        groups.setdefault(
+            tuple(tuple(r.differing_params[k].get(cell, [])) for k in keys), []
+        ).append(cell)
+    return [g for g in groups.values() if len(g) > 1]
 
 
 def _interval(low: float, high: float, scale: float, dec: int) -> str:
@@ -372,21 +491,39 @@ def paper_blocks(r: Report) -> list[Block]:
     assert paper is not None
     shown = [m for m in r.metrics if m in paper.metrics()]
     if not shown:
-        return [("h2", "Beside the paper"),
-                ("p", f"The paper's {paper.table} reports none of the metrics measured here ({r.metrics}).")]
-    datasets = [ds for ds in paper.datasets if any(m in v for v in paper.results[ds].values() for m in shown)]
+        return [
+            ("h2", "Beside the paper"),
+            (
+                "p",
+                f"The paper's {paper.table} reports none of the metrics measured here "
+                f"({r.metrics}).",
+            ),
+        ]
+    datasets = [
+        ds
+        for ds in paper.datasets
+        if any(m in v for v in paper.results[ds].values() for m in shown)
+    ]
     rows = []
     for cell in r.cells:
         for m in shown:
-            row = {"cell": cell, "paper row": paper.row_labels.get(cell, "—"), "metric": m,
-                   f"ours ({r.dataset})": fmt_summary(m, r.summaries[cell][m])}
+            row = {
+                "cell": cell,
+                "paper row": paper.row_labels.get(cell, "—"),
+                "metric": m,
+                f"ours ({r.dataset})": fmt_summary(m, r.summaries[cell][m]),
+            }
             row.update({f"paper ({ds})": fmt_value(m, paper.value(ds, cell, m)) for ds in datasets})
             rows.append(row)
     where = "simulation, not the paper's data" if r.simulated else "see the data statement"
     return [
         ("h2", f"Beside the paper: {paper.table}"),
-        ("p", f"{paper.citation.text()} {paper.table}: {paper.caption} Our columns are on **{r.dataset}** "
-              f"({where}); the paper's columns name the paper's dataset."),
+        (
+            "p",
+            f"{paper.citation.text()} {paper.table}: {paper.caption} "
+            f"Our columns are on **{r.dataset}** "
+            f"({where}); the paper's columns name the paper's dataset.",
+        ),
         ("table", rows),
     ]
 
@@ -431,22 +568,35 @@ def to_html(blocks: list[Block], figures: dict[str, bytes], title: str) -> str:
             rows = block[1]
             cols = list(dict.fromkeys(k for row in rows for k in row))
             head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-            trs = "".join("<tr>" + "".join(f"<td>{html.escape(str(row.get(c, '')))}</td>" for c in cols) + "</tr>"
-                          for row in rows)
+            trs = "".join(
+                "<tr>"
+                + "".join(f"<td>{html.escape(str(row.get(c, '')))}</td>" for c in cols)
+                + "</tr>"
+                for row in rows
+            )
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>")
         elif kind == "img":
             name, caption = block[1], block[2]
-            src = (f"data:image/png;base64,{base64.b64encode(figures[name]).decode()}"
-                   if name in figures else html.escape(name))
-            body.append(f'<figure><img src="{src}" alt="{html.escape(caption)}">'
-                        f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;margin:1em 0;font-size:90%}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
-             "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
-             "figcaption{font-style:italic;font-size:90%}")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+            src = (
+                f"data:image/png;base64,{base64.b64encode(figures[name]).decode()}"
+                if name in figures
+                else html.escape(name)
+            )
+            body.append(
+                f'<figure><img src="{src}" alt="{html.escape(caption)}">'
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
+    style = (
+        "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:90%}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+        "figcaption{font-style:italic;font-size:90%}"
+    )
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
 
 
 # ----------------------------------------------------------------------------- figures
@@ -462,7 +612,7 @@ def _png(fig: Any) -> bytes:
 
 
 def metrics_figure(r: Report) -> bytes:
-    """One panel per metric: a bar per cell (mean), 95% CI error bars, the paper's values as markers."""
+    """A panel per metric: a bar per cell (mean), 95% CI error bars, paper values as markers."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -476,30 +626,38 @@ def metrics_figure(r: Report) -> bytes:
         means = [r.summaries[c][metric].mean for c in r.cells]
         err = [r.summaries[c][metric].half_width for c in r.cells]
         err = [e if math.isfinite(e) else 0.0 for e in err]
-        ax.bar(x, means, yerr=err, capsize=4, color="#4c72b0", alpha=0.85, label=f"ours ({r.dataset})")
+        ax.bar(
+            x, means, yerr=err, capsize=4, color="#4c72b0", alpha=0.85, label=f"ours ({r.dataset})"
+        )
         if r.paper:
             for i, ds in enumerate(r.paper.datasets):
                 ys = [r.paper.value(ds, c, metric) for c in r.cells]
                 if any(y is not None for y in ys):
-                    ax.scatter(x, [np.nan if y is None else y for y in ys], marker=markers[i % len(markers)],
-                               color=f"C{i + 1}", zorder=3, label=f"paper ({ds})")
+                    ax.scatter(
+                        x,
+                        [np.nan if y is None else y for y in ys],
+                        marker=markers[i % len(markers)],
+                        color=f"C{i + 1}",
+                        zorder=3,
+                        label=f"paper ({ds})",
+                    )
         ax.set_title(metric)
         ax.set_xticks(x, r.cells, rotation=30, ha="right", fontsize=8)
-        finite = [m for m in means if math.isfinite(m)]
-        if finite and metric not in ("mae", "rmse"):
-            ax.set_ylim(bottom=max(0.0, min(finite) - 0.15 * (abs(min(finite)) + 1e-9)))
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper right", fontsize=8)
     kind = "SIMULATION, not the paper's data" if r.simulated else r.dataset_source
-    fig.suptitle(f"{r.table}: {r.dataset} ({kind}), mean ± 95% CI over {len(r.seeds)} seed(s)", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.9, 0.95))
+    fig.suptitle(
+        f"{r.table}: {r.dataset} ({kind}), mean ± 95% CI over {len(r.seeds)} seed(s)", fontsize=10
+    )
+    # fixed margins: tight_layout costs about a second per figure on a busy 2-core machine
+    fig.subplots_adjust(left=0.06, right=0.88, bottom=0.12, top=0.88, wspace=0.3, hspace=0.55)
     return _png(fig)
 
 
 def _split_key(key: str) -> tuple[str, str, str]:
-    """``sgm/omega_t`` -> (``sgm``, ``omega``, ``t``); ``ipr/reset`` -> (``ipr``, ``reset``, ``""``)."""
+    """``sgm/omega_t`` -> (sgm, omega, t); ``ipr/reset`` -> (ipr, reset, "")."""
     family, _, name = key.partition("/")
     quantity, sep, suffix = name.rpartition("_")
     if not sep or len(suffix) > 2:
@@ -507,9 +665,14 @@ def _split_key(key: str) -> tuple[str, str, str]:
     return family, quantity, suffix
 
 
-def trace_figures(traces: dict[str, dict[str, dict[int, list[float]]]], cells: list[str], simulated: bool,
-                  dataset: str) -> dict[str, bytes]:
-    """One PNG per trace family (sgm, ipr, ...): a row per quantity, a column per modality, a line per cell."""
+def trace_figures(
+    traces: dict[str, dict[str, dict[int, list[float]]]],
+    cells: list[str],
+    simulated: bool,
+    dataset: str,
+) -> dict[str, bytes]:
+    """A PNG per trace family (sgm, ipr, ...): a row per quantity, a column per modality,
+    a line per cell."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -520,26 +683,36 @@ def trace_figures(traces: dict[str, dict[str, dict[int, list[float]]]], cells: l
     out: dict[str, bytes] = {}
     for family, quantities in sorted(families.items()):
         ncols = max(len(s) for s in quantities.values())
-        fig, axes = plt.subplots(len(quantities), ncols, figsize=(3.8 * ncols, 2.8 * len(quantities)),
-                                 squeeze=False)
+        fig, axes = plt.subplots(
+            len(quantities), ncols, figsize=(3.8 * ncols, 2.8 * len(quantities)), squeeze=False
+        )
         for row, (_quantity, by_suffix) in enumerate(sorted(quantities.items())):
-            for col, (_suffix, key) in enumerate(sorted(by_suffix.items())):
+            ordered = sorted(
+                by_suffix.items(), key=lambda kv: (MODALITY_ORDER.get(kv[0], 9), kv[0])
+            )
+            for col, (_suffix, key) in enumerate(ordered):
                 ax = axes[row][col]
-                for i, cell in enumerate(c for c in cells if c in traces[key]):
+                for cell in (c for c in cells if c in traces[key]):
+                    i = cells.index(cell)  # one colour per cell across every figure
                     steps = sorted(traces[key][cell])
                     vals = [traces[key][cell][s] for s in steps]
                     mean = np.array([np.mean(v) for v in vals])
                     std = np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in vals])
                     ax.plot(steps, mean, color=f"C{i}", linewidth=1, label=cell)
-                    ax.fill_between(steps, mean - std, mean + std, color=f"C{i}", alpha=0.2, linewidth=0)
+                    ax.fill_between(
+                        steps, mean - std, mean + std, color=f"C{i}", alpha=0.2, linewidth=0
+                    )
                 ax.set_title(key, fontsize=9)
+                ax.set_xlabel("MLflow step", fontsize=7)
                 ax.tick_params(labelsize=7)
                 if row == 0 and col == 0:
                     ax.legend(fontsize=7)
             for col in range(len(by_suffix), ncols):
                 axes[row][col].axis("off")
         kind = "simulation" if simulated else "data"
-        fig.suptitle(f"{family} traces on {dataset} ({kind}): mean over seeds, band ± std", fontsize=10)
-        fig.tight_layout(rect=(0, 0, 1, 0.95))
+        fig.suptitle(
+            f"{family} traces on {dataset} ({kind}): mean over seeds, band ± std", fontsize=10
+        )
+        fig.subplots_adjust(left=0.07, right=0.98, bottom=0.1, top=0.86, wspace=0.3, hspace=0.6)
         out[f"traces_{family}.png"] = _png(fig)
     return out

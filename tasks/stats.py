@@ -1,7 +1,8 @@
 """Multi-seed statistics: per-cell mean ± std with a t confidence interval, and paired comparisons.
 
 Conventions (documented because small n makes them matter):
-- std is the sample standard deviation (ddof=1); the CI is ``mean ± t_{1-a/2, n-1} * std / sqrt(n)``.
+- std is the sample standard deviation (ddof=1);
+  the CI is ``mean ± t_{1-a/2, n-1} * std / sqrt(n)``.
 - Non-finite values (a NaN correlation from a constant prediction) are dropped; ``n`` counts what
   was used. With n = 1 there is no spread: std, CI and p are NaN, never a made-up zero.
 - Paired comparisons match runs by seed (same seed = same data order and initialisation), and use
@@ -85,8 +86,9 @@ def summarize(values: Iterable[float], confidence: float = 0.95) -> Summary:
     return Summary(n, mean, std, low, high)
 
 
-def bootstrap_mean_ci(values: Iterable[float], n_boot: int = 10_000, confidence: float = 0.95,
-                      seed: int = 0) -> tuple[float, float]:
+def bootstrap_mean_ci(
+    values: Iterable[float], n_boot: int = 10_000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean; NaN for fewer than two values."""
     arr = _finite(values)
     if len(arr) < 2 or n_boot < 1:
@@ -97,12 +99,22 @@ def bootstrap_mean_ci(values: Iterable[float], n_boot: int = 10_000, confidence:
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
-def paired(cell: Mapping[Any, float], baseline: Mapping[Any, float], confidence: float = 0.95,
-           n_boot: int = 0, seed: int = 0) -> Paired:
+def paired(
+    cell: Mapping[Any, float],
+    baseline: Mapping[Any, float],
+    confidence: float = 0.95,
+    n_boot: int = 0,
+    seed: int = 0,
+) -> Paired:
     """Compare ``cell`` with ``baseline``, both keyed by seed, over the seeds they share."""
-    seeds = [s for s in cell if s in baseline
-             and math.isfinite(float(cell[s])) and math.isfinite(float(baseline[s]))]
-    diff = np.asarray([float(cell[s]) - float(baseline[s]) for s in sorted(seeds, key=str)], dtype=np.float64)
+    seeds = [
+        s
+        for s in cell
+        if s in baseline and math.isfinite(float(cell[s])) and math.isfinite(float(baseline[s]))
+    ]
+    diff = np.asarray(
+        [float(cell[s]) - float(baseline[s]) for s in sorted(seeds, key=str)], dtype=np.float64
+    )
     n = len(diff)
     if n == 0:
         return Paired(0, NAN, NAN, NAN, NAN, NAN, NAN, NAN)
@@ -114,27 +126,45 @@ def paired(cell: Mapping[Any, float], baseline: Mapping[Any, float], confidence:
     # np.ptp, not std == 0: float error makes the std of equal differences ~1e-17, not 0.
     if np.ptp(diff) <= 1e-12 * max(1.0, abs(mean)):
         zero = abs(mean) <= 1e-12
-        t, p, d_z = (0.0, 1.0, 0.0) if zero else (math.copysign(math.inf, mean), 0.0, math.copysign(math.inf, mean))
+        t, p, d_z = (
+            (0.0, 1.0, 0.0)
+            if zero
+            else (math.copysign(math.inf, mean), 0.0, math.copysign(math.inf, mean))
+        )
         low = high = mean
     else:
-        res = sps.ttest_rel([float(cell[s]) for s in sorted(seeds, key=str)],
-                            [float(baseline[s]) for s in sorted(seeds, key=str)])
+        res = sps.ttest_rel(
+            [float(cell[s]) for s in sorted(seeds, key=str)],
+            [float(baseline[s]) for s in sorted(seeds, key=str)],
+        )
         t, p, d_z = float(res.statistic), float(res.pvalue), mean / std
     boot = bootstrap_mean_ci(diff, n_boot, confidence, seed) if n_boot else (NAN, NAN)
     return Paired(n, mean, std, low, high, t, p, d_z, *boot)
 
 
-def cell_summaries(values: Mapping[str, Mapping[Any, Mapping[str, float]]], metrics: Iterable[str],
-                   confidence: float = 0.95) -> dict[str, dict[str, Summary]]:
+def cell_summaries(
+    values: Mapping[str, Mapping[Any, Mapping[str, float]]],
+    metrics: Iterable[str],
+    confidence: float = 0.95,
+) -> dict[str, dict[str, Summary]]:
     """``values[cell][seed][metric]`` -> ``{cell: {metric: Summary}}``."""
     metrics = list(metrics)
-    return {cell: {m: summarize([r[m] for r in by_seed.values() if m in r], confidence) for m in metrics}
-            for cell, by_seed in values.items()}
+    return {
+        cell: {
+            m: summarize([r[m] for r in by_seed.values() if m in r], confidence) for m in metrics
+        }
+        for cell, by_seed in values.items()
+    }
 
 
-def compare_to_baseline(values: Mapping[str, Mapping[Any, Mapping[str, float]]], metrics: Iterable[str],
-                        baseline_of: Mapping[str, str], confidence: float = 0.95, n_boot: int = 0,
-                        seed: int = 0) -> dict[str, dict[str, Paired]]:
+def compare_to_baseline(
+    values: Mapping[str, Mapping[Any, Mapping[str, float]]],
+    metrics: Iterable[str],
+    baseline_of: Mapping[str, str],
+    confidence: float = 0.95,
+    n_boot: int = 0,
+    seed: int = 0,
+) -> dict[str, dict[str, Paired]]:
     """``{cell: {metric: Paired}}`` for every cell with a baseline other than itself."""
     metrics = list(metrics)
     out: dict[str, dict[str, Paired]] = {}
@@ -142,8 +172,13 @@ def compare_to_baseline(values: Mapping[str, Mapping[Any, Mapping[str, float]]],
         if cell == base or cell not in values or base not in values:
             continue
         out[cell] = {
-            m: paired({s: r[m] for s, r in values[cell].items() if m in r},
-                      {s: r[m] for s, r in values[base].items() if m in r}, confidence, n_boot, seed)
+            m: paired(
+                {s: r[m] for s, r in values[cell].items() if m in r},
+                {s: r[m] for s, r in values[base].items() if m in r},
+                confidence,
+                n_boot,
+                seed,
+            )
             for m in metrics
         }
     return out

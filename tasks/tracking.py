@@ -54,12 +54,29 @@ def client(tracking_uri: str | None = None) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
 
 
+def _probe_database(tracking_uri: str) -> None:
+    """One plain connection to a PostgreSQL/MySQL backend: MLflow's own store would retry a refused
+    connection for about two minutes before saying so."""
+    dialect = tracking_uri.split(":", 1)[0].split("+", 1)[0]
+    if dialect not in ("postgresql", "mysql"):
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(tracking_uri, connect_args={"connect_timeout": 10})
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
+
+
 def check_tracking(tracking_uri: str) -> None:
     """Fail fast with a clear message when the tracking store is unreachable (no retry storm)."""
     saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
     try:
+        _probe_database(tracking_uri)
         MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - any failure here means "cannot track"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -111,6 +128,27 @@ def find_child_run(tracking_uri: str, experiment_id: str, parent_run_id: str, ke
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
+
+
+def supersede_stale_runs(tracking_uri: str, experiment_id: str, key: str, run_id: str) -> list[str]:
+    """Mark other RUNNING runs of the same child (same cache key) KILLED, tagged with their successor.
+
+    A process killed outright (SIGKILL, a lost machine) leaves its child RUNNING forever; the re-run
+    that resumes from the same checkpoint supersedes it. Returns the ids it marked.
+    """
+    c = client(tracking_uri)
+    stale = [
+        r.info.run_id
+        for r in c.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`msaflow.key` = '{key}' and attributes.status = 'RUNNING'",
+        )
+        if r.info.run_id != run_id
+    ]
+    for old in stale:
+        c.set_tag(old, "msaflow.superseded_by", run_id)
+        c.set_terminated(old, status="KILLED")
+    return stale
 
 
 def _chunks(items: list, size: int = _BATCH) -> Iterable[list]:

@@ -220,7 +220,7 @@ def train_model(
                 out = model(batch)
                 total, parts = model.loss(out, batch)
             if not torch.isfinite(total):
-                raise FloatingPointError(f"{cfg.run_name}: loss became {float(total)} at epoch {epoch}, step {global_step}")
+                raise FloatingPointError(f"{cfg.run_name}: loss became {float(total.detach())} at epoch {epoch}, step {global_step}")
             total.backward()
             trace = model.after_backward(out, batch, epoch)
             if t.grad_clip > 0:

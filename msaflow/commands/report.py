@@ -1,4 +1,4 @@
-"""``msaflow report --experiment NAME``: rebuild a reproduction's report from MLflow, no retraining."""
+"""``msaflow report --experiment NAME``: rebuild a reproduction's report from MLflow alone."""
 
 from __future__ import annotations
 
@@ -6,13 +6,25 @@ from typing import Annotated
 
 import typer
 
+from msaflow.commands.options import ReportOut, TrackingUri
+
 
 def command(
-    experiment: Annotated[str, typer.Option(help="MLflow experiment holding the reproduction (e.g. reproduce-mmafnet-table2).")],
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite under $MSAFLOW_HOME).")] = None,
-    out: Annotated[str | None, typer.Option(help="Report Markdown path; HTML and PNGs go beside it (default: $MSAFLOW_HOME/reports/<experiment>/report.md).")] = None,
-    run_id: Annotated[str | None, typer.Option(help="The reproduction's parent run (default: the newest in the experiment).")] = None,
-    log: Annotated[bool, typer.Option(help="Also (re)log the report to the parent run's report/ artifacts.")] = True,
+    experiment: Annotated[
+        str,
+        typer.Option(
+            help="MLflow experiment holding the reproduction (e.g. reproduce-mmafnet-table2)."
+        ),
+    ],
+    tracking_uri: TrackingUri = None,
+    out: ReportOut = None,
+    run_id: Annotated[
+        str | None,
+        typer.Option(help="The reproduction's parent run (default: the newest in the experiment)."),
+    ] = None,
+    log: Annotated[
+        bool, typer.Option(help="Also (re)log the report to the parent run's report/ artifacts.")
+    ] = True,
 ) -> None:
     """Rebuild the report (Markdown, HTML, PNGs) of a reproduction from MLflow alone."""
     from msaflow.cli import err, fail, user_errors

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from msaflow.commands.options import AsJson, DataFormat, ReportOut, TrackingUri
+
 
 def print_summary(report: Any) -> None:
     """Mean ± std per cell for the report's metrics, after the data statement."""
@@ -17,35 +19,55 @@ def print_summary(report: Any) -> None:
     from tasks.report import fmt_summary
 
     out.print(report.statement.replace("**", ""), highlight=False)
-    table = Table(title=f"{report.table} on {report.dataset}: mean ± std over seeds {report.seeds} (CIs in the report)")
+    table = Table(
+        title=f"{report.table} on {report.dataset}: mean ± std over seeds {report.seeds} "
+        "(CIs in the report)"
+    )
     table.add_column("cell")
     for m in report.metrics:
         table.add_column(m, justify="right")
     for cell in report.cells:
-        table.add_row(cell, *(fmt_summary(m, report.summaries[cell][m], ci=False) for m in report.metrics))
+        table.add_row(
+            cell, *(fmt_summary(m, report.summaries[cell][m], ci=False) for m in report.metrics)
+        )
     out.print(table)
 
 
 def command(
     table: Annotated[str, typer.Argument(help="mmafnet-table2 | mmafnet-table3 | mmcl-table1.")],
-    data: Annotated[str | None, typer.Option(help="Feature store DIR, MMSA/MulT .pkl, or sim-<profile>. Default: sim-mosi.")] = None,
-    seeds: Annotated[int, typer.Option(help="Number of seeds (1..N); the statistics need at least 2.")] = 5,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="Feature store DIR, MMSA/MulT .pkl, or sim-<profile>. Default: sim-mosi."
+        ),
+    ] = None,
+    seeds: Annotated[
+        int, typer.Option(help="Number of seeds (1..N); the statistics need at least 2.")
+    ] = 5,
     epochs: Annotated[int | None, typer.Option(help="Override the preset's epochs.")] = None,
-    preset: Annotated[str, typer.Option(help="quick (CPU, minutes) | paper | model-specific presets.")] = "quick",
-    experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default: reproduce-<TABLE>).")] = None,
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite under $MSAFLOW_HOME).")] = None,
-    out: Annotated[str | None, typer.Option(help="Report Markdown path; HTML and PNGs go beside it (default: $MSAFLOW_HOME/reports/<experiment>/report.md).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Runs at a time (default: min(2, CPU count)).")] = None,
+    preset: Annotated[
+        str, typer.Option(help="quick (CPU, minutes) | paper | model-specific presets.")
+    ] = "quick",
+    experiment: Annotated[
+        str | None, typer.Option(help="MLflow experiment (default: reproduce-<TABLE>).")
+    ] = None,
+    tracking_uri: TrackingUri = None,
+    out: ReportOut = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Runs at a time (default: min(2, CPU count)).")
+    ] = None,
     scale: Annotated[float, typer.Option(help="Shrink the simulated dataset (sim-* only).")] = 1.0,
-    data_format: Annotated[str, typer.Option("--format", help="Format of a .pkl --data: mmsa | mult.")] = "mmsa",
-    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary to stdout.")] = False,
+    data_format: DataFormat = "mmsa",
+    as_json: AsJson = False,
 ) -> None:
-    """Reproduce a paper's table: every cell x seed as child runs of one MLflow parent, then the report.
+    """Reproduce a paper's table: each cell x seed a child run of one MLflow parent; a report.
 
     Re-running the same command resumes: finished runs are not redone (more --seeds adds runs).
     """
-    from msaflow.cli import err, fail, ui_hint, user_errors
+    from msaflow.cli import err, fail, tracking_errors, tracking_lost, ui_hint, user_errors
+    from msaflow.settings import start_prefect_early
 
+    prefect_ready = start_prefect_early()
     try:
         import os
         from pathlib import Path
@@ -54,36 +76,83 @@ def command(
 
         get_table(table)  # an unknown table is a usage error, before anything starts
         # Prefect's ephemeral server cannot create its database in a folder that does not exist yet.
-        Path(os.environ.get("PREFECT_HOME", ".msaflow/prefect")).expanduser().mkdir(parents=True, exist_ok=True)
-        result = reproduce(table, data=data, seeds=seeds, epochs=epochs, preset=preset, experiment=experiment,
-                           tracking_uri=tracking_uri, max_workers=workers, out=out, scale=scale,
-                           data_format=data_format)
+        Path(os.environ.get("PREFECT_HOME", ".msaflow/prefect")).expanduser().mkdir(
+            parents=True, exist_ok=True
+        )
+        prefect_ready()
+        result = reproduce(
+            table,
+            data=data,
+            seeds=seeds,
+            epochs=epochs,
+            preset=preset,
+            experiment=experiment,
+            tracking_uri=tracking_uri,
+            max_workers=workers,
+            out=out,
+            scale=scale,
+            data_format=data_format,
+        )
     except user_errors() as exc:
         fail(str(exc).strip("'\""))
+    except tracking_errors() as exc:
+        fail(tracking_lost(exc), code=1)
     except ValueError as exc:
         fail(str(exc))
     if as_json:
-        sys.stdout.write(json.dumps({
-            "table": table, "parent_run_id": result["parent_run_id"], "experiment": result["experiment"],
-            "experiment_id": result["experiment_id"], "tracking_uri": result["tracking_uri"],
-            "dataset": result["dataset"]["name"], "dataset_source": result["dataset"]["source"],
-            "resumed": result["resumed"], "report": result["report"],
-            "runs": [{"run_id": r["run_id"], "cell": r["cell"], "seed": r["seed"], "cached": r.get("cached", False)}
-                     for r in result["rows"]],
-            "failures": result["failures"],
-        }, indent=2, default=str) + "\n")
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "table": table,
+                    "parent_run_id": result["parent_run_id"],
+                    "experiment": result["experiment"],
+                    "experiment_id": result["experiment_id"],
+                    "tracking_uri": result["tracking_uri"],
+                    "dataset": result["dataset"]["name"],
+                    "dataset_source": result["dataset"]["source"],
+                    "resumed": result["resumed"],
+                    "report": result["report"],
+                    "runs": [
+                        {
+                            "run_id": r["run_id"],
+                            "cell": r["cell"],
+                            "seed": r["seed"],
+                            "cached": r.get("cached", False),
+                        }
+                        for r in result["rows"]
+                    ],
+                    "failures": result["failures"],
+                },
+                indent=2,
+                default=str,
+            )
+            + "\n"
+        )
     else:
         from tasks.report import build_report
 
         if result["report"]:
-            print_summary(build_report(result["tracking_uri"], result["experiment"], result["parent_run_id"],
-                                       figures=False))
-            err.print(f"report: [bold]{result['report']['markdown']}[/] (and {result['report']['html']})")
+            print_summary(
+                build_report(
+                    result["tracking_uri"],
+                    result["experiment"],
+                    result["parent_run_id"],
+                    figures=False,
+                )
+            )
+            err.print(
+                f"report: [bold]{result['report']['markdown']}[/] (and {result['report']['html']})"
+            )
         cached = sum(bool(r.get("cached")) for r in result["rows"])
-        err.print(f"{len(result['rows'])} runs finished ({cached} from cache), {len(result['failures'])} failed")
+        err.print(
+            f"{len(result['rows'])} runs finished ({cached} from cache), "
+            f"{len(result['failures'])} failed"
+        )
         for f in result["failures"]:
             err.print(f"[red]{f['run_name']} FAILED[/]: {f['error'][:200]}")
         err.print(ui_hint(result))
     if result["failures"]:
-        err.print("[yellow]re-run the same command to retry the failed runs; finished ones are kept[/]")
+        err.print(
+            "[yellow]re-run the same command to retry the failed runs; finished ones are kept[/]"
+        )
         raise typer.Exit(1)

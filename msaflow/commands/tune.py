@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from msaflow.commands.options import TrackingUri
+
 
 def _csv(value: str | None) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else []
@@ -29,7 +31,7 @@ def command(
     include: Annotated[str | None, typer.Option(help="Also tune optional params, comma-separated: lr, modulation_epochs (mmafnet) | lr (mmcl).")] = None,
     preset: Annotated[str, typer.Option(help="quick (CPU, minutes) | paper | model-specific presets.")] = "quick",
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "msaflow-tune",
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite under $MSAFLOW_HOME).")] = None,
+    tracking_uri: TrackingUri = None,
     seed: Annotated[int, typer.Option(help="Sampler seed (worker i uses seed + i).")] = 0,
     eval_seeds: Annotated[str, typer.Option(help="Seeds for the best params' test evaluation; 'none' skips it.")] = "1,2,3",
     out: Annotated[str | None, typer.Option(help="Where to write best.yaml (default: $MSAFLOW_HOME/studies/<study>/best.yaml).")] = None,
@@ -43,9 +45,11 @@ def command(
     when re-run with the same --study; the best params go to best.yaml (for `msaflow run --params`) and
     are evaluated once on test with --eval-seeds.
     """
-    from msaflow.cli import err, fail, user_errors
+    from msaflow.cli import err, fail, tracking_errors, tracking_lost, user_errors
     from msaflow.cli import out as stdout
+    from msaflow.settings import start_prefect_early
 
+    prefect_ready = start_prefect_early()
     try:
         import os
         from pathlib import Path
@@ -56,6 +60,7 @@ def command(
         Path(os.environ.get("PREFECT_HOME", ".msaflow/prefect")).expanduser().mkdir(parents=True, exist_ok=True)
 
         seeds = [] if eval_seeds.strip().lower() in ("none", "", "0") else [int(s) for s in _csv(eval_seeds)]
+        prefect_ready()
         result = tune(model=model, data=data, epochs=epochs, n_trials=trials, timeout=timeout, storage=storage,
                       study=study, workers=workers, metric=metric, sampler=sampler, pruner=pruner,
                       space_file=space, include=_csv(include), preset=preset, experiment=experiment,
@@ -63,6 +68,8 @@ def command(
                       data_format=data_format)
     except user_errors() as exc:
         fail(str(exc).strip("'\""))
+    except tracking_errors() as exc:
+        fail(tracking_lost(exc), code=1)
     except ValueError as exc:
         fail(str(exc))
     evaluation = result.get("evaluation") or {}

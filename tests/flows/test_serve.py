@@ -45,12 +45,46 @@ def test_prefect_yaml_names_existing_entrypoints():
     assert set(deployments) == {"pipeline-nightly", "reproduce-weekly", "tune-weekly"}
     for dep in deployments.values():
         assert dep["work_pool"]["name"] == "gpu"
-        assert dep["entrypoint"] in ENTRYPOINTS.values()
+        module, _, func = dep["entrypoint"].partition(":")
+        assert func and not module.endswith(".py"), f"module entrypoint expected: {dep['entrypoint']}"
         assert all("cron" in s and s["active"] is False for s in dep["schedules"])
+    assert deployments["pipeline-nightly"]["entrypoint"] == ENTRYPOINTS["pipeline"]
     assert entrypoint_exists(deployments["pipeline-nightly"]["entrypoint"]), "the pipeline flow must exist"
     for dep in deployments.values():  # others land in parallel: present -> must define the flow function
         if entrypoint_file(dep["entrypoint"]).is_file():
             assert entrypoint_exists(dep["entrypoint"]), dep["entrypoint"]
+
+
+def test_entrypoints_are_flows():
+    from prefect import Flow
+
+    from flows.serve import load_flow
+
+    for name, entrypoint in ENTRYPOINTS.items():
+        if entrypoint_exists(entrypoint):
+            assert isinstance(load_flow(name), Flow), entrypoint
+
+
+def test_deploy_skips_what_no_worker_could_run(tmp_path):
+    """A plain function or a flow whose required parameters are unset is reported, not deployed (no server
+    is contacted for skipped entries)."""
+    from flows.serve import deploy_from_yaml
+
+    spec = {"deployments": [
+        {"name": "plain", "entrypoint": "flows.serve:parse_params", "work_pool": {"name": "gpu"}},
+        {"name": "no-table", "entrypoint": ENTRYPOINTS["reproduce"], "parameters": {}, "work_pool": {"name": "gpu"}},
+        {"name": "typo", "entrypoint": ENTRYPOINTS["pipeline"], "parameters": {"epoch": 3}},
+        {"name": "absent", "entrypoint": "flows.nothing_here:flow"},
+    ]}
+    path = tmp_path / "prefect.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    report = {r["name"]: r for r in deploy_from_yaml(path=path, source=ROOT)}
+    assert {r["status"] for r in report.values()} == {"skipped"}, report
+    assert "not a Prefect flow" in report["plain"]["reason"]
+    if entrypoint_exists(ENTRYPOINTS["reproduce"]):
+        assert "table" in report["no-table"]["reason"]
+    assert "epoch" in report["typo"]["reason"]
+    assert "not present" in report["absent"]["reason"]
 
 
 def test_parse_params():

@@ -60,7 +60,11 @@ def test_paired_degenerate_cases():
     same = paired({1: 0.5, 2: 0.6}, {1: 0.5, 2: 0.6})
     assert same.mean_diff == 0 and same.p_value == 1.0 and same.d_z == 0.0
     shifted = paired({1: 0.6, 2: 0.7, 3: 0.8}, {1: 0.5, 2: 0.6, 3: 0.7})
-    assert shifted.mean_diff == pytest.approx(0.1) and shifted.p_value == 0.0 and shifted.d_z == math.inf
+    assert (
+        shifted.mean_diff == pytest.approx(0.1)
+        and shifted.p_value == 0.0
+        and shifted.d_z == math.inf
+    )
     single = paired({1: 0.6}, {1: 0.5})
     assert single.n == 1 and single.mean_diff == pytest.approx(0.1)
     assert math.isnan(single.p_value) and math.isnan(single.d_z) and math.isnan(single.ci_low)
@@ -73,7 +77,9 @@ def test_bootstrap_is_seeded_and_brackets_the_mean():
     a = bootstrap_mean_ci(diff, n_boot=2000, seed=3)
     assert a == bootstrap_mean_ci(diff, n_boot=2000, seed=3)
     assert 0.01 <= a[0] <= np.mean(diff) <= a[1] <= 0.04
-    r = paired({i: 1 + d for i, d in enumerate(diff)}, {i: 1.0 for i in range(5)}, n_boot=2000, seed=3)
+    r = paired(
+        {i: 1 + d for i, d in enumerate(diff)}, {i: 1.0 for i in range(5)}, n_boot=2000, seed=3
+    )
     assert (r.boot_low, r.boot_high) == pytest.approx(a)
     assert all(math.isnan(x) for x in bootstrap_mean_ci([0.1], n_boot=100))
 
@@ -88,4 +94,7 @@ def test_cell_tables():
     comps = compare_to_baseline(values, ["mae", "acc7"], {"none": "none", "full": "none"})
     assert set(comps) == {"full"}
     assert comps["full"]["mae"].mean_diff == pytest.approx(-0.15)
-    assert comps["full"]["acc7"].mean_diff == pytest.approx(0.1) and comps["full"]["acc7"].p_value == 0.0
+    assert (
+        comps["full"]["acc7"].mean_diff == pytest.approx(0.1)
+        and comps["full"]["acc7"].p_value == 0.0
+    )

@@ -1,0 +1,203 @@
+"""``reproduce`` on a tiny simulation: an interrupted reproduction resumes, then the report.
+
+One reproduction is shared by the tests of this module: its first attempt loses one run to an
+injected failure, its second attempt must redo only that run, under the same parent. To stay fast
+it runs a two-cell cut of mmafnet-table2 (none and full x 2 seeds, 1 epoch, quick preset),
+registered for the test in ``TABLES`` like any table; the full four-cell table runs in the slow
+MLflow UI test.
+"""
+
+from collections import Counter
+
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+import tasks.train
+from flows.reproduce import TABLES, TableSpec, get_table, membership_tags, reproduce
+from flows.tasks import Cell
+from models import get_spec
+from msaflow.cli import app
+from tasks.config import ConfigError
+from tasks.paper_results import paper_table
+
+CELLS = ["none", "full"]
+TINY = TableSpec(
+    model="mmafnet",
+    cells=(Cell("none", "none"), Cell("full", "full")),
+    baseline="none",
+    paper="mmafnet-table2",
+    description="mmafnet-table2, first and last row",
+)
+
+
+def _children(uri: str, result: dict) -> list:
+    return MlflowClient(uri).search_runs(
+        [result["experiment_id"]],
+        filter_string=f"tags.`mlflow.parentRunId` = '{result['parent_run_id']}'",
+    )
+
+
+@pytest.fixture(scope="module")
+def resumed(tiny_sim, tmp_path_factory, prefect_harness):
+    uri = f"sqlite:///{tmp_path_factory.mktemp('reproduce') / 'mlflow.db'}"
+    out = tmp_path_factory.mktemp("report") / "report.md"
+    kwargs = dict(
+        data=str(tiny_sim),
+        seeds=2,
+        epochs=1,
+        tracking_uri=uri,
+        experiment="repro",
+        out=str(out),
+        max_workers=2,
+    )
+    real = tasks.train.train_model
+
+    def interrupted(cfg, *args, **kw):
+        if cfg.variant == "full" and cfg.train.seed == 2:
+            raise RuntimeError("simulated interruption")
+        return real(cfg, *args, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(TABLES, "tiny-table2", TINY)
+        with pytest.MonkeyPatch.context() as broken:
+            broken.setattr(tasks.train, "train_model", interrupted)
+            first = reproduce("tiny-table2", **kwargs)
+            first_children = _children(uri, first)
+        second = reproduce("tiny-table2", **kwargs)
+    return {
+        "uri": uri,
+        "out": out,
+        "first": first,
+        "first_children": first_children,
+        "second": second,
+    }
+
+
+def test_an_interrupted_reproduction_resumes_without_redoing_finished_runs(resumed):
+    first, second, uri = resumed["first"], resumed["second"], resumed["uri"]
+    assert [(f["cell"], f["seed"]) for f in first["failures"]] == [("full", 2)]
+    assert len(first["rows"]) == 3 and first["report"], "a report even with a run missing"
+
+    assert (
+        second["parent_run_id"] == first["parent_run_id"]
+        and second["resumed"]
+        and not second["failures"]
+    )
+    cached = {(r["cell"], r["seed"]) for r in second["rows"] if r["cached"]}
+    assert len(second["rows"]) == 4 and (("full", 2) not in cached) and len(cached) == 3
+    first_ids = {(r["cell"], r["seed"]): r["run_id"] for r in first["rows"]}
+    assert all(
+        first_ids[(r["cell"], r["seed"])] == r["run_id"] for r in second["rows"] if r["cached"]
+    )
+
+    children = _children(uri, second)
+    pairs = Counter((r.data.tags["cell"], int(r.data.tags["seed"])) for r in children)
+    assert len(children) == 4 and set(pairs.values()) == {1}, "no duplicate child runs"
+    assert {r.info.status for r in children} == {"FINISHED"}
+    failed_before = next(
+        r
+        for r in resumed["first_children"]
+        if r.data.tags["cell"] == "full" and r.data.tags["seed"] == "2"
+    )
+    assert failed_before.info.status == "FAILED"
+    assert failed_before.info.run_id in {r.info.run_id for r in children}, (
+        "the failed run was resumed in place"
+    )
+    assert {r.info.run_name for r in children} == {
+        f"mmafnet/{c}/seed{s}" for c in CELLS for s in (1, 2)
+    }
+    assert all(r.data.tags["msaflow.table"] == "tiny-table2" for r in children)
+
+
+def test_cells_differ_only_in_what_the_variant_changes(resumed):
+    runs = _children(resumed["uri"], resumed["second"])
+    keys = {k for r in runs for k in r.data.params}
+    differing = {k for k in keys if len({r.data.params.get(k) for r in runs}) > 1}
+    variant_keys = {f"model_cfg.{k}" for v in get_spec("mmafnet").variants.values() for k in v}
+    assert differing == {"variant", "train.seed"} | variant_keys
+    metric_keys = [{k for k in r.data.metrics if k.startswith("test/")} for r in runs]
+    assert all(m == metric_keys[0] for m in metric_keys), "the same metric keys everywhere"
+
+
+def test_the_report_of_the_reproduction(resumed):
+    second, uri = resumed["second"], resumed["uri"]
+    md = resumed["out"].read_text()
+    assert second["report"]["markdown"] == str(resumed["out"])
+    assert "simulation benchmark sim-mosi-x0.05, NOT CMU-MOSI" in md
+    for cell in CELLS:
+        assert f"| {cell} | 2 |" in md, cell  # every cell, with both seeds
+    assert "paper (CMU-MOSI)" in md and "paper (CMU-MOSEI)" in md and "Paired comparison" in md
+    assert "Missing or failed" not in md, "the resumed run filled the gap"
+    folder = resumed["out"].parent
+    assert {"metrics.png", "traces_sgm.png", "traces_ipr.png"} <= {
+        p.name for p in folder.glob("*.png")
+    }
+    assert "| full | SGM + IPR + AFM | mae |" in md
+    assert "data:image/png;base64," in (folder / "report.html").read_text()
+    logged = {a.path for a in MlflowClient(uri).list_artifacts(second["parent_run_id"], "report")}
+    assert {
+        "report/report.md",
+        "report/report.html",
+        "report/metrics.png",
+        "report/traces_sgm.png",
+    } <= logged
+
+    # `msaflow report` rebuilds it from MLflow alone: no run is added
+    before = len(_children(uri, second))
+    out = resumed["out"].parent / "again" / "report.md"
+    result = CliRunner().invoke(
+        app, ["report", "--experiment", "repro", "--tracking-uri", uri, "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert out.read_text() == md.replace(str(resumed["out"].parent), str(out.parent))
+    assert len(_children(uri, second)) == before
+
+
+def test_unknown_table_is_a_usage_error():
+    result = CliRunner().invoke(app, ["reproduce", "mmafnet-table9"])
+    assert result.exit_code == 2
+    assert "mmafnet-table9" in result.output and "mmafnet-table2" in result.output
+    assert "Traceback" not in result.output
+    with pytest.raises(ConfigError, match="mmcl-table1"):
+        get_table("nope")
+
+
+def test_membership_tags_round_trip():
+    from types import SimpleNamespace
+
+    from tasks.report import _membership
+
+    ids = [f"{i:032x}" for i in range(400)]  # more than one 5000-character tag holds
+    tags = membership_tags(ids)
+    assert int(tags["msaflow.runs.n"]) > 1 and all(len(v) <= 5000 for v in tags.values())
+    assert _membership(SimpleNamespace(data=SimpleNamespace(tags=tags))) == ids
+
+
+def test_table_registry_is_consistent_with_models_and_papers():
+    for name, spec in TABLES.items():
+        model = get_spec(spec.model)
+        names = [c.name for c in spec.cells]
+        assert len(set(names)) == len(names), name
+        assert all(c.variant in model.variants for c in spec.cells), name
+        assert set(spec.baselines().values()) <= set(names), name
+        paper = paper_table(spec.paper)
+        for rows in paper.results.values():
+            assert set(rows) <= set(names), (name, set(rows) - set(names))
+
+
+def test_table3_scales_the_modulation_period_with_the_epochs():
+    spec = get_table("mmafnet-table3")
+    at = {c.name: c.overrides["model"]["modulation_epochs"] for c in spec.resolve_cells(50)}
+    assert at["sgm-ep15"] == 15 and at["sgm_ipr-ep30"] == 30
+    at = {c.name: c.overrides["model"]["modulation_epochs"] for c in spec.resolve_cells(10)}
+    assert [at[f"sgm-ep{e}"] for e in (15, 20, 25, 30)] == [3, 4, 5, 6]
+    cells = {c.name: c for c in spec.resolve_cells(10)}
+    assert (
+        cells["sgm-ep20"].overrides["model"]["ipr"] is False
+        and cells["sgm_ipr-ep20"].variant == "full"
+    )
+    assert (
+        spec.baselines()["sgm-ep15"] == "sgm-ep25"
+        and spec.baselines()["sgm_ipr-ep30"] == "sgm_ipr-ep25"
+    )

@@ -39,6 +39,7 @@ def run_study(name: str, pruner: str, args, data_path: str, tmp: Path) -> dict:
         data_path=data_path, data_task=manifest.task, input_spec=manifest.input_spec(),
         class_names=manifest.class_names, epochs=args.epochs, sampler=args.sampler, pruner=pruner,
         seed=args.seed, train_overrides={"num_threads": args.threads},
+        pruner_options={} if args.warmup is None or pruner == "none" else {"n_warmup_steps": args.warmup},
     )
     if args.variant is None:
         from models import get_spec
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=16)
     p.add_argument("--sampler", default="random")
     p.add_argument("--pruner", default="median", help="the pruned study's pruner")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="epochs before pruning may start (median/percentile n_warmup_steps; default: the "
+                   "pruner's own, 1 when epochs > 2)")
     p.add_argument("--metric", default="valid/mae")
     p.add_argument("--include", default="lr", help="optional params to tune too (comma-separated)")
     p.add_argument("--seed", type=int, default=0)

@@ -27,6 +27,8 @@ def command(
     metric: Annotated[str, typer.Option(help="Objective: a validation metric, e.g. valid/mae (minimised) or valid/acc7 (maximised).")] = "valid/mae",
     sampler: Annotated[str, typer.Option(help="tpe | random | cmaes.")] = "tpe",
     pruner: Annotated[str, typer.Option(help="median | percentile | hyperband | none.")] = "median",
+    pruner_warmup: Annotated[int | None, typer.Option(
+        help="Epochs before median/percentile pruning may start (default: epochs // 5).")] = None,
     space: Annotated[str | None, typer.Option(help="Search-space YAML {param: {low, high, log, type, target}} (see experiments/search_space.example.yaml).")] = None,
     include: Annotated[str | None, typer.Option(help="Also tune optional params, comma-separated: lr, modulation_epochs (mmafnet) | lr (mmcl).")] = None,
     preset: Annotated[str, typer.Option(help="quick (CPU, minutes) | paper | model-specific presets.")] = "quick",
@@ -63,6 +65,7 @@ def command(
         prefect_ready()
         result = tune(model=model, data=data, epochs=epochs, n_trials=trials, timeout=timeout, storage=storage,
                       study=study, workers=workers, metric=metric, sampler=sampler, pruner=pruner,
+                      pruner_options={} if pruner_warmup is None else {"n_warmup_steps": pruner_warmup},
                       space_file=space, include=_csv(include), preset=preset, experiment=experiment,
                       tracking_uri=tracking_uri, seed=seed, eval_seeds=seeds, out=out, scale=scale,
                       data_format=data_format)

@@ -232,3 +232,11 @@ def test_samplers_and_pruners():
             bad()
     # a restarted worker does not replay the param sequence of the one it replaces
     assert tu.worker_seed(0, 0, 0) == 0 and tu.worker_seed(0, 1, 0) == 1 and tu.worker_seed(0, 0, 3) != 0
+
+
+def test_pruner_warmup_scales_with_the_epochs_and_can_be_overridden():
+    from tasks import tuning as tu
+
+    assert tu.make_pruner("median", 4)._n_warmup_steps == 0      # quick preset: prune from epoch 1
+    assert tu.make_pruner("percentile", 50)._n_warmup_steps == 10  # paper preset: after 10 epochs
+    assert tu.make_pruner("median", 50, {"n_warmup_steps": 2})._n_warmup_steps == 2

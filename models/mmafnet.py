@@ -616,7 +616,10 @@ SPEC = ModelSpec(
         # are not stated (engine defaults 32 and 0.9)
         "paper": {"model": dict(_PAPER),
                   "train": {"optimizer": "sgd", "lr": 1e-4, "epochs": 50, "batch_size": 32}},
-        # paper hyper-parameters with Adam, which trains this small model in far fewer steps
+        # paper hyper-parameters with Adam, which trains this small model in far fewer steps. Caveat:
+        # Adam divides each parameter's step by its running gradient scale, so SGM's eq. 10 factor
+        # (nearly constant over steps) is largely normalised away; the paper's SGD keeps it whole.
+        # Compare SGM variants under `paper` before drawing conclusions from `adam`/`quick`.
         "adam": {"model": dict(_PAPER),
                  "train": {"optimizer": "adam", "lr": 1e-3, "epochs": 50, "batch_size": 32}},
         # smoke runs and tests: small width, modulation in the first 2 of 4 epochs

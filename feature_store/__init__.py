@@ -14,6 +14,7 @@ from feature_store.schema import (
     SplitData,
     load_dataset,
     load_split,
+    load_split_shared,
     read_manifest,
     validate_dataset,
     write_dataset,
@@ -22,6 +23,6 @@ from feature_store.sim import SIM_PROFILES, synthesize
 
 __all__ = [
     "FORMATS", "MODALITIES", "SIM_PROFILES", "SPLITS", "DataError", "Manifest", "SplitData", "ingest",
-    "load_dataset", "load_split", "read_manifest", "safe_load_pickle", "synthesize", "validate_dataset",
+    "load_dataset", "load_split", "load_split_shared", "read_manifest", "safe_load_pickle", "synthesize", "validate_dataset",
     "write_dataset",
 ]

@@ -210,7 +210,7 @@ def train_task(cfg: RunConfig, cell: str, data_ref: dict[str, Any], tracking: di
     try:
         tr.log_config(uri, run_id, cfg)
         tr.log_dataset_input(uri, run_id, read_manifest(data_ref["path"]), data_ref["path"])
-        _, splits = load_dataset(data_ref["path"], splits=("train", "valid"))
+        _, splits = load_dataset(data_ref["path"], splits=("train", "valid"), shared=True)
         ckpt = msaflow_home() / "checkpoints" / key
         result = train_model(cfg, splits, task=data_ref["task"], class_names=data_ref["class_names"],
                              checkpoint_dir=ckpt, callbacks=[_progress(run_name, cfg.train.epochs)],
@@ -235,14 +235,14 @@ def train_task(cfg: RunConfig, cell: str, data_ref: dict[str, Any], tracking: di
 def evaluate_task(trained: dict[str, Any], cfg: RunConfig, cell: str, data_ref: dict[str, Any],
                   tracking: dict[str, str]) -> dict[str, Any]:
     """Evaluate the best epoch on test, log test metrics and the model, and close the run."""
-    from feature_store import load_split
+    from feature_store import load_split_shared
     from tasks.data import split_to_tensors
     from tasks.metrics import metric_fn
     from tasks.train import load_best_model, predict
 
     uri, run_id = tracking["uri"], trained["run_id"]
     try:
-        test = split_to_tensors(load_split(data_ref["path"], "test"))
+        test = split_to_tensors(load_split_shared(data_ref["path"], "test"))
         model = load_best_model(trained["checkpoint_dir"], cfg)
         pred, target, loss = predict(model, test, cfg.train.eval_batch_size, next(model.parameters()).device,
                                      cfg.model_cfg.task)

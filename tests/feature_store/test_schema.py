@@ -10,6 +10,7 @@ from feature_store import (
     SplitData,
     load_dataset,
     load_split,
+    load_split_shared,
     read_manifest,
     validate_dataset,
     write_dataset,
@@ -62,6 +63,18 @@ def test_checksum_mismatch_is_an_error(tmp_path):
     assert info.value.path == path
     with pytest.raises(DataError, match="sha256"):
         validate_dataset(tmp_path / "s")
+
+
+def test_shared_load_is_reused_until_the_file_changes(tmp_path):
+    write_dataset(tmp_path / "s", {"train": _split(5)}, name="toy", source="unit")
+    first = load_split_shared(tmp_path / "s", "train")
+    assert load_split_shared(tmp_path / "s", "train") is first  # one load per process
+    path = tmp_path / "s" / "train.parquet"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 3] ^= 0xFF
+    path.write_bytes(bytes(raw))  # changed after writing: read and checked again, not served stale
+    with pytest.raises(DataError, match="crc32"):
+        load_split_shared(tmp_path / "s", "train")
 
 
 @pytest.mark.parametrize("bad, field", [

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
@@ -72,6 +74,20 @@ def tracking_lost(exc: BaseException) -> str:
     return (f"the MLflow tracking store failed during the run ({first[:300]}). Runs that finished are "
             "kept in the store; re-run the same command when it is back: finished runs come from the "
             "cache, interrupted ones resume from their checkpoints.")
+
+
+@contextmanager
+def handled_errors() -> Iterator[None]:
+    """A command's known failures as one ``error:`` line: bad input or config (exit 2), the tracking
+    store lost during the run (exit 1)."""
+    try:
+        yield
+    except user_errors() as exc:
+        fail(str(exc).strip("'\""))
+    except tracking_errors() as exc:
+        fail(tracking_lost(exc), code=1)
+    except ValueError as exc:
+        fail(str(exc))
 
 
 def preflight_data(data: str | None) -> None:
@@ -143,7 +159,7 @@ def run(
     from msaflow.settings import start_prefect_early
 
     prefect_ready = start_prefect_early()  # overlaps the server's start-up with the imports below
-    try:
+    with handled_errors():
         from flows.pipeline import pipeline
 
         preflight_data(data)
@@ -162,12 +178,6 @@ def run(
             pipeline = pipeline.with_options(task_runner=task_runner_for(kind, workers, dask_address))
         prefect_ready()
         result = pipeline(**kwargs)
-    except user_errors() as exc:
-        fail(str(exc).strip("'\""))
-    except tracking_errors() as exc:
-        fail(tracking_lost(exc), code=1)
-    except ValueError as exc:
-        fail(str(exc))
     if as_json:
         sys.stdout.write(json.dumps({
             "parent_run_id": result["parent_run_id"], "experiment_id": result["experiment_id"],

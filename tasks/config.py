@@ -97,15 +97,20 @@ def apply_overrides(obj: Any, overrides: dict[str, Any], where: str) -> Any:
     return replace(obj, **changes)
 
 
+def read_yaml(path: Path, what: str = "file") -> Any:
+    """A YAML file's content (``{}`` when empty); a missing file or bad YAML is a ConfigError naming it."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+
+
 def load_overrides_file(path: str | Path) -> dict[str, Any]:
     """An experiment/params YAML: ``{model: {...}, train: {...}}`` (either part optional)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    data = read_yaml(path)
     if not isinstance(data, dict) or set(data) - {"model", "train"}:
         raise ConfigError(f"{path}: expected a mapping with keys 'model' and/or 'train', got {data!r:.200}")
     return data

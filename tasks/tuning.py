@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 
 from msaflow.settings import msaflow_home
 from tasks import tracking as tr
-from tasks.config import ConfigError, TrainConfig
+from tasks.config import ConfigError, TrainConfig, read_yaml
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -142,12 +142,7 @@ def load_search_space(model: str, path: str | Path | None = None, include: list[
     if path is not None:
         path = Path(path)
         where = str(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: search-space file not found")
-        try:
-            entries = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        entries = read_yaml(path, "search-space file")
     if entries is not None and not isinstance(entries, dict):
         raise ConfigError(f"{where}: expected a mapping param -> {{low, high, log, type, target}}, got {entries!r:.200}")
     train_fields = {f.name for f in fields(TrainConfig)}

@@ -95,6 +95,22 @@ def fixed_windows(duration: float, window: float = WINDOW_S, max_windows: int | 
     return starts, np.minimum(starts + window, max(duration, window))
 
 
+def word_spans(timings: Sequence | None, n_words: int, duration: float, max_words: int
+               ) -> tuple[np.ndarray, np.ndarray, str]:
+    """The spans to pool over, at most ``max_words``, and which rule chose them: ``timings`` (each
+    word's ``(word, start, end)``), ``equal`` (no timings: ``n_words`` equal spans) or ``windows``
+    (no transcript: fixed windows)."""
+    if timings:
+        starts = np.array([t[1] for t in timings])[:max_words]
+        ends = np.array([t[2] for t in timings])[:max_words]
+        return starts, ends, "timings"
+    if n_words > 0:
+        starts, ends = equal_spans(duration, n_words)
+        return starts[:max_words], ends[:max_words], "equal"
+    starts, ends = fixed_windows(duration, max_windows=max_words)
+    return starts, ends, "windows"
+
+
 def parse_words(value: str | Sequence | None) -> list[tuple[str, float, float]] | None:
     """Parse the manifest's ``words`` cell: JSON ``[[word, start_s, end_s], ...]``; empty -> None."""
     if value is None:

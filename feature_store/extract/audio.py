@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from feature_store.extract import UtteranceError
-from feature_store.extract.alignment import equal_spans, fixed_windows, pool_spans, spans_to_frames
+from feature_store.extract.alignment import pool_spans, spans_to_frames, word_spans
 
 NAME = "audio"
 VERSION = "1"
@@ -199,16 +199,7 @@ def pool_to_words(frames: np.ndarray, duration: float, config: AudioConfig | Non
     ``n_words`` equal spans), ``windows`` (no transcript: fixed 100 ms windows). At most ``max_words``.
     """
     c = config or AudioConfig()
-    if timings:
-        starts = np.array([t[1] for t in timings])[:max_words]
-        ends = np.array([t[2] for t in timings])[:max_words]
-        mode = "timings"
-    elif n_words > 0:
-        starts, ends = equal_spans(duration, n_words)
-        starts, ends, mode = starts[:max_words], ends[:max_words], "equal"
-    else:
-        starts, ends = fixed_windows(duration, max_windows=max_words)
-        mode = "windows"
+    starts, ends, mode = word_spans(timings, n_words, duration, max_words)
     lo, hi = spans_to_frames(starts, ends, 1.0 / c.hop_s, len(frames))
     pooled, _ = pool_spans(frames, lo, hi)
     names = feature_names(c)

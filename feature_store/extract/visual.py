@@ -24,12 +24,7 @@ from typing import Any
 import numpy as np
 
 from feature_store.extract import UtteranceError
-from feature_store.extract.alignment import (
-    equal_spans,
-    fixed_windows,
-    pool_spans,
-    spans_to_indices,
-)
+from feature_store.extract.alignment import pool_spans, spans_to_indices, word_spans
 
 NAME = "visual"
 VERSION = "1"
@@ -122,16 +117,7 @@ def pool_to_words(frames: dict[str, np.ndarray], *, timings: list[tuple[str, flo
     if duration is None:
         period = float(np.median(np.diff(times))) if len(times) > 1 else 0.0
         duration = float(times[-1] + period) if len(times) else 0.0
-    if timings:
-        starts = np.array([t[1] for t in timings])[:max_words]
-        ends = np.array([t[2] for t in timings])[:max_words]
-        mode = "timings"
-    elif n_words > 0:
-        starts, ends = equal_spans(duration, n_words)
-        starts, ends, mode = starts[:max_words], ends[:max_words], "equal"
-    else:
-        starts, ends = fixed_windows(duration, max_windows=max_words)
-        mode = "windows"
+    starts, ends, mode = word_spans(timings, n_words, duration, max_words)
     lo, hi = spans_to_indices(times, starts, ends)
     pooled, counts = pool_spans(feats, lo, hi, valid=valid)
     return pooled, counts, mode

@@ -64,21 +64,14 @@ def command(
 
     Re-running the same command resumes: finished runs are not redone (more --seeds adds runs).
     """
-    from msaflow.cli import err, fail, tracking_errors, tracking_lost, ui_hint, user_errors
+    from msaflow.cli import err, handled_errors, ui_hint
     from msaflow.settings import start_prefect_early
 
     prefect_ready = start_prefect_early()
-    try:
-        import os
-        from pathlib import Path
-
+    with handled_errors():  # PREFECT_HOME exists: the CLI's apply_defaults creates it
         from flows.reproduce import get_table, reproduce
 
         get_table(table)  # an unknown table is a usage error, before anything starts
-        # Prefect's ephemeral server cannot create its database in a folder that does not exist yet.
-        Path(os.environ.get("PREFECT_HOME", ".msaflow/prefect")).expanduser().mkdir(
-            parents=True, exist_ok=True
-        )
         prefect_ready()
         result = reproduce(
             table,
@@ -93,12 +86,6 @@ def command(
             scale=scale,
             data_format=data_format,
         )
-    except user_errors() as exc:
-        fail(str(exc).strip("'\""))
-    except tracking_errors() as exc:
-        fail(tracking_lost(exc), code=1)
-    except ValueError as exc:
-        fail(str(exc))
     if as_json:
         sys.stdout.write(
             json.dumps(

@@ -47,19 +47,13 @@ def command(
     when re-run with the same --study; the best params go to best.yaml (for `msaflow run --params`) and
     are evaluated once on test with --eval-seeds.
     """
-    from msaflow.cli import err, fail, tracking_errors, tracking_lost, user_errors
+    from msaflow.cli import err, handled_errors
     from msaflow.cli import out as stdout
     from msaflow.settings import start_prefect_early
 
     prefect_ready = start_prefect_early()
-    try:
-        import os
-        from pathlib import Path
-
+    with handled_errors():  # PREFECT_HOME exists: the CLI's apply_defaults creates it
         from flows.tune import tune
-
-        # Prefect's ephemeral server cannot create its database in a folder that does not exist yet.
-        Path(os.environ.get("PREFECT_HOME", ".msaflow/prefect")).expanduser().mkdir(parents=True, exist_ok=True)
 
         seeds = [] if eval_seeds.strip().lower() in ("none", "", "0") else [int(s) for s in _csv(eval_seeds)]
         prefect_ready()
@@ -69,12 +63,6 @@ def command(
                       space_file=space, include=_csv(include), preset=preset, experiment=experiment,
                       tracking_uri=tracking_uri, seed=seed, eval_seeds=seeds, out=out, scale=scale,
                       data_format=data_format)
-    except user_errors() as exc:
-        fail(str(exc).strip("'\""))
-    except tracking_errors() as exc:
-        fail(tracking_lost(exc), code=1)
-    except ValueError as exc:
-        fail(str(exc))
     evaluation = result.get("evaluation") or {}
     if as_json:
         sys.stdout.write(json.dumps({

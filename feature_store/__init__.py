@@ -12,6 +12,9 @@ from feature_store.schema import (
     DataError,
     Manifest,
     SplitData,
+    check_splits,
+    check_target,
+    clean_stale_temporaries,
     load_dataset,
     load_split,
     load_split_shared,
@@ -22,7 +25,8 @@ from feature_store.schema import (
 from feature_store.sim import SIM_PROFILES, synthesize
 
 __all__ = [
-    "FORMATS", "MODALITIES", "SIM_PROFILES", "SPLITS", "DataError", "Manifest", "SplitData", "ingest",
+    "FORMATS", "MODALITIES", "SIM_PROFILES", "SPLITS", "DataError", "Manifest", "SplitData", "check_splits",
+    "check_target", "clean_stale_temporaries", "ingest",
     "load_dataset", "load_split", "load_split_shared", "read_manifest", "safe_load_pickle", "synthesize", "validate_dataset",
     "write_dataset",
 ]

@@ -1,4 +1,9 @@
-"""``msaflow data``: synthesize, ingest, inspect and validate feature stores."""
+"""``msaflow data``: synthesize, ingest, inspect and validate feature stores.
+
+JSON goes to stdout through plain ``print(json.dumps(...))``: rich would consume markup in names
+and wrap lines at the terminal width, and piped output must parse. Human-readable lines go through
+rich with ``markup=False`` (or escaped values): nothing a user controls (names, paths) is markup.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,27 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
 app = typer.Typer(no_args_is_help=True, help="Feature stores: synthesize, ingest, inspect, validate.")
 _err = Console(stderr=True)
 _out = Console()
 
+_FORCE_HELP = ("Write into a non-empty folder that is not an msaflow store, beside what is there; "
+               "refuses if a file there has a store file's name. Never deletes or overwrites a file "
+               "msaflow did not write.")
+
 
 def _fail(exc: Exception) -> None:
-    _err.print(f"[bold red]error:[/] {exc}", highlight=False)
+    # One line, however long: soft_wrap stops rich from folding it at the terminal width.
+    message = " ".join(str(exc).splitlines())
+    _err.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True, highlight=False)
     raise typer.Exit(2)
+
+
+def _print_json(obj: object) -> None:
+    print(json.dumps(obj, indent=2, default=str))
 
 
 def _summary(manifest) -> dict:
@@ -31,15 +48,16 @@ def synth(
     out: Annotated[Path, typer.Option(help="Store directory to write.")] = Path("sim-mosi"),
     seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
     scale: Annotated[float, typer.Option(help="Shrink every split by this fraction (tests).")] = 1.0,
+    force: Annotated[bool, typer.Option("--force", help=_FORCE_HELP)] = False,
 ) -> None:
     """Write a simulation benchmark store (a no-op when OUT already holds the same one)."""
     from feature_store import DataError, synthesize
 
     try:
-        manifest = synthesize(profile, out, seed=seed, scale=scale)
+        manifest = synthesize(profile, out, seed=seed, scale=scale, force=force)
     except DataError as exc:
         _fail(exc)
-    _out.print(json.dumps(_summary(manifest), indent=2))
+    _print_json(_summary(manifest))
 
 
 @app.command()
@@ -48,16 +66,20 @@ def ingest(
     out: Annotated[Path, typer.Option(help="Store directory to write.")],
     fmt: Annotated[str, typer.Option("--format", help="mmsa | mult")] = "mmsa",
     nonfinite: Annotated[str, typer.Option(help="NaN/inf features: zero (the field's practice) | error")] = "zero",
+    name: Annotated[str | None, typer.Option(help="Dataset name in the manifest (default: from the file).")] = None,
+    force: Annotated[bool, typer.Option("--force", help=_FORCE_HELP)] = False,
 ) -> None:
     """Ingest a pickle safely (no code runs) into a Parquet store."""
     from feature_store import DataError
     from feature_store import ingest as do_ingest
+    from feature_store.schema import check_target
 
     try:
-        manifest = do_ingest(fmt, path, out, nonfinite=nonfinite)
+        check_target(out, force=force)  # refuse a user's folder before reading the pickle
+        manifest = do_ingest(fmt, path, out, nonfinite=nonfinite, name=name, force=force)
     except DataError as exc:
         _fail(exc)
-    _out.print(json.dumps({**_summary(manifest), "cleaning": manifest.cleaning}, indent=2))
+    _print_json({**_summary(manifest), "cleaning": manifest.cleaning})
 
 
 @app.command()
@@ -73,24 +95,27 @@ def info(
     except DataError as exc:
         _fail(exc)
     if as_json:
-        print(json.dumps({**manifest.to_dict(), "content_hash": manifest.content_hash}, indent=2))
+        _print_json({**manifest.to_dict(), "content_hash": manifest.content_hash})
         return
     s = _summary(manifest)
-    _out.print(f"[bold]{s['name']}[/] ({s['source']}) task={s['task']} labels={s['label_kind']} "
-               f"hash={s['content_hash']}")
-    _out.print("splits: " + ", ".join(f"{k}={v}" for k, v in s["splits"].items()))
-    _out.print("modalities: " + ", ".join(f"{m} {v['seq_len']}x{v['dim']}" for m, v in s["modalities"].items()))
+    _out.print(f"[bold]{escape(str(s['name']))}[/] ({escape(str(s['source']))}) task={escape(str(s['task']))} "
+               f"labels={escape(str(s['label_kind']))} hash={s['content_hash']}", highlight=False, soft_wrap=True)
+    _out.print("splits: " + ", ".join(f"{k}={v}" for k, v in s["splits"].items()),
+               markup=False, highlight=False, soft_wrap=True)
+    _out.print("modalities: " + ", ".join(f"{m} {v['seq_len']}x{v['dim']}" for m, v in s["modalities"].items()),
+               markup=False, highlight=False, soft_wrap=True)
     if manifest.oracle:
-        _out.print(f"oracle: {json.dumps(manifest.oracle)}")
+        _out.print(f"oracle: {json.dumps(manifest.oracle)}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
 def validate(path: Annotated[Path, typer.Argument(help="Store directory.")]) -> None:
-    """Check checksums, shapes and labels of every split."""
+    """Check checksums, shapes, labels, finite features and unique ids (no id in two splits)."""
     from feature_store import DataError, validate_dataset
 
     try:
         manifest = validate_dataset(path)
     except DataError as exc:
         _fail(exc)
-    _out.print(f"ok: {manifest.name} {manifest.splits} hash={manifest.content_hash}")
+    _out.print(f"ok: {manifest.name} {manifest.splits} hash={manifest.content_hash}",
+               markup=False, highlight=False, soft_wrap=True)

@@ -18,11 +18,14 @@ checks the sha256).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import shutil
+import re
+import socket
 import threading
+import time
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +43,14 @@ TASKS = ("sentiment", "emotion", "depression")
 LABEL_KINDS = ("regression", "classification")
 MANIFEST = "manifest.json"
 ROW_GROUP_BYTES = 64 << 20  # per modality column; bounds the loader's transient memory
+# Largest |feature| accepted. Real features (BERT, COVAREP, FACET, OpenFace) stay below ~1e4; float32
+# squares overflow near 1.8e19, so a value like 3e38 is finite yet turns standardisation and the
+# first loss into nan. 1e15 leaves six orders of magnitude of headroom on both sides.
+FEATURE_ABS_MAX = 1e15
+# Split names become file names: plain names only, so nothing is written outside the store.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+# A temporary directory is stale when its writer is gone (same host, dead pid) or this old.
+STALE_AFTER_S = 24 * 3600
 
 
 class DataError(ValueError):
@@ -117,6 +128,22 @@ class Manifest:
             raise DataError(path, "schema_version",
                             f"{SCHEMA_VERSION}, got {version}: re-create the store with this msaflow "
                             "(msaflow data synth / ingest; sources are never modified)")
+        mods = d["modalities"]
+        if not isinstance(mods, dict) or not all(
+                isinstance(v, dict) and all(isinstance(v.get(k), int) and v[k] > 0 for k in ("dim", "seq_len"))
+                for v in mods.values()):
+            raise DataError(path, "modalities", 'an object like {"text": {"dim": 768, "seq_len": 50}}')
+        if not isinstance(d["splits"], dict) or not all(isinstance(v, int) for v in d["splits"].values()):
+            raise DataError(path, "splits", "an object mapping split names to row counts")
+        files = d["files"]
+        if not isinstance(files, dict):
+            raise DataError(path, "files", "an object mapping split names to their files")
+        for split, entry in files.items():
+            fname = entry.get("file") if isinstance(entry, dict) else None
+            # Confined to the store: a plain file name, so no absolute path and no '..' can escape it.
+            if not isinstance(fname, str) or not _PLAIN_NAME.fullmatch(fname):
+                raise DataError(path, f"files.{split}.file",
+                                f"a plain file name inside the store directory, got {fname!r}")
         return cls(
             name=d["name"], source=d["source"], task=d["task"], label_kind=d["label_kind"],
             label_range=tuple(d["label_range"]), modalities=d["modalities"], splits=d["splits"],
@@ -162,6 +189,7 @@ def check_split(name: str, split: SplitData, where: str | Path, label_kind: str,
             raise DataError(where, f"{name}.{m}_len", f"one length per row ({n},)")
         if lengths.min() < 0 or lengths.max() > x.shape[1]:
             raise DataError(where, f"{name}.{m}_len", f"lengths in [0, {x.shape[1]}]")
+        check_finite(name, m, x, where)
     labels = np.asarray(split.labels)
     if labels.shape != (n,):
         raise DataError(where, f"{name}.label", f"one label per row ({n},), got shape {labels.shape}")
@@ -181,6 +209,52 @@ def check_split(name: str, split: SplitData, where: str | Path, label_kind: str,
         v = getattr(split, attr)
         if v is not None and len(v) != n:
             raise DataError(where, f"{name}.{attr}", f"{n} values like the ids, got {len(v)}")
+
+
+def check_finite(name: str, modality: str, x: np.ndarray, where: str | Path) -> None:
+    """Every feature finite and within ``FEATURE_ABS_MAX``; the error counts the bad values."""
+    flat = x.reshape(x.shape[0], -1) if x.ndim else x.reshape(1, 1)
+    step = max(1, (16 << 20) // max(flat.shape[1], 1))  # ~16M values at a time: bounded temporaries
+    nonfinite = extreme = 0
+    for start in range(0, flat.shape[0], step):
+        chunk = flat[start:start + step]
+        if chunk.size == 0:
+            continue
+        peak = np.max(np.abs(chunk))  # nan propagates: one pass on the (usual) clean path
+        if np.isfinite(peak) and peak <= FEATURE_ABS_MAX:
+            continue
+        finite = np.isfinite(chunk)
+        nonfinite += int(chunk.size - np.count_nonzero(finite))
+        extreme += int(np.count_nonzero(np.abs(np.where(finite, chunk, 0)) > FEATURE_ABS_MAX))
+    if nonfinite or extreme:
+        raise DataError(where, f"{name}.{modality}_feat",
+                        f"finite features with |x| <= {FEATURE_ABS_MAX:g}; {nonfinite} are NaN/inf and "
+                        f"{extreme} exceed the bound (of {x.size})")
+
+
+def check_splits(splits: Mapping[str, SplitData], where: str | Path, *,
+                 allow_duplicate_ids: bool = False) -> None:
+    """Ids unique within each split and no id in two splits (the same utterance in train and test
+    leaks the test set). ``allow_duplicate_ids`` is the explicit opt-out for sources known to
+    repeat ids; it is recorded in the manifest (``cleaning.allow_duplicate_ids``)."""
+    if allow_duplicate_ids:
+        return
+    seen: dict[str, np.ndarray] = {}
+    for name, split in splits.items():
+        ids = np.asarray(split.ids).astype(str)
+        uniq, counts = np.unique(ids, return_counts=True)
+        dup = uniq[counts > 1]
+        if len(dup):
+            raise DataError(where, f"{name}.id",
+                            f"unique ids within the split; {len(dup)} ids occur more than once, "
+                            f"e.g. {str(dup[0])!r}")
+        for other, other_ids in seen.items():
+            both = np.intersect1d(uniq, other_ids, assume_unique=True)
+            if len(both):
+                raise DataError(where, f"{name}.id",
+                                f"ids not also in split {other!r} (leakage); {len(both)} ids are in "
+                                f"both {other} and {name}, e.g. {str(both[0])!r}")
+        seen[name] = uniq
 
 
 # --------------------------------------------------------------------------------------------------
@@ -293,20 +367,38 @@ def write_dataset(
     class_names: list[str] | None = None,
     cleaning: Mapping[str, Any] | None = None,
     oracle: Mapping[str, Any] | None = None,
+    force: bool = False,
+    allow_duplicate_ids: bool = False,
 ) -> Manifest:
-    """Validate ``splits`` and write the store atomically; the old store survives any failure."""
-    out = Path(out_dir)
+    """Validate ``splits`` and write the store atomically; the old store survives any failure.
+
+    ``out_dir`` may be new, empty, or a store msaflow wrote (replaced; anything else in that folder
+    is kept). Any other non-empty directory is refused unless ``force``, which adds the store's files
+    beside what is there and refuses if one of their names is taken: msaflow deletes and overwrites
+    only files it recognises as a store's (``manifest.json`` and the split files it lists). Stale
+    temporary directories of earlier killed writes to ``out_dir`` are cleaned up first.
+    """
+    out = Path(os.path.abspath(out_dir))
+    if out.is_symlink():
+        out = out.resolve()  # write where the link points; never replace the user's link
     if task not in TASKS:
         raise DataError(out, "task", f"one of {TASKS}, got {task!r}")
     if label_kind not in LABEL_KINDS:
         raise DataError(out, "label_kind", f"one of {LABEL_KINDS}, got {label_kind!r}")
     if not splits:
         raise DataError(out, "splits", "at least one split")
+    for split_name in splits:
+        if not _PLAIN_NAME.fullmatch(str(split_name)):
+            raise DataError(out, "splits", f"plain split names (letters, digits, _ . -), got {split_name!r}")
     mods = set(next(iter(splits.values())).features)
     for split_name, split in splits.items():
         check_split(split_name, split, out, label_kind, label_range, num_classes)
         if set(split.features) != mods:
             raise DataError(out, f"{split_name}.features", f"the same modalities in every split {sorted(mods)}")
+    check_splits(splits, out, allow_duplicate_ids=allow_duplicate_ids)
+    cleaning = dict(cleaning or {})
+    if allow_duplicate_ids:
+        cleaning["allow_duplicate_ids"] = True  # validate_dataset honours the writer's opt-out
     modalities: dict[str, dict[str, int]] = {}
     for m in MODALITIES:
         if m in mods:
@@ -316,9 +408,12 @@ def write_dataset(
             t, d = shapes.pop()
             modalities[m] = {"dim": int(d), "seq_len": int(t)}
 
+    new_names = {MANIFEST, *(f"{s}.parquet" for s in splits)}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{threading.get_ident()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    clean_stale_temporaries(out)
+    _plan(out, new_names, force)  # refuse before spending minutes on the write
+    tmp = out.parent / f".{out.name}.tmp-{_writer_tag()}"
+    _remove_store_files(tmp, None)  # our own leftover from this thread, if any
     tmp.mkdir()
     try:
         files = {}
@@ -331,7 +426,7 @@ def write_dataset(
             name=name, source=source, task=task, label_kind=label_kind,
             label_range=(float(label_range[0]), float(label_range[1])), modalities=modalities,
             splits={k: len(v) for k, v in splits.items()}, files=files, source_sha256=source_sha256,
-            config=dict(config or {}), cleaning=dict(cleaning or {}), num_classes=int(num_classes),
+            config=dict(config or {}), cleaning=cleaning, num_classes=int(num_classes),
             class_names=list(class_names) if class_names else None,
             oracle=dict(oracle) if oracle else None,
         )
@@ -340,9 +435,9 @@ def write_dataset(
             fh.flush()
             os.fsync(fh.fileno())
         _fsync_dir(tmp)
-        _replace_dir(tmp, out)
+        _replace_dir(tmp, out, new_names, force)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_store_files(tmp, None)
         raise
     return manifest
 
@@ -357,18 +452,213 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Swap ``tmp`` in for ``out``. A crash between the renames leaves the old store at ``.old``."""
-    if not out.exists():
+# --------------------------------------------------------------------------------------------------
+# What msaflow may replace or delete: only files it recognises as a store's, and its own temporaries
+# --------------------------------------------------------------------------------------------------
+def _writer_tag() -> str:
+    """``host-pid-thread``: names a temporary directory after its writer, so a later write can tell
+    whether that writer is gone (see ``clean_stale_temporaries``)."""
+    host = re.sub(r"[^A-Za-z0-9.]", "", socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}-{threading.get_ident()}"
+
+
+def store_file_names(directory: str | Path) -> set[str] | None:
+    """The names in ``directory`` that make up a store msaflow wrote there (``manifest.json`` and the
+    split files it lists, each a regular file), or None when it holds no manifest of ours.
+
+    Ours means: valid JSON, an object with every field msaflow writes, an integer ``schema_version``
+    (old versions count: they are replaced) and plain file names under ``files``."""
+    root = Path(directory)
+    mpath = root / MANIFEST
+    if mpath.is_symlink() or not mpath.is_file():
+        return None
+    try:
+        d = json.loads(mpath.read_text())
+    except (OSError, ValueError):
+        return None
+    required = ("schema_version", "name", "source", "task", "label_kind", "label_range", "modalities",
+                "splits", "files")
+    if not isinstance(d, dict) or any(k not in d for k in required) or not isinstance(d["files"], dict) \
+            or not isinstance(d["schema_version"], int) or isinstance(d["schema_version"], bool):
+        return None
+    names = {MANIFEST}
+    for entry in d["files"].values():
+        fname = entry.get("file") if isinstance(entry, dict) else None
+        if not isinstance(fname, str) or not _PLAIN_NAME.fullmatch(fname):
+            return None
+        p = root / fname
+        if p.is_file() and not p.is_symlink():
+            names.add(fname)
+    return names
+
+
+def check_target(out_dir: str | Path, split_names: Iterable[str] = SPLITS, *, force: bool = False) -> None:
+    """Raise the DataError ``write_dataset`` would raise for this target, before the costly work."""
+    _plan(Path(os.path.abspath(out_dir)), {MANIFEST, *(f"{s}.parquet" for s in split_names)}, force)
+
+
+def _plan(out: Path, new_names: set[str], force: bool) -> tuple[str, set[str]]:
+    """How to write ``out``: ``("new" | "store" | "into", recognised store files)``, or DataError."""
+    if not os.path.lexists(out):
+        return "new", set()
+    if not out.is_dir():
+        raise DataError(out, "out", "a directory for the store (this path is a file); choose a fresh path")
+    entries = set(os.listdir(out))
+    if not entries:
+        return "new", set()  # an empty directory is replaced by the new one
+    ours = store_file_names(out)
+    if ours is not None:
+        taken = sorted((entries - ours) & new_names)
+        if taken:
+            raise DataError(out, "out", f"room for the new store's files; {taken[0]!r} there is not the "
+                            "old store's and is never overwritten: move it, or choose a fresh path")
+        return "store", ours
+    if not force:
+        example = sorted(entries)[0]
+        raise DataError(out, "out", f"an empty directory or a store msaflow wrote; it holds {len(entries)} "
+                        f"entries (e.g. {example!r}) and no msaflow manifest.json: choose a fresh path, or "
+                        "pass --force to add the store's files beside them (nothing is deleted)")
+    taken = sorted(entries & new_names)
+    if taken:
+        raise DataError(out, "out", f"--force adds files but never overwrites; {taken[0]!r} exists there "
+                        "and is not an msaflow store's: choose a fresh path")
+    return "into", set()
+
+
+def _remove_store_files(directory: Path, names: set[str] | None) -> None:
+    """Delete ``names`` (None: the files msaflow writes, manifest.json and *.parquet) from
+    ``directory`` if they are regular files, then the directory if that left it empty."""
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return
+    for entry in entries:
+        p = directory / entry
+        mine = entry in names if names is not None else (entry == MANIFEST or entry.endswith(".parquet"))
+        if mine and p.is_file() and not p.is_symlink():
+            p.unlink()
+    with contextlib.suppress(OSError):  # something else is in there: not ours to delete
+        directory.rmdir()
+
+
+def _move_new(src: Path, dst: Path) -> None:
+    """Move without ever overwriting: a hard link fails if ``dst`` exists (rename would replace it)."""
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except FileExistsError:
+        raise DataError(dst.parent, "out", f"{dst.name!r} to be free (it appeared during the write); "
+                        "nothing was overwritten") from None
+    except OSError:  # no hard links on this filesystem
+        if os.path.lexists(dst):
+            raise DataError(dst.parent, "out", f"{dst.name!r} to be free; nothing was overwritten") from None
+        os.rename(src, dst)
+        return
+    src.unlink()
+
+
+def _carry_over(old: Path, out: Path, recognised: set[str]) -> None:
+    """Move everything in ``old`` that is not the old store's into the new store directory ``out``."""
+    for entry in os.listdir(old):
+        if entry in recognised or os.path.lexists(out / entry):
+            continue
+        if (old / entry).is_dir() and not (old / entry).is_symlink():
+            os.rename(old / entry, out / entry)
+        else:
+            _move_new(old / entry, out / entry)
+
+
+def _replace_dir(tmp: Path, out: Path, new_names: set[str], force: bool) -> None:
+    """Put the complete store in ``tmp`` at ``out``.
+
+    New or empty target: one rename. A store of ours: ``out`` -> ``.old``, ``tmp`` -> ``out``, then
+    what else was in the folder moves into the new one and only the old store's files are deleted
+    (a kill between the renames leaves the old store at ``.old``; the next write puts it back).
+    A foreign folder with ``force``: the files are hard-linked in, manifest last, never overwriting.
+    """
+    kind, recognised = _plan(out, new_names, force)  # again: the folder may have changed meanwhile
+    if kind == "new":
         os.replace(tmp, out)
         _fsync_dir(out.parent)
         return
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    shutil.rmtree(old, ignore_errors=True)
+    if kind == "into":
+        moved = []
+        try:
+            for fname in sorted(new_names - {MANIFEST}) + [MANIFEST]:
+                _move_new(tmp / fname, out / fname)
+                moved.append(fname)
+        except BaseException:
+            for fname in moved:  # roll back only what this write added
+                (out / fname).unlink(missing_ok=True)
+            raise
+        _fsync_dir(out)
+        tmp.rmdir()
+        return
+    old = out.parent / f".{out.name}.old-{_writer_tag()}"
     os.replace(out, old)
-    os.replace(tmp, out)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
     _fsync_dir(out.parent)
-    shutil.rmtree(old, ignore_errors=True)
+    _carry_over(old, out, recognised)
+    _remove_store_files(old, recognised)
+
+
+def clean_stale_temporaries(out_dir: str | Path) -> list[Path]:
+    """Clean what killed writes to ``out_dir`` left beside it; returns the directories handled.
+
+    Only directories named like msaflow's own (``.NAME.tmp-HOST-PID-TID`` / ``.NAME.old-...``) whose
+    writer is gone: same host and a dead pid (or a finished thread of this process), or older than
+    ``STALE_AFTER_S`` (another host, or a reused pid). In them only msaflow's file names are deleted
+    (``manifest.json``, ``*.parquet``); anything else stays. A ``.old`` directory is the previous
+    store: put back at ``out_dir`` if nothing is there, else its other entries move into the store.
+    """
+    out = Path(os.path.abspath(out_dir))
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-([A-Za-z0-9.]+)-(\d+)-(\d+)")
+    try:
+        entries = sorted(os.listdir(out.parent))
+    except OSError:
+        return []
+    host = _writer_tag().split("-")[0]
+    handled = []
+    for entry in entries:
+        m = pattern.fullmatch(entry)
+        path = out.parent / entry
+        if not m or path.is_symlink() or not path.is_dir():
+            continue
+        kind, owner, pid, tid = m.group(1), m.group(2), int(m.group(3)), int(m.group(4))
+        try:
+            age = time.time() - path.stat().st_mtime
+        except OSError:
+            continue
+        if owner == host and pid == os.getpid():
+            gone = tid not in {t.ident for t in threading.enumerate()}
+        else:
+            gone = owner == host and not _pid_alive(pid)
+        if not (gone or age > STALE_AFTER_S):
+            continue
+        if kind == "tmp":
+            _remove_store_files(path, None)
+        elif not os.path.lexists(out) and store_file_names(path) is not None:
+            os.replace(path, out)
+        else:
+            recognised = store_file_names(path) or set()
+            if out.is_dir():
+                _carry_over(path, out, recognised)
+            _remove_store_files(path, recognised)
+        handled.append(path)
+    return handled
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process, or unknown: assume alive
+    return True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -437,6 +727,10 @@ def load_split(path: str | Path, split: str, *, verify: bool | str = True,
         raise DataError(root / MANIFEST, f"files.{split}", f"a split named {split!r}; have {sorted(manifest.files)}")
     entry = manifest.files[split]
     fpath = root / entry["file"]
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([os.path.realpath(fpath), real_root]) != real_root:
+        raise DataError(root / MANIFEST, f"files.{split}.file",
+                        "a file inside the store directory (it links to a path outside)")
     if not fpath.is_file():
         raise DataError(fpath, split, "the split's Parquet file listed in the manifest")
     if fpath.stat().st_size != entry.get("bytes", fpath.stat().st_size):
@@ -522,10 +816,17 @@ def load_split_shared(path: str | Path, split: str, *, manifest: Manifest | None
 
 
 def validate_dataset(path: str | Path) -> Manifest:
-    """Full check: manifest fields, checksums, shapes, labels. Returns the manifest."""
+    """Full check: manifest fields, checksums, shapes, labels, finite features, unique ids and no id
+    in two splits (unless the writer opted out, ``cleaning.allow_duplicate_ids``). Returns the
+    manifest."""
     manifest = read_manifest(path)
+    ids = {}
     for split in manifest.files:
         data = load_split(path, split, manifest=manifest, verify="sha256")
         check_split(split, data, Path(path) / manifest.files[split]["file"], manifest.label_kind,
                     manifest.label_range, manifest.num_classes)
+        ids[split] = SplitData(ids=data.ids, labels=data.labels[:0], features={}, lengths={})
+        del data  # one split's features in memory at a time
+    check_splits(ids, Path(path) / MANIFEST,
+                 allow_duplicate_ids=bool(manifest.cleaning.get("allow_duplicate_ids")))
     return manifest

@@ -31,7 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
-from feature_store.schema import DataError, Manifest, SplitData, read_manifest, write_dataset
+from feature_store.schema import (
+    DataError,
+    Manifest,
+    SplitData,
+    check_target,
+    read_manifest,
+    write_dataset,
+)
 
 # CMU-MOSI label shares per Acc7 bin (round(clip(y, -3, 3))), computed from the 2195 utterances of
 # ../shared/data/mosi_label.csv (CMU-MOSI labels via jiangbing22/MMCPanda data/mosi/label.csv).
@@ -243,8 +250,11 @@ def generator_config(profile: str, seed: int, scale: float) -> dict:
             "params": asdict(p)}
 
 
-def synthesize(profile: str, out_dir: str | Path, seed: int = 0, scale: float = 1.0) -> Manifest:
-    """Write the ``sim-<profile>`` store; a no-op when ``out_dir`` already holds the same one."""
+def synthesize(profile: str, out_dir: str | Path, seed: int = 0, scale: float = 1.0,
+               force: bool = False) -> Manifest:
+    """Write the ``sim-<profile>`` store; a no-op when ``out_dir`` already holds the same one.
+
+    ``force``: write into a non-empty folder that is not a store (see ``write_dataset``)."""
     out = Path(out_dir)
     if profile not in SIM_PROFILES:
         raise DataError(out, "profile", f"one of {sorted(SIM_PROFILES)}, got {profile!r}")
@@ -259,7 +269,8 @@ def synthesize(profile: str, out_dir: str | Path, seed: int = 0, scale: float = 
                     for f in existing.files.values()):
                 return existing
         except DataError:
-            pass  # unreadable: regenerate over it
+            pass  # unreadable: regenerate (write_dataset decides whether it may replace it)
+    check_target(out, force=force)  # refuse a user's folder before minutes of generation
     p = SIM_PROFILES[profile]
     dirs = _directions(p, seed)
     splits = {}
@@ -283,4 +294,5 @@ def synthesize(profile: str, out_dir: str | Path, seed: int = 0, scale: float = 
         task=p.task, label_kind=kind, label_range=label_range, source_sha256=source_sha, config=config,
         num_classes=len(IEMOCAP_CLASSES) if kind == "classification" else 1,
         class_names=IEMOCAP_CLASSES if kind == "classification" else None, oracle=_oracle(p, seed),
+        force=force,
     )

@@ -130,3 +130,19 @@ def test_unknown_format_and_missing_file(tmp_path):
         ingest("mmsa", tmp_path / "x.pkl", tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert read_manifest  # public API stays importable
+
+
+def test_default_name_includes_the_parent_folder(tmp_path, mmsa_pickle):
+    """MMSA ships aligned_50.pkl for MOSI, MOSEI and SIMS alike: the folder tells them apart."""
+    path, _ = mmsa_pickle()
+    src = tmp_path / "MOSI" / "aligned_50.pkl"
+    src.parent.mkdir()
+    path.rename(src)
+    assert ingest("mmsa", src, tmp_path / "a").name == "mosi-aligned_50"
+    assert ingest("mmsa", src, tmp_path / "b", name="mine").name == "mine"
+    assert read_manifest(tmp_path / "a").name == "mosi-aligned_50"
+
+
+def test_non_numeric_features_are_a_data_error(tmp_path, mmsa_pickle):
+    path, _ = mmsa_pickle(mutate=lambda d: d["train"].__setitem__("audio", np.full((12, 6, 5), "x")))
+    _expect_error_and_untouched(tmp_path, path, "mmsa", "train.audio")

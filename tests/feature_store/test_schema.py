@@ -20,7 +20,7 @@ from feature_store import (
 def _split(n: int, t: int = 4, seed: int = 0) -> SplitData:
     rng = np.random.default_rng(seed)
     return SplitData(
-        ids=np.array([f"v$_${i}" for i in range(n)]), labels=rng.uniform(-3, 3, n).astype(np.float32),
+        ids=np.array([f"v{seed}$_${i}" for i in range(n)]), labels=rng.uniform(-3, 3, n).astype(np.float32),
         features={"text": rng.standard_normal((n, t, 3)).astype(np.float32),
                   "audio": rng.standard_normal((n, t, 2)).astype(np.float32)},
         lengths={"text": np.full(n, t), "audio": np.arange(n) % (t + 1)},

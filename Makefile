@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-install
 
-.PHONY: setup run test test-slow lint bench clean ui
+.PHONY: setup run test test-slow test-all lint bench clean ui
 
 setup: $(STAMP)
 
@@ -19,7 +19,10 @@ test: setup
 	$(BIN)/pytest -q $(ARGS)
 
 test-slow: setup
+	bash scripts/system-deps.sh
 	$(BIN)/pytest -q -m slow $(ARGS)
+
+test-all: test test-slow   # what CI runs: the fast suite, then the slow one
 
 lint: setup
 	$(BIN)/ruff check .

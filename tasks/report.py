@@ -19,6 +19,7 @@ import html
 import io
 import json
 import math
+import os
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -66,13 +67,13 @@ class Report:
         """``out`` is the Markdown path; the HTML and PNGs go beside it."""
         md = Path(out)
         md.parent.mkdir(parents=True, exist_ok=True)
-        md.write_text(self.markdown)
-        html_path = md.with_suffix(".html")
-        html_path.write_text(self.html)
-        paths = {"markdown": md, "html": html_path}
-        for name, png in self.figures.items():
-            (md.parent / name).write_bytes(png)
-            paths[name] = md.parent / name
+        paths = {"markdown": md, "html": md.with_suffix(".html"),
+                 **{name: md.parent / name for name in self.figures}}
+        contents = {"markdown": self.markdown.encode(), "html": self.html.encode(), **self.figures}
+        for key, path in paths.items():  # each file whole or not at all (a crash keeps the old one)
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            tmp.write_bytes(contents[key])
+            os.replace(tmp, path)
         return paths
 
     def log_to_parent(self, tracking_uri: str) -> None:

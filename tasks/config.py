@@ -1,7 +1,13 @@
 """Typed run configuration: defaults < preset < variant < experiment file < explicit overrides.
 
 Experiment files list only what differs from defaults. ``resolve_run_config`` returns a frozen,
-fully resolved ``RunConfig``; ``flatten`` turns it into MLflow params. Unknown keys are errors.
+fully resolved ``RunConfig``; ``flatten`` turns it into MLflow params. Unknown keys are errors, and
+so are values outside a hyper-parameter's range (``RANGES``), checked as each layer is applied so
+the message names the layer (preset, variant, ``model``/``train`` overrides or the YAML file).
+
+``train.select_metric``/``select_mode`` default to ``auto``: the data's task kind picks the metric
+(``tasks.metrics.DEFAULT_SELECTION``: valid MAE for sentiment and depression, valid weighted F1 for
+emotion), the metric's name picks the direction. The resolved config holds the concrete values.
 """
 
 from __future__ import annotations
@@ -9,6 +15,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import typing
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +25,7 @@ from typing import Any, Literal
 import yaml
 
 from models import get_spec
+from tasks.metrics import DEFAULT_SELECTION, TASKS, metric_names, selection_mode
 
 
 class ConfigError(ValueError):
@@ -35,10 +45,12 @@ class TrainConfig:
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision, used on CUDA only
-    select_metric: str = "valid/mae"  # model selection; always a validation metric
-    select_mode: Literal["min", "max"] = "min"
+    select_metric: str = "auto"  # model selection, a validation metric; auto = the task's default
+    select_mode: Literal["auto", "min", "max"] = "auto"  # auto = min for errors/losses, else max
     eval_batch_size: int = 256
     num_threads: int = 0  # 0 = torch default
+    # per-dimension feature standardisation fit on the train split (tasks.data.standardize_splits)
+    standardize: bool = True
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,82 @@ class RunConfig:
         """Content hash of the resolved config (a cache key component)."""
         blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Range:
+    """A closed or open numeric interval; ``None`` = unbounded on that side. Values must be finite."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return not (self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi))
+
+    def describe(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            return f"a value in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+        if self.lo is not None:
+            return f"a finite number {'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.hi is not None:
+            return f"a finite number {'<' if self.hi_open else '<='} {self.hi:g}"
+        return "a finite number"
+
+
+_NON_NEG, _POS, _AT_LEAST_1 = Range(lo=0), Range(lo=0, lo_open=True), Range(lo=1)
+# Hyper-parameter ranges by field name, applied to whichever config (train or any model's) has the
+# field; the names mean the same thing in every model family.
+RANGES: dict[str, Range] = {
+    # train
+    "epochs": _AT_LEAST_1, "batch_size": _AT_LEAST_1, "eval_batch_size": _AT_LEAST_1,
+    "lr": _POS, "momentum": Range(0, 1), "weight_decay": _NON_NEG, "grad_clip": _NON_NEG,
+    "seed": _NON_NEG, "num_threads": _NON_NEG,
+    # MMAFNet (eqs. 9, 14, 18)
+    "alpha": _NON_NEG, "delta": Range(0, 1), "lambda1": _NON_NEG, "lambda2": _NON_NEG,
+    "modulation_epochs": _NON_NEG, "probe_weight": _NON_NEG, "cmd_moments": _AT_LEAST_1,
+    "conv_kernel": _AT_LEAST_1, "attn_heads": _AT_LEAST_1,
+    # MMCL
+    "lambda_cl": _NON_NEG, "temperature": _POS, "w_temperature": _POS, "heads": _AT_LEAST_1,
+    "ff_mult": _AT_LEAST_1, "d": _AT_LEAST_1, "head_hidden": _AT_LEAST_1,
+    # shared
+    "hidden": _AT_LEAST_1, "layers": _AT_LEAST_1, "dropout": Range(0, 1, hi_open=True),
+}
+
+
+def check_value(name: str, value: Any, where: str) -> None:
+    """ConfigError ``<where>.<name>: expected <range>, got <value>`` for an out-of-range number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return  # types are apply_overrides' job
+    rng = RANGES.get(name)
+    if rng is not None and not rng.contains(value):
+        raise ConfigError(f"{where}.{name}: expected {rng.describe()}, got {value!r}")
+    if rng is None and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}.{name}: expected a finite number, got {value!r}")
+
+
+def _literal_choices(cls: type) -> dict[str, tuple[Any, ...]]:
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError):  # an annotation we cannot evaluate: the model validates itself
+        return {}
+    return {k: typing.get_args(t) for k, t in hints.items() if typing.get_origin(t) is Literal}
+
+
+def check_ranges(obj: Any, where: str, keys: Iterable[str] | None = None) -> None:
+    """Check ``obj``'s fields (or only ``keys``) against ``RANGES`` and their ``Literal`` choices."""
+    names = [f.name for f in fields(obj)] if keys is None else list(keys)
+    choices = _literal_choices(type(obj))
+    for name in names:
+        value = getattr(obj, name)
+        if name in choices and value not in choices[name]:
+            raise ConfigError(f"{where}.{name}: expected one of {list(choices[name])}, got {value!r}")
+        check_value(name, value, where)
 
 
 def apply_overrides(obj: Any, overrides: dict[str, Any], where: str) -> Any:
@@ -108,12 +196,82 @@ def read_yaml(path: Path, what: str = "file") -> Any:
 
 
 def load_overrides_file(path: str | Path) -> dict[str, Any]:
-    """An experiment/params YAML: ``{model: {...}, train: {...}}`` (either part optional)."""
+    """An experiment/params YAML: ``{model: {...}, train: {...}}`` (either part optional).
+
+    Out-of-range values are refused here already, so the error names the file.
+    """
     path = Path(path)
     data = read_yaml(path)
     if not isinstance(data, dict) or set(data) - {"model", "train"}:
         raise ConfigError(f"{path}: expected a mapping with keys 'model' and/or 'train', got {data!r:.200}")
+    for part, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: {part}: expected a mapping of field: value, got {values!r:.200}")
+        for key, value in values.items():
+            check_value(str(key), value, f"{path}: {part}")
     return data
+
+
+def _task_candidates(data_task: str | None, input_spec: dict[str, Any] | None) -> tuple[str, ...] | None:
+    """The task kinds the data can be: given, else read from the label kind, else unknown (None)."""
+    if data_task is not None:
+        if data_task not in TASKS:
+            raise ConfigError(f"dataset task: expected one of {list(TASKS)}, got {data_task!r}")
+        return (data_task,)
+    kind = (input_spec or {}).get("task")
+    if kind is None:
+        return None
+    # emotion is the only classification task; sentiment and depression are both regressions
+    return tuple(t for t in TASKS if (t == "emotion") == (kind == "classification"))
+
+
+_PER_CLASS = ("acc_", "f1_", "f1pos_")
+
+
+def _allowed_selection(tasks: Sequence[str], class_names: Sequence[str] | None, num_classes: int) -> set[str]:
+    allowed = {"valid/loss"}
+    for t in tasks:
+        names = metric_names(t, class_names, num_classes)
+        if t == "emotion" and not class_names:  # per-class names unknown: show the pattern
+            placeholder = [str(c) for c in range(max(num_classes, 2))]
+            names = [n for n in names if not (n.startswith(_PER_CLASS) and n.split("_", 1)[1] in placeholder)]
+            names += [f"{p}<class>" for p in _PER_CLASS]
+        allowed |= {f"valid/{n}" for n in names}
+    return allowed
+
+
+def resolve_selection(
+    train: TrainConfig,
+    tasks: Sequence[str] | None,
+    class_names: Sequence[str] | None = None,
+    num_classes: int = 4,
+) -> TrainConfig:
+    """Concrete ``select_metric``/``select_mode`` for data of task kind(s) ``tasks`` (None = unknown).
+
+    ``auto`` takes ``DEFAULT_SELECTION``; an explicit metric must be a validation metric the task
+    computes (checked when the task is known).
+    """
+    metric, mode = train.select_metric, train.select_mode
+    explicit = metric != "auto"
+    if not explicit:
+        defaults = {DEFAULT_SELECTION[t] for t in (tasks or ("sentiment",))}
+        if len(defaults) != 1:
+            raise ConfigError(f"train.select_metric: task kinds {list(tasks or ())} have different defaults "
+                              f"{sorted(defaults)}; set it explicitly")
+        metric, default_mode = defaults.pop()
+        mode = default_mode if mode == "auto" else mode
+    if not metric.startswith("valid/") or metric == "valid/":
+        raise ConfigError(f"train.select_metric: expected a validation metric (valid/...), got {metric!r}")
+    if tasks and explicit:  # the defaults are computed by construction (tests/tasks/test_metrics.py)
+        allowed = _allowed_selection(tasks, class_names, num_classes)
+        per_class = (metric.removeprefix("valid/").startswith(_PER_CLASS)
+                     and "emotion" in tasks and not class_names)  # class names unknown here
+        if metric not in allowed and not per_class:
+            raise ConfigError(f"train.select_metric: {metric!r} is not computed for task "
+                              f"{'/'.join(tasks)}; expected one of {sorted(allowed)}")
+    if mode == "auto":
+        mode = selection_mode(metric)
+    return replace(train, select_metric=metric, select_mode=mode)
 
 
 def resolve_run_config(
@@ -123,8 +281,15 @@ def resolve_run_config(
     model_overrides: dict[str, Any] | None = None,
     train_overrides: dict[str, Any] | None = None,
     input_spec: dict[str, Any] | None = None,
+    data_task: str | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> RunConfig:
-    """Build the fully resolved config. ``input_spec`` (dims, seq_len, task) comes from the data."""
+    """Build the fully resolved config. ``input_spec`` (dims, seq_len, task) comes from the data.
+
+    ``data_task`` (sentiment | emotion | depression, the manifest's ``task``) and ``class_names``
+    make the selection-metric check exact; without them the task kind is read from
+    ``input_spec["task"]`` (classification = emotion).
+    """
     spec = get_spec(model)
     variant = variant or spec.default_variant
     if variant not in spec.variants:
@@ -133,16 +298,26 @@ def resolve_run_config(
         raise ConfigError(f"model {model!r} has no preset {preset!r}; expected one of {list(spec.presets)}")
     preset_cfg = spec.presets[preset]
     mcfg = spec.config_cls()
-    mcfg = apply_overrides(mcfg, preset_cfg.get("model", {}), f"preset {preset}.model")
-    mcfg = apply_overrides(mcfg, spec.variants[variant], f"variant {variant}")
-    mcfg = apply_overrides(mcfg, model_overrides or {}, "model")
-    mcfg = apply_overrides(mcfg, input_spec or {}, "dataset input spec")
-    tcfg = apply_overrides(TrainConfig(), preset_cfg.get("train", {}), f"preset {preset}.train")
-    tcfg = apply_overrides(tcfg, train_overrides or {}, "train")
-    if not tcfg.select_metric.startswith("valid/"):
-        raise ConfigError(f"train.select_metric must be a validation metric (valid/...), got {tcfg.select_metric!r}")
-    if tcfg.epochs < 1 or tcfg.batch_size < 1:
-        raise ConfigError("train.epochs and train.batch_size must be >= 1")
+    tcfg = TrainConfig()
+    layers = [
+        ("model", f"preset {preset}.model", preset_cfg.get("model", {})),
+        ("model", f"variant {variant}", spec.variants[variant]),
+        ("model", "model", model_overrides or {}),
+        ("model", "dataset input spec", input_spec or {}),
+        ("train", f"preset {preset}.train", preset_cfg.get("train", {})),
+        ("train", "train", train_overrides or {}),
+    ]
+    for part, where, overrides in layers:
+        if part == "model":
+            mcfg = apply_overrides(mcfg, overrides, where)
+            check_ranges(mcfg, where, overrides)
+        else:
+            tcfg = apply_overrides(tcfg, overrides, where)
+            check_ranges(tcfg, where, overrides)
+    check_ranges(mcfg, f"{model} config")  # the defaults themselves, and fields no layer touched
+    check_ranges(tcfg, "train")
+    num_classes = int(getattr(mcfg, "num_classes", 4) or 4)
+    tcfg = resolve_selection(tcfg, _task_candidates(data_task, input_spec), class_names, num_classes)
     return RunConfig(model=model, variant=variant, preset=preset, model_cfg=mcfg, train=tcfg)
 
 

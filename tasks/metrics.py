@@ -5,10 +5,14 @@ Sentiment follows the definitions MMSA, MISA and MulT share (MMSA ``MetricsTop``
   samples whose label is non-zero. F1 is support-weighted.
 - Acc5/Acc7: clip to [-2, 2] / [-3, 3], round (half to even, as ``np.round``), compare.
 - MAE on unclipped predictions; Pearson Corr (NaN, not a crash, for a constant prediction).
+
+Emotion reports MulT's per-emotion binary accuracy and weighted F1 (``emotion_metrics``);
+depression the PHQ-9 errors and the binary decision PHQ-9 > 9 (``depression_metrics``).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -53,8 +57,12 @@ def sentiment_metrics(pred, label) -> Metrics:
 def emotion_metrics(logits, label, class_names: Sequence[str] | None = None) -> Metrics:
     """Multi-class emotion (IEMOCAP 4-class).
 
-    ``acc``/``f1_weighted``/``f1_macro`` are multi-class. Per class, as MulT reports IEMOCAP, the
-    one-vs-rest binary accuracy ``acc_<name>`` and F1 ``f1_<name>``; ``acc_avg``/``f1_avg`` average them.
+    Multi-class: ``acc``, ``f1_weighted`` and ``f1_macro``. Per emotion, MulT's IEMOCAP convention
+    (``eval_iemocap``): on that emotion's one-vs-rest binary problem, ``acc_<name>`` is
+    ``accuracy_score`` and ``f1_<name>`` is ``f1_score(..., average="weighted")``; ``acc_avg`` and
+    ``f1_avg`` average them over emotions (the figures MMCL's Table I compares with).
+    ``f1pos_<name>`` is the positive-class binary F1 (an emotion's own F1); their mean is
+    ``f1_macro``, so it has no separate average.
     """
     logits = np.asarray(logits, dtype=np.float64)
     label = np.asarray(label).reshape(-1).astype(np.int64)
@@ -69,9 +77,10 @@ def emotion_metrics(logits, label, class_names: Sequence[str] | None = None) -> 
     accs, f1s = [], []
     for c, name in enumerate(names):
         t, p = label == c, pred == c
-        accs.append(float(np.mean(t == p)))
-        f1s.append(float(f1_score(t, p, zero_division=0)))
+        accs.append(float(accuracy_score(t, p)))
+        f1s.append(float(f1_score(t, p, average="weighted", zero_division=0)))  # MulT's eval_iemocap
         out[f"acc_{name}"], out[f"f1_{name}"] = accs[-1], f1s[-1]
+        out[f"f1pos_{name}"] = float(f1_score(t, p, zero_division=0))
     out["acc_avg"], out["f1_avg"] = float(np.mean(accs)), float(np.mean(f1s))
     return out
 
@@ -94,12 +103,39 @@ def depression_metrics(pred, label, threshold: float = 9.0) -> Metrics:
     }
 
 
-# Which metric selects the best epoch, and in which direction, per task kind.
+# Which metric selects the best epoch, and in which direction, per task kind: valid MAE for the
+# regressions, valid multi-class weighted F1 for emotion (robust to IEMOCAP's class imbalance, where
+# accuracy rewards the majority class). ``tasks.config`` resolves ``train.select_metric: auto`` to these.
 DEFAULT_SELECTION: dict[str, tuple[str, str]] = {
     "sentiment": ("valid/mae", "min"),
-    "emotion": ("valid/acc", "max"),
+    "emotion": ("valid/f1_weighted", "max"),
     "depression": ("valid/mae", "min"),
 }
+TASKS: tuple[str, ...] = tuple(DEFAULT_SELECTION)
+# Errors and losses are minimised; every other metric (accuracy, F1, correlation, ...) maximised.
+_LOWER_IS_BETTER = ("loss", "mae", "rmse", "mse")
+
+
+def selection_mode(metric: str) -> str:
+    """``"min"`` for an error or loss (``valid/mae``, ``valid/loss``), ``"max"`` otherwise."""
+    name = metric.split("/", 1)[-1]
+    return "min" if any(name == k or name.startswith(k) for k in _LOWER_IS_BETTER) else "max"
+
+
+def metric_names(task: str, class_names: Sequence[str] | None = None, num_classes: int = 4) -> list[str]:
+    """The names ``metric_fn(task)`` computes (unprefixed), from a tiny dummy evaluation."""
+    return list(_metric_names(task, tuple(class_names) if class_names else None, int(num_classes)))
+
+
+@functools.lru_cache(maxsize=64)
+def _metric_names(task: str, class_names: tuple[str, ...] | None, num_classes: int) -> tuple[str, ...]:
+    if task == "emotion":
+        n = len(class_names) if class_names else max(num_classes, 2)
+        dummy = metric_fn(task, class_names)(np.eye(n), np.arange(n))
+    else:
+        dummy = metric_fn(task)(np.array([1.0, -1.0, 11.0]), np.array([2.0, -2.0, 12.0]))
+    return tuple(sorted(dummy))
+
 
 # The headline metrics each task kind shows in tables.
 HEADLINE: dict[str, tuple[str, ...]] = {

@@ -7,9 +7,9 @@ from models.base import MODALITIES, InputSpec, ModelOutput, ModelSpec, MSAModel
 
 def registry() -> dict[str, ModelSpec]:
     """Imported lazily so that ``import models`` stays cheap."""
-    from models import mmafnet, mmcl, unimodal
+    from models import earlyfusion, mmafnet, mmcl, unimodal
 
-    return {spec.name: spec for spec in (mmafnet.SPEC, mmcl.SPEC, unimodal.SPEC)}
+    return {spec.name: spec for spec in (mmafnet.SPEC, mmcl.SPEC, unimodal.SPEC, earlyfusion.SPEC)}
 
 
 def get_spec(name: str) -> ModelSpec:

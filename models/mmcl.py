@@ -54,6 +54,11 @@ Where the paper is underspecified (config field: default -- why):
   module searches 0.001-1.0).
 - Padding: time steps past a modality's length are masked in attention and pooling; CSD uses only
   the steps real in all three modalities as keys (aligned data have equal lengths anyway).
+- Utterance-level input (T=1, e.g. the bc-LSTM CMU-MOSI features) runs through every block, but
+  with ``w_norm="softmax"`` each W^c row has a single entry, so W^c = 1, Z^c = Z and Z^s = 0: the
+  split is trivial and the cross-attention's only key is zero (its output is then the value
+  projection's bias). ``w_norm="none"`` keeps a split at T=1: Z^c = min-cosine * Z. Self-attention
+  over one step is a per-step linear map. Results at T=1 say little about CSD itself.
 """
 
 from __future__ import annotations

@@ -1,13 +1,22 @@
-"""From feature-store splits to device batches: vectorised, seeded, no per-row Python."""
+"""From feature-store splits to device batches: vectorised, seeded, no per-row Python.
+
+Also the feature standardisation fit on the training split (``standardize_splits``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from models.base import MODALITIES
+
+if TYPE_CHECKING:
+    from feature_store import SplitData
 
 Batch = dict[str, torch.Tensor]
 
@@ -56,3 +65,125 @@ def iterate_batches(
 
 def num_batches(tensors: Batch, batch_size: int) -> int:
     return (num_rows(tensors) + batch_size - 1) // batch_size
+
+
+# --------------------------------------------------------------------------------------------
+# Feature standardisation fit on the training split
+# --------------------------------------------------------------------------------------------
+# Raw real features span very different scales (bc-LSTM openSMILE audio reaches ~380, text lies in
+# +-1.5); a per-sample LayerNorm does not fix that across the dataset. So every modality's every
+# dimension is centred and scaled with the mean and std of the *training* split's valid frames
+# (padded frames past a sample's length are excluded and stay exactly zero). Valid and test get the
+# same transform. A dimension whose train std is below ``eps`` is only centred (std taken as 1), so
+# it becomes 0 on train instead of dividing by ~0. With subject folds each fold is its own store
+# whose "train" split is the fold's training part, so fitting on "train" never sees the fold's
+# valid/test rows. Refitting on standardised data is the identity (mean 0, std 1), so applying it
+# twice does no harm.
+
+STD_EPS = 1e-6
+_CHUNK_ROWS = 4096  # rows per float64 pass: bounded memory on MOSEI-sized splits
+
+
+def _valid_mask(lengths: np.ndarray, steps: int) -> np.ndarray:
+    """(N, T) bool, True on frames before each row's length."""
+    return np.arange(steps)[None, :] < np.asarray(lengths).reshape(-1, 1)
+
+
+@dataclass(frozen=True)
+class Standardization:
+    """Per-modality, per-dimension mean and std of the training split's valid frames."""
+
+    mean: dict[str, np.ndarray]  # modality -> (d,) float64
+    std: dict[str, np.ndarray]  # modality -> (d,) float64; constant dims hold 1.0
+    frames: dict[str, int]  # valid frames the statistics were computed over
+    constant: dict[str, list[int]]  # dims whose train std < eps (centred only)
+    eps: float = STD_EPS
+    fit_on: str = "train"
+
+    def apply(self, split: SplitData) -> SplitData:
+        """A copy of ``split`` with standardised features; padded frames stay 0. Inputs are not modified."""
+        features = {}
+        for m, x in split.features.items():
+            if m not in self.mean:
+                raise ValueError(f"standardization: no statistics for modality {m!r}; fit on {sorted(self.mean)}")
+            if x.shape[-1] != len(self.mean[m]):
+                raise ValueError(f"standardization: {m} has {x.shape[-1]} dims, statistics have {len(self.mean[m])}")
+            mask = _valid_mask(split.lengths[m], x.shape[1])[..., None]
+            mean, std = self.mean[m].astype(np.float32), self.std[m].astype(np.float32)
+            features[m] = np.where(mask, (x - mean) / std, 0.0).astype(np.float32)
+        return dataclasses.replace(split, features=features)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (logged as the ``data/standardization.json`` artifact)."""
+        return {
+            "fit_on": self.fit_on, "eps": self.eps,
+            "modalities": {m: {"dim": len(self.mean[m]), "frames": self.frames[m],
+                               "mean": self.mean[m].tolist(), "std": self.std[m].tolist(),
+                               "constant_dims": list(self.constant[m])} for m in self.mean},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Standardization:
+        mods = d["modalities"]
+        return cls(mean={m: np.asarray(v["mean"], dtype=np.float64) for m, v in mods.items()},
+                   std={m: np.asarray(v["std"], dtype=np.float64) for m, v in mods.items()},
+                   frames={m: int(v["frames"]) for m, v in mods.items()},
+                   constant={m: [int(i) for i in v["constant_dims"]] for m, v in mods.items()},
+                   eps=float(d.get("eps", STD_EPS)), fit_on=str(d.get("fit_on", "train")))
+
+
+def fit_standardization(train: SplitData, eps: float = STD_EPS) -> Standardization:
+    """Mean and (population) std per modality and dimension over ``train``'s valid frames only.
+
+    Two float64 passes in row chunks (mean, then squared deviations): stable and memory-bounded.
+    A modality with no valid frame at all gets mean 0, std 1 (the identity).
+    """
+    mean, std, frames, constant = {}, {}, {}, {}
+    for m, x in train.features.items():
+        lengths = np.asarray(train.lengths[m])
+        d = x.shape[-1]
+        total, count = np.zeros(d), 0
+        for s in range(0, len(x), _CHUNK_ROWS):
+            mask = _valid_mask(lengths[s:s + _CHUNK_ROWS], x.shape[1])
+            total += x[s:s + _CHUNK_ROWS][mask].sum(axis=0, dtype=np.float64)
+            count += int(mask.sum())
+        mu = total / count if count else np.zeros(d)
+        sq = np.zeros(d)
+        for s in range(0, len(x), _CHUNK_ROWS):
+            mask = _valid_mask(lengths[s:s + _CHUNK_ROWS], x.shape[1])
+            sq += ((x[s:s + _CHUNK_ROWS][mask].astype(np.float64) - mu) ** 2).sum(axis=0)
+        sd = np.sqrt(sq / count) if count else np.ones(d)
+        flat = sd < eps
+        mean[m], std[m], frames[m] = mu, np.where(flat, 1.0, sd), count
+        constant[m] = [int(i) for i in np.flatnonzero(flat)]
+    return Standardization(mean=mean, std=std, frames=frames, constant=constant, eps=eps)
+
+
+def standardize_splits(splits: Mapping[str, SplitData], enabled: bool = True, fit_on: str = "train",
+                       eps: float = STD_EPS) -> tuple[dict[str, SplitData], Standardization | None]:
+    """Fit on ``splits[fit_on]`` and apply to every split: ``(new splits, statistics)``.
+
+    ``enabled=False`` returns the splits unchanged and ``None``. The caller's arrays (possibly the
+    process-wide cache of ``load_split_shared``) are never modified.
+    """
+    if not enabled:
+        return dict(splits), None
+    if fit_on not in splits:
+        raise ValueError(f"standardization is fit on the {fit_on!r} split; got splits {sorted(splits)}")
+    stats = dataclasses.replace(fit_standardization(splits[fit_on], eps), fit_on=fit_on)
+    return {name: stats.apply(s) for name, s in splits.items()}, stats
+
+
+def load_standardized(path: str | Path, names: Sequence[str], enabled: bool = True,
+                      ) -> tuple[dict[str, SplitData], Standardization | None]:
+    """Splits ``names`` of a store, standardised with the store's train statistics.
+
+    For callers that do not hold the train split (evaluation on test): train is loaded (shared
+    cache) to fit, then dropped unless asked for.
+    """
+    from feature_store import load_split_shared
+
+    wanted = list(names)
+    loaded = {n: load_split_shared(path, n) for n in dict.fromkeys([*wanted, "train"] if enabled else wanted)}
+    out, stats = standardize_splits(loaded, enabled)
+    return {n: out[n] for n in wanted}, stats

@@ -340,3 +340,50 @@ def test_trains_through_the_engine_with_the_quick_preset():
     assert "test/mae" in result.test
     assert [r["epoch"] for r in result.epoch_traces] == [0, 1]
     assert "csd/w_mean_t" in result.epoch_traces[0]
+
+
+# ---- utterance-level input (T=1) --------------------------------------------------------------
+
+
+def _t1_batch(b: int = 4, classes: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    batch = {m: torch.randn(b, 1, d, generator=g) for m, d in DIMS.items()}
+    for m in DIMS:
+        batch[f"{m}_len"] = torch.ones(b, dtype=torch.long)
+    batch["label"] = torch.randn(b, generator=g)
+    if classes:
+        batch["class_label"] = torch.randint(0, classes, (b,), generator=g)
+        batch["label"] = batch["class_label"].float()
+    return batch
+
+
+def test_t1_softmax_csd_is_the_trivial_split_and_none_keeps_one():
+    """Documented: at T=1 a softmax row of W^c has one entry, so Z^c = Z and Z^s = 0."""
+    g = torch.Generator().manual_seed(1)
+    z = {m: torch.randn(4, 1, 8, generator=g) for m in ("vision", "audio", "text")}
+    w = common_weights(z, norm="softmax")
+    zc, zs = decouple(z["text"], w["text"])
+    torch.testing.assert_close(zc, z["text"])
+    assert torch.count_nonzero(zs) == 0
+    raw = common_weights(z, norm="none")["text"]  # (B, 1, 1) min-cosine
+    zc, zs = decouple(z["text"], raw)
+    torch.testing.assert_close(zc, raw * z["text"])
+    assert torch.count_nonzero(zs) > 0
+
+
+@pytest.mark.parametrize("w_norm", ["softmax", "none"])
+@pytest.mark.parametrize("classes", [0, 3])
+def test_t1_runs_through_every_block(w_norm, classes):
+    cfg = tiny(seq_len=1, w_norm=w_norm, enhance="sequential",
+               **({"task": "classification", "num_classes": classes} if classes else {}))
+    model = MMCL(cfg)
+    batch = _t1_batch(classes=classes)
+    out = model(batch)
+    assert out.pred.shape == ((4, classes) if classes else (4,))
+    total, parts = model.loss(out, batch)
+    assert math.isfinite(parts["loss/cl"])
+    total.backward()
+    trace = model.on_epoch_end(0)
+    if w_norm == "softmax":
+        assert trace["csd/common_ratio_t"] == pytest.approx(1.0)  # the trivial split, as documented
+    assert all(math.isfinite(v) for v in trace.values())

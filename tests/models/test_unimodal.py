@@ -131,3 +131,18 @@ def test_spec_variants_and_presets_apply_to_the_configs():
     assert SPEC.presets["quick"]["train"]["epochs"] == 4
     assert SPEC.presets["paper"]["train"] == {"optimizer": "adam", "lr": 1e-3, "epochs": 30,
                                               "batch_size": 32}
+
+
+@pytest.mark.parametrize("encoder", ["gru", "mean"])
+@pytest.mark.parametrize("classes", [0, 3])
+def test_utterance_level_input_t1(encoder, classes):
+    """bc-LSTM CMU-MOSI features have one step per utterance; a zero length still reads step 0."""
+    cfg = tiny(encoder=encoder, modality="audio", seq_len=1,
+               **({"task": "classification", "num_classes": classes} if classes else {}))
+    model = Unimodal(cfg)
+    batch = make_batch(t=1, classes=classes)
+    out = model(batch)
+    assert out.pred.shape == ((4, classes) if classes else (4,))
+    model.loss(out, batch)[0].backward()
+    batch["audio_len"] = torch.tensor([1, 0, 1, 1])
+    assert torch.isfinite(model.eval()(batch).pred).all()

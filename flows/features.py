@@ -29,8 +29,9 @@ _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
 @task(name="read-extraction-manifest", **_TASK)
-def read_manifest_task(manifest: str) -> tuple[list[Utterance], dict[str, bool], list[dict]]:
-    return read_extraction_manifest(manifest)
+def read_manifest_task(manifest: str, label_range: tuple[float, float] | None = None
+                       ) -> tuple[list[Utterance], dict[str, bool], list[dict]]:
+    return read_extraction_manifest(manifest, label_range)  # bad labels fail their row, not the run
 
 
 @task(name="extract-text", **_TASK)
@@ -102,7 +103,7 @@ def align_utterances(utts: list[Utterance], present: dict[str, bool], results: d
 def write_store_task(manifest: str, out: str, utts: list[Utterance], present: dict[str, bool],
                      results: dict[str, dict], max_words: int, config: dict[str, Any],
                      label_range: tuple[float, float], text_ids: bool, text_config: TextConfig,
-                     name: str | None) -> dict[str, Any]:
+                     name: str | None, force: bool = False) -> dict[str, Any]:
     from feature_store import SplitData, write_dataset
 
     per_split, failures, modes = align_utterances(utts, present, results, max_words)
@@ -132,7 +133,7 @@ def write_store_task(manifest: str, out: str, utts: list[Utterance], present: di
     source_sha = hashlib.sha256(Path(manifest).read_bytes()).hexdigest()
     manifest_obj = write_dataset(out, splits, name=name or Path(out).name, source="extract", task="sentiment",
                                  label_kind="regression", label_range=tuple(label_range),
-                                 source_sha256=source_sha, config=config)
+                                 source_sha256=source_sha, config=config, force=force)
     extra = None
     if text_ids and present["text"]:
         # The store schema holds float (N, T, d) modalities only; token ids go to a sidecar file.
@@ -155,14 +156,14 @@ def write_store_task(manifest: str, out: str, utts: list[Utterance], present: di
 def features(manifest: str, out: str, text_model: str | None = None, max_words: int = 50,
              text_ids: bool = False, f0: str = "pyin", visual_kind: str = "auto", batch_size: int = 64,
              label_range: tuple[float, float] = (-3.0, 3.0), name: str | None = None,
-             cache_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
+             cache_dir: str | None = None, progress: bool = True, force: bool = False) -> dict[str, Any]:
     """Extract word-aligned features for every utterance in ``manifest`` and write a store at ``out``.
 
     Returns ``{"out", "splits", "written", "failures", "cache": {modality: {hits, misses}}, "dims",
     "seconds"}``. Failed utterances are left out and listed; if all fail, ``DataError``.
     """
     t0 = time.perf_counter()
-    utts, present, manifest_failures = read_manifest_task(manifest)
+    utts, present, manifest_failures = read_manifest_task(manifest, tuple(label_range))
     text_cfg = TextConfig(model=text_model, max_words=max_words, batch_size=batch_size)
     audio_cfg = AudioConfig(f0=f0)
     visual_cfg = VisualConfig(kind=visual_kind)
@@ -180,11 +181,11 @@ def features(manifest: str, out: str, text_model: str | None = None, max_words: 
                  "layer": "last"} if present["text"] else None,
         "audio": {"feature_names": results["audio"]["feature_names"], "config": results["audio"]["config"],
                   "frame_rate_hz": 100} if present["audio"] else None,
-        "vision": {"kind": results["vision"]["kind"], "feature_names": results["vision"]["feature_names"],
-                   "failed_frames": "masked; a span with no valid frame is zeros"} if present["vision"] else None,
+        # kind, profile, column choice, feature names, face rule (feature_store/extract/visual.py)
+        "vision": results["vision"]["manifest_config"] if present["vision"] else None,
     }
     written = write_store_task(manifest, out, utts, present, results, max_words, config, label_range,
-                               text_ids, text_cfg, name)
+                               text_ids, text_cfg, name, force)
     return {"out": str(Path(out).resolve()), **written,
             "cache": {m: r["cache"] for m, r in results.items()},
             "seconds": round(time.perf_counter() - t0, 2)}

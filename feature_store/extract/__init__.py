@@ -1,7 +1,7 @@
 """Feature extraction from raw inputs (text, WAV audio, per-frame facial CSVs) into a feature store.
 
 Submodules: ``text`` (transformer encoder pooled to words), ``audio`` (COVAREP-style frame features
-with librosa), ``visual`` (OpenFace 2.x / Facet CSVs), ``alignment`` (word spans -> frames),
+with librosa), ``visual`` (OpenFace 1.x/2.x CSVs, iMotions FACET exports; column profiles), ``alignment`` (word spans -> frames),
 ``cache`` (per-input content-hashed cache), ``cli`` (``msaflow features``). The Prefect flow lives in
 ``flows/features.py``. This module stays import-light.
 """
@@ -41,7 +41,28 @@ class UtteranceError(DataError):
         return self.message
 
 
-__all__ = ["DataError", "UtteranceError"]
+__all__ = ["DataError", "UtteranceError", "read_error_reason"]
+
+
+def read_error_reason(exc: BaseException) -> str:
+    """What went wrong reading a file, without any of its contents.
+
+    Parser and codec messages can quote the bytes or text they choked on, and a manifest may point at
+    any readable file (``/etc/hostname``); errors land in the store manifest, so they name the problem
+    and at most a line number, never what the file holds.
+    """
+    import re
+
+    if isinstance(exc, UnicodeDecodeError):
+        return f"text in UTF-8; byte {exc.start} is not"
+    name = type(exc).__name__
+    if name == "EmptyDataError":
+        return "a non-empty file"
+    if name == "ParserError":
+        m = re.search(r"\bline (\d+)|\brow (\d+)", str(exc))
+        where = f" (near line {m.group(1) or m.group(2)})" if m else ""
+        return f"well-formed CSV rows{where}"
+    return f"a readable file ({name})"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -83,23 +104,55 @@ def _cell(row, col: str) -> str | None:
 
 
 def _read_timings_csv(path: Path, uid: str):
+    import numpy as np
     import pandas as pd
 
     if not path.is_file():
         raise UtteranceError(uid, path, "timings_path", "an existing CSV with columns word,start,end")
-    df = pd.read_csv(path, skipinitialspace=True, keep_default_na=False)
+    try:
+        df = pd.read_csv(path, skipinitialspace=True, keep_default_na=False)
+    except Exception as exc:  # noqa: BLE001 - pandas raises many types; the reason never quotes the file
+        raise UtteranceError(uid, path, "timings_path", read_error_reason(exc)) from None
     df.columns = [str(c).strip() for c in df.columns]
     if not {"word", "start", "end"} <= set(df.columns):
-        raise UtteranceError(uid, path, "timings_path columns", "word, start, end", f"got {list(df.columns)}")
-    return [(str(w), float(s), float(e)) for w, s, e in zip(df["word"], df["start"], df["end"], strict=True)]
+        raise UtteranceError(uid, path, "timings_path columns", "a header with word, start, end",
+                             f"got {len(df.columns)} columns without them")
+    try:
+        start = pd.to_numeric(df["start"]).to_numpy(float)
+        end = pd.to_numeric(df["end"]).to_numpy(float)
+    except (ValueError, TypeError):
+        raise UtteranceError(uid, path, "timings_path start/end", "numbers (seconds)") from None
+    if not (np.isfinite(start).all() and np.isfinite(end).all() and (end >= start).all()):
+        raise UtteranceError(uid, path, "timings_path start/end", "finite times with end >= start")
+    return [(str(w), float(a), float(b)) for w, a, b in zip(df["word"], start, end, strict=True)]
 
 
-def read_extraction_manifest(path: str | Path) -> tuple[list[Utterance], dict[str, bool], list[dict]]:
+def check_label(value: str, label_range: tuple[float, float] | None) -> tuple[float | None, str]:
+    """``(label, "")`` when ``value`` is a finite number inside ``label_range``, else ``(None, why)``.
+
+    ``why`` describes the value (NaN, inf, out of range) without quoting text from the file.
+    """
+    try:
+        label = float(str(value).strip())
+    except ValueError:
+        return None, "got text that is not a number" if str(value).strip() else "got an empty cell"
+    if label != label:
+        return None, "got NaN"
+    if label in (float("inf"), float("-inf")):
+        return None, f"got {label}"
+    if label_range is not None and not (label_range[0] <= label <= label_range[1]):
+        return None, f"got {label:g}, outside the range"
+    return label, ""
+
+
+def read_extraction_manifest(path: str | Path, label_range: tuple[float, float] | None = (-3.0, 3.0)
+                             ) -> tuple[list[Utterance], dict[str, bool], list[dict]]:
     """Parse the manifest -> (utterances, modalities present, row failures).
 
     A modality is present when its column exists and at least one row fills it; a row that leaves a
     present modality empty fails (it cannot be stored without it). ``text`` is present when the
-    column exists.
+    column exists. A row whose label is not a finite number inside ``label_range`` (the store's range;
+    None: any finite number) fails like any other broken row instead of aborting the write later.
     """
     import pandas as pd
 
@@ -110,15 +163,15 @@ def read_extraction_manifest(path: str | Path) -> tuple[list[Utterance], dict[st
         raise DataError(path, "--manifest", "an existing CSV manifest")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(path, "--manifest", f"a readable CSV ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - the reason never quotes the file
+        raise DataError(path, "--manifest", f"a readable CSV: {read_error_reason(exc)}") from None
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in ("id", "label", "split") if c not in df.columns]
     if missing:
         raise DataError(path, "columns", f"id, label, split (+ text, audio_path, visual_path); missing {missing}")
     if df["id"].duplicated().any():
-        dup = df["id"][df["id"].duplicated()].tolist()[:5]
-        raise DataError(path, "id", f"unique utterance ids (duplicates: {dup})")
+        rows = [int(i) + 2 for i in df.index[df["id"].duplicated()][:5]]  # +2: header line, 1-based
+        raise DataError(path, "id", f"unique utterance ids; lines {rows} repeat an earlier id")
     root = path.resolve().parent
     present = {
         "text": "text" in df.columns,
@@ -131,19 +184,21 @@ def read_extraction_manifest(path: str | Path) -> tuple[list[Utterance], dict[st
     for _, row in df.iterrows():
         uid = str(row["id"]).strip()
         try:
-            try:
-                label = float(row["label"])
-            except ValueError:
-                raise UtteranceError(uid, path, "label", "a number", repr(row["label"])) from None
+            label, why = check_label(row["label"], label_range)
+            if label is None:
+                expected = "a finite number" + (f" in [{label_range[0]:g}, {label_range[1]:g}]" if label_range else "")
+                raise UtteranceError(uid, path, "label", expected, why)
             split = SPLIT_ALIASES.get(str(row["split"]).strip().lower())
             if split is None:
-                raise UtteranceError(uid, path, "split", "train, valid or test", repr(row["split"]))
+                raise UtteranceError(uid, path, "split", "train, valid, dev, val or test")
             words = None
             if (raw := _cell(row, "words")) is not None:
                 try:
                     words = parse_words(raw)
                 except (ValueError, TypeError) as exc:
-                    raise UtteranceError(uid, path, "words", "JSON [[word, start_s, end_s], ...]", str(exc)) from None
+                    # json's and parse_words' messages give positions only, never the cell's text
+                    raise UtteranceError(uid, path, "words", "JSON [[word, start_s, end_s], ...]",
+                                         str(exc).splitlines()[0][:120]) from None
             elif (tp := _cell(row, "timings_path")) is not None:
                 words = _read_timings_csv(root / tp, uid)
             paths = {}

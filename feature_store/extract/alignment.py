@@ -121,12 +121,20 @@ def parse_words(value: str | Sequence | None) -> list[tuple[str, float, float]] 
         if not value.strip():
             return None
         value = json.loads(value)
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        raise ValueError("the words cell is not a JSON list")
+    # Messages give the item's position, never its text: they end up in the store manifest.
     out = []
-    for item in value:
-        if len(item) != 3:
-            raise ValueError(f"word timing {item!r} is not [word, start_s, end_s]")
-        word, start, end = str(item[0]), float(item[1]), float(item[2])
+    for k, item in enumerate(value):
+        if not isinstance(item, Sequence) or isinstance(item, str) or len(item) != 3:
+            raise ValueError(f"word timing #{k} is not [word, start_s, end_s]")
+        try:
+            word, start, end = str(item[0]), float(item[1]), float(item[2])
+        except (TypeError, ValueError):
+            raise ValueError(f"word timing #{k} has a start or end that is not a number") from None
+        if not (np.isfinite(start) and np.isfinite(end)):
+            raise ValueError(f"word timing #{k} has a start or end that is not finite")
         if end < start:
-            raise ValueError(f"word timing {item!r} ends before it starts")
+            raise ValueError(f"word timing #{k} ends before it starts")
         out.append((word, start, end))
     return out

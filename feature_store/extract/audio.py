@@ -1,6 +1,10 @@
 """COVAREP-style acoustic frame features at 100 Hz with librosa, pooled to words.
 
-The WAV is read with soundfile, mixed to mono and resampled to 16 kHz. Frames: hop 10 ms (160
+Input: a WAV (or anything libsndfile reads) at any sample rate, with any number of channels and
+any sample format (8/16/24/32-bit PCM, float). It is read as float32 in [-1, 1], mixed down to mono
+as the plain mean of its channels, and resampled to 16 kHz (``AudioConfig.sr``) with soxr's
+high-quality resampler (librosa ``res_type="soxr_hq"``); a file already at 16 kHz is not resampled.
+Frames: hop 10 ms (160
 samples), analysis window 25 ms (400 samples, FFT 512) for spectral features, 64 ms for F0, 40 ms for
 the periodicity / harmonic measures. Frame i is centred at ``i * 10 ms``. The vector (see
 ``FEATURE_NAMES``, 37 dims; ``docs/covarep_mapping.md`` maps it onto COVAREP's 74):
@@ -83,15 +87,16 @@ def load_wav(path: str | Path, sr: int = 16000, utterance: str = "?") -> np.ndar
     try:
         y, native = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / TypeError
-        raise UtteranceError(utterance, path, "audio_path", "a readable WAV file",
-                             f"{type(exc).__name__}: {exc}") from exc
+        # The reason is the exception type only: the failure list lands in the store manifest.
+        raise UtteranceError(utterance, path, "audio_path", "a readable WAV file (any rate, any channels)",
+                             f"libsndfile could not decode it ({type(exc).__name__})") from None
     y = y.mean(axis=1)
     if y.size == 0:
         raise UtteranceError(utterance, path, "audio_path", "a WAV with at least one sample")
     if native != sr:
         import librosa
 
-        y = librosa.resample(y, orig_sr=native, target_sr=sr)
+        y = librosa.resample(y, orig_sr=native, target_sr=sr, res_type="soxr_hq")
     return np.ascontiguousarray(y, dtype=np.float32)
 
 

@@ -2,11 +2,15 @@
 
     msaflow features extract --manifest utts.csv --out stores/my-store [--text-model NAME|PATH]
                              [--max-words 50] [--text-ids] [--f0 pyin|yin]
+                             [--visual-profile auto|openface-aus|openface-aus-pose|openface-full|facet]
+                             [--force] [--json]
     msaflow features mosi-text --csv ../shared/data/mosi_label.csv --out /tmp/mosi-text-store
 """
 
 from __future__ import annotations
 
+import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +18,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from msaflow.settings import apply_defaults
 
@@ -21,8 +26,10 @@ apply_defaults()
 
 app = typer.Typer(help="Extract features from raw text, audio and video.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
-err = Console(stderr=True)
-out = Console()
+# Nothing a user controls (ids, paths, file names, error text) goes through rich markup: it is passed
+# as ``Text``. Error lines never wrap (one greppable line); --json bypasses rich entirely.
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+out = Console(soft_wrap=True, highlight=False)
 
 
 def print_failures(failures: list[dict]) -> None:
@@ -33,35 +40,86 @@ def print_failures(failures: list[dict]) -> None:
     table.add_column("stage")
     table.add_column("error", overflow="fold")
     for f in failures:
-        table.add_row(f["id"], f["stage"], f["error"])
+        table.add_row(Text(str(f["id"])), Text(str(f["stage"])), Text(str(f["error"])))
     err.print(table)
 
 
 def print_result(result: dict) -> None:
     print_failures(result.get("failures", []))
     cache = ", ".join(f"{m}: {c['misses']} computed / {c['hits']} cached" for m, c in result["cache"].items())
-    out.print(f"[bold green]wrote[/] {result['out']}  splits={result['splits']}  dims={result['dims']}  "
-              f"({result['seconds']} s; {cache})", highlight=False)
+    line = Text("wrote ", style="bold green")
+    line.append(f"{result['out']}  splits={result['splits']}  dims={result['dims']}  ({result['seconds']} s; {cache})",
+                style="")
+    out.print(line)
     if result.get("text_ids_path"):
-        out.print(f"token ids (text_bert, (N,3,T)) -> {result['text_ids_path']}", highlight=False)
+        out.print(Text(f"token ids (text_bert, (N,3,T)) -> {result['text_ids_path']}"))
 
 
-def _run(**kwargs) -> dict:
+def print_error(message: str) -> None:
+    line = Text("error: ", style="bold red")
+    line.append(message, style="")
+    err.print(line)
+
+
+def preflight(manifest: str, visual_profile: str) -> None:
+    """Manifest-wide errors before Prefect starts: its task logs would print a traceback around them."""
+    from feature_store.extract import read_extraction_manifest
+    from feature_store.extract.visual import VisualConfig, preflight_visual
+
+    utts, present, _ = read_extraction_manifest(manifest)
+    if present["vision"]:
+        preflight_visual(utts, VisualConfig(visual_profile))
+
+
+def check_out(out_dir: Path, force: bool) -> None:
+    """Refuse a foreign non-empty ``--out`` before extracting for minutes (the writer checks again)."""
+    from feature_store.extract import DataError
+
+    try:
+        from feature_store.schema import store_file_names
+    except ImportError:  # pragma: no cover - an older store package: the writer decides alone
+        return
+    if force or not out_dir.is_dir() or not any(out_dir.iterdir()) or store_file_names(out_dir) is not None:
+        return
+    raise DataError(out_dir, "--out", "an empty directory or a store msaflow wrote (no msaflow manifest.json "
+                    "here): choose a fresh path, or pass --force to add the store's files beside them "
+                    "(nothing is deleted)")
+
+
+def _run(as_json: bool = False, **kwargs) -> dict:
     import os
 
     from feature_store.extract import DataError
 
-    # Prefect cannot create PREFECT_HOME when its parent (MSAFLOW_HOME) is missing: make it.
-    Path(os.environ.get("PREFECT_HOME", ".msaflow/prefect")).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    from flows.features import features
-
     try:
+        preflight(kwargs["manifest"], kwargs.get("visual_kind", "auto"))
+        if "force" in kwargs:
+            check_out(Path(kwargs["out"]), kwargs["force"])
+        # Prefect cannot create PREFECT_HOME when its parent (MSAFLOW_HOME) is missing: make it.
+        Path(os.environ.get("PREFECT_HOME", ".msaflow/prefect")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        from flows.features import features
+
         result = features(**kwargs)
     except DataError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        print_error(str(exc))
         raise typer.Exit(2) from None
-    print_result(result)
+    if as_json:  # plain JSON on stdout, never through rich (no markup, no wrapping)
+        print_failures(result.get("failures", []))  # stderr
+        sys.stdout.write(json.dumps(result, default=str) + "\n")
+        sys.stdout.flush()
+    else:
+        print_result(result)
     return result
+
+
+def _visual_profile(value: str) -> str:
+    from feature_store.extract.visual import PROFILE_CHOICES
+
+    legacy = {"openface": "openface-full"}  # the old --visual-kind values
+    value = legacy.get(value, value)
+    if value not in PROFILE_CHOICES:
+        raise typer.BadParameter(f"expected one of {', '.join(PROFILE_CHOICES)}")
+    return value
 
 
 @app.command()
@@ -72,13 +130,19 @@ def extract(
     max_words: Annotated[int, typer.Option("--max-words", help="T: words per utterance (padded)")] = 50,
     text_ids: Annotated[bool, typer.Option("--text-ids", help="Also write text_bert token ids (sidecar DIR.text_bert.npz)")] = False,
     f0: Annotated[str, typer.Option("--f0", help="F0 tracker: pyin (better) or yin (fast)")] = "pyin",
-    visual_kind: Annotated[str, typer.Option("--visual-kind", help="auto, openface or facet")] = "auto",
+    visual_profile: Annotated[str, typer.Option(
+        "--visual-profile", "--visual-kind", callback=_visual_profile,
+        help="Visual columns: auto (each file's; all files must agree), openface-aus, openface-aus-pose, "
+             "openface-full or facet")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
     name: Annotated[str | None, typer.Option("--name", help="Dataset name (default: the folder name)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty folder that is not a store "
+                                        "(adds the store's files; never deletes or overwrites)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout")] = False,
 ) -> None:
     """Extract word-aligned text/audio/visual features for every utterance of a CSV manifest."""
-    _run(manifest=str(manifest), out=str(out_dir), text_model=text_model, max_words=max_words,
-         text_ids=text_ids, f0=f0, visual_kind=visual_kind, batch_size=batch_size, name=name)
+    _run(as_json, manifest=str(manifest), out=str(out_dir), text_model=text_model, max_words=max_words,
+         text_ids=text_ids, f0=f0, visual_kind=visual_profile, batch_size=batch_size, name=name, force=force)
 
 
 @app.command("mosi-text")
@@ -88,6 +152,7 @@ def mosi_text(
     text_model: Annotated[str | None, typer.Option("--text-model")] = None,
     max_words: Annotated[int, typer.Option("--max-words")] = 50,
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N rows")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty folder that is not a store")] = False,
 ) -> None:
     """Build a text-only store from CMU-MOSI transcripts (ids video_id$_$clip_id)."""
     from feature_store.extract.text import mosi_transcripts_manifest
@@ -95,4 +160,4 @@ def mosi_text(
     with tempfile.TemporaryDirectory(prefix="mosi-text-") as tmp:
         manifest = mosi_transcripts_manifest(csv, Path(tmp) / "manifest.csv", limit=limit)
         _run(manifest=str(manifest), out=str(out_dir), text_model=text_model, max_words=max_words,
-             name=out_dir.name)
+             name=out_dir.name, force=force)

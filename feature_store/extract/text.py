@@ -235,7 +235,7 @@ def extract_text_batch(utts: Sequence, config: TextConfig | None = None, *, cach
         words = u.word_list()
         if not words:
             failures.append(failure_record(UtteranceError(u.id, None, "text", "a transcript with at least one word",
-                                                          f"got {u.text!r}"), NAME))
+                                                          "got an empty one"), NAME))
             continue
         key = cache.key(content_hash(u.text, u.words))
         if not cache.has(key):

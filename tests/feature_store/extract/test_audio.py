@@ -85,3 +85,46 @@ def test_speech_from_espeak(tmp_path):
     voiced = frames[:, IDX["vuv"]] > 0.5
     assert 0.2 < voiced.mean() < 0.95                                 # speech: voiced and unvoiced parts
     assert 60 < np.median(frames[voiced, IDX["f0_hz"]]) < 300
+
+
+def _tone(sr: int, seconds: float, amp: float, f0: float = 220.0) -> np.ndarray:
+    t = np.arange(int(sr * seconds)) / sr
+    return amp * np.sin(2 * np.pi * f0 * t)
+
+
+def _check_16k_mono_tone(y: np.ndarray, seconds: float, amp: float) -> None:
+    assert y.ndim == 1 and y.dtype == np.float32
+    assert len(y) == pytest.approx(16000 * seconds, abs=2)                     # resampled to 16 kHz
+    assert np.sqrt(np.mean(y[800:-800] ** 2)) == pytest.approx(amp / np.sqrt(2), rel=0.03)
+    frames = frame_features(y, AudioConfig(f0="yin"))
+    assert np.median(frames[5:-5, IDX["f0_hz"]]) == pytest.approx(220, rel=0.03)
+
+
+def test_wav_8khz_stereo_is_mixed_down_and_resampled(tmp_path):
+    from scipy.io import wavfile
+
+    left, right = _tone(8000, 0.5, 0.5), _tone(8000, 0.5, 0.1)
+    path = tmp_path / "stereo8k.wav"
+    wavfile.write(path, 8000, (np.stack([left, right], axis=1) * 32767).astype(np.int16))
+    _check_16k_mono_tone(load_wav(path), 0.5, amp=0.3)                         # the mean of the channels
+
+
+def test_wav_44khz_mono_from_the_wave_module(tmp_path):
+    import wave
+
+    path = tmp_path / "mono44k.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(44100)
+        w.writeframes((_tone(44100, 0.5, 0.4) * 32767).astype("<i2").tobytes())
+    _check_16k_mono_tone(load_wav(path), 0.5, amp=0.4)
+
+
+def test_wav_three_channel_float_at_48khz(tmp_path):
+    import soundfile as sf
+
+    path = tmp_path / "three48k.wav"
+    data = np.stack([_tone(48000, 0.4, a) for a in (0.6, 0.3, 0.0)], axis=1).astype(np.float32)
+    sf.write(str(path), data, 48000, subtype="FLOAT")
+    _check_16k_mono_tone(load_wav(path), 0.4, amp=0.3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,3 +86,48 @@ def test_text_only_manifest_and_all_failing(prefect_harness, tmp_path):
     with pytest.raises(DataError, match="at least one utterance"):
         features(manifest=bad, out=str(tmp_path / "never"), cache_dir=str(tmp_path / "c"), progress=False)
     assert not (tmp_path / "never").exists()
+
+
+def test_bad_labels_are_reported_and_skipped(prefect_harness, tmp_path):
+    """One NaN/inf/out-of-range label used to abort the whole write (write_dataset refuses it)."""
+    from feature_store import load_split, read_manifest
+    from flows.features import features
+
+    (tmp_path / "face").mkdir()
+    rows = []
+    for i, (label, split) in enumerate([(1.0, "train"), ("nan", "train"), ("inf", "train"), (9.0, "train"),
+                                        (-0.5, "train"), (0.3, "test")]):
+        write_openface(tmp_path / "face" / f"{i}.csv", 0.3)
+        rows.append({"id": f"u{i}", "visual_path": f"face/{i}.csv", "label": label, "split": split})
+    res = features(manifest=_manifest(tmp_path, rows), out=str(tmp_path / "store"),
+                   cache_dir=str(tmp_path / "c"), progress=False)
+    assert res["splits"] == {"train": 2, "test": 1}
+    assert sorted(f["id"] for f in res["failures"]) == ["u1", "u2", "u3"]
+    assert all("label: expected a finite number in [-3, 3]" in f["error"] for f in res["failures"])
+    assert load_split(tmp_path / "store", "train").ids.tolist() == ["u0", "u4"]
+    assert [f["id"] for f in read_manifest(tmp_path / "store").config["failures"]] == ["u1", "u2", "u3"]
+
+
+def test_store_manifest_records_visual_columns_and_never_file_contents(prefect_harness, tmp_path):
+    from feature_store import read_manifest
+    from feature_store.extract.visual import AU_COLUMNS
+    from flows.features import features
+
+    secret = tmp_path / "diary.txt"
+    secret.write_text("my-private-first-line\n")
+    rows = [{"id": f"u{i}", "visual_path": str(write_openface(tmp_path / f"{i}.csv", 0.3)), "label": 0.5,
+             "split": "train"} for i in range(2)]
+    rows += [{"id": "host", "visual_path": "/etc/hostname", "label": 0, "split": "train"},
+             {"id": "diary", "visual_path": str(secret), "label": 0, "split": "train"}]
+    res = features(manifest=_manifest(tmp_path, rows), out=str(tmp_path / "store"), visual_kind="openface-aus",
+                   cache_dir=str(tmp_path / "c"), progress=False)
+    assert res["dims"] == {"vision": 35}
+    vision = read_manifest(tmp_path / "store").config["vision"]
+    assert vision["profile"] == "openface-aus" and vision["feature_names"] == AU_COLUMNS
+    assert vision["kind"] == "openface" and "confidence" in vision["face_selection"]
+    text = (tmp_path / "store" / "manifest.json").read_text()
+    assert "diary" in text and "my-private-first-line" not in text
+    host = Path("/etc/hostname").read_text().strip() if Path("/etc/hostname").is_file() else ""
+    if len(host) >= 4:  # a shorter name could occur by chance
+        failures = json.dumps(read_manifest(tmp_path / "store").config["failures"]).replace("/etc/hostname", "")
+        assert host not in failures

@@ -7,6 +7,7 @@ from feature_store.extract import Utterance, UtteranceError
 from feature_store.extract.visual import (
     FACET_COLUMNS,
     OPENFACE_COLUMNS,
+    VisualConfig,
     extract_visual_batch,
     pool_to_words,
     read_visual_csv,
@@ -40,11 +41,12 @@ def test_facet_csv(tmp_path):
 
 def test_csv_without_expected_columns(tmp_path):
     path = write_openface(tmp_path / "partial.csv", drop=("AU12_r", "pose_Rx"))
-    with pytest.raises(UtteranceError, match=r"u7.*missing 2.*AU12_r"):
-        read_visual_csv(path, utterance="u7")
+    assert read_visual_csv(path)["features"].shape[1] == 47           # auto: the columns the file has
+    with pytest.raises(UtteranceError, match=r"u7.*partial.csv.*profile openface-full.*missing 2.*AU12_r"):
+        read_visual_csv(path, VisualConfig("openface-full"), utterance="u7")
     other = tmp_path / "other.csv"
     other.write_text("a,b\n1,2\n")
-    with pytest.raises(UtteranceError, match="OpenFace 2.x header"):
+    with pytest.raises(UtteranceError, match="an OpenFace CSV.*got a header of 2 columns"):
         read_visual_csv(other, utterance="u8")
 
 

@@ -1,7 +1,7 @@
 """The contract every msaflow model follows, so one engine trains them all.
 
 A model is a pure ``nn.Module``: no data loading, tracking or orchestration inside.
-The engine (``tasks/train.py``) drives it through four calls:
+The engine (``tasks/train.py``) drives it through five calls:
 
 1. ``out = model(batch)`` -- ``batch`` is a dict of tensors (see ``BATCH_KEYS``).
 2. ``total, parts = model.loss(out, batch)`` -- the objective and its named parts.
@@ -9,6 +9,12 @@ The engine (``tasks/train.py``) drives it through four calls:
    ``model.after_backward(out, batch, epoch)`` -> per-step trace (e.g. SGM's omega/phi).
 4. after each training epoch: ``model.on_epoch_end(epoch)`` -> per-epoch trace
    (e.g. IPR's distances and reset weights, AFM gate means, probe accuracies).
+5. before each training epoch, after the previous epoch was validated and checkpointed:
+   ``model.before_epoch(epoch)`` (e.g. IPR's eq. 15 reset, decided at the previous epoch's end).
+
+``model.own_optimizer()``, called once, may return an optimiser for parameters the model trains
+at its own pace (MMAFNet's SGM probes); the engine leaves those out of its optimiser, steps both,
+and checkpoints both.
 
 Trace keys use ``group/name`` (``sgm/omega_t``); the engine logs them as they are.
 """
@@ -66,6 +72,12 @@ class MSAModel(nn.Module):
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         return {}
+
+    def before_epoch(self, epoch: int) -> None:
+        return None
+
+    def own_optimizer(self) -> torch.optim.Optimizer | None:
+        return None
 
 
 def task_loss(pred: torch.Tensor, batch: dict[str, torch.Tensor], task: TaskKind) -> torch.Tensor:

@@ -5,6 +5,14 @@ atomic checkpoints (a killed process resumes from the last one and ends where an
 would), selects the best epoch on a validation metric, and evaluates that epoch on test. It knows
 nothing of Prefect or MLflow: it returns a ``TrainResult`` with the full record (per-epoch metrics,
 per-step and per-epoch model traces) for the tracking layer to log.
+
+Evaluation is ``evaluate``, the one function that scores a split, here and in the pipeline's
+evaluate task: always fp32 (no autocast, whatever precision training used), so the epoch selected
+on valid is scored on test at the same precision.
+
+Checkpoints hold tensors and plain data only and are read with ``torch.load(weights_only=True)``
+(on the CPU): a file that needs anything else is refused with a ``DataError`` naming it, never
+unpickled (``MSAFLOW_HOME`` may be shared, and a planted ``last.pt`` must not run code).
 """
 
 from __future__ import annotations
@@ -22,14 +30,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from feature_store.schema import DataError
 from models import get_spec
 from models.base import MSAModel, task_loss
 from tasks.config import ConfigError, RunConfig
-from tasks.data import Batch, iterate_batches, split_to_tensors
+from tasks.data import Batch, iterate_batches, split_to_tensors, standardize_splits
 from tasks.metrics import metric_fn
 
 EpochCallback = Callable[[int, dict[str, float]], None]
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: weights_only-loadable (plain RNG state), model hooks' own optimiser
 
 
 @dataclass
@@ -47,6 +56,7 @@ class TrainResult:
     seconds: float
     resumed_from_epoch: int | None = None
     test_predictions: dict[str, np.ndarray] = field(default_factory=dict)  # "pred", "label"
+    standardization: dict[str, Any] | None = None  # train-split feature statistics applied (to log)
 
     def summary(self) -> dict[str, Any]:
         return {"run_name": self.run_name, "best_epoch": self.best_epoch, **self.best_valid, **self.test}
@@ -74,9 +84,13 @@ def build_model(cfg: RunConfig) -> MSAModel:
     return get_spec(cfg.model).model_cls(cfg.model_cfg)
 
 
-def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, cfg: RunConfig,
+                    exclude: Sequence[torch.nn.Parameter] = ()) -> torch.optim.Optimizer:
+    """The engine's optimiser over the model's parameters, less ``exclude`` (those a model trains
+    with its ``own_optimizer``)."""
     t = cfg.train
-    params = [p for p in model.parameters() if p.requires_grad]
+    skip = {id(p) for p in exclude}
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in skip]
     if t.optimizer == "sgd":
         return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     if t.optimizer == "adamw":
@@ -97,13 +111,17 @@ def _target(batch: Batch, kind: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: MSAModel, tensors: Batch, batch_size: int, device: torch.device, kind: str = "regression",
-            amp: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
-    """Predictions, targets and the mean task loss over a split (eval mode)."""
+def predict(model: MSAModel, tensors: Batch, batch_size: int, device: torch.device,
+            kind: str = "regression") -> tuple[np.ndarray, np.ndarray, float]:
+    """Predictions, targets and the mean task loss over a split (eval mode, fp32).
+
+    Autocast is switched off here, even inside a caller's autocast region: bf16 would quantise
+    predictions at the third decimal of MAE, and validation and test must use one precision.
+    """
     model.eval()
     preds, targets, loss_sum, n = [], [], 0.0, 0
     for batch in iterate_batches(tensors, batch_size, device):
-        with _autocast(device, amp):
+        with torch.autocast(device.type, enabled=False):
             out = model(batch)
         pred = out.pred.float()
         loss_sum += float(task_loss(pred, batch, kind)) * len(pred)
@@ -117,19 +135,62 @@ def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
     return {f"{prefix}/{k}": float(v) for k, v in metrics.items()}
 
 
+def evaluate(model: MSAModel, tensors: Batch, *, split: str, task: str, class_names: Sequence[str] | None,
+             kind: str, batch_size: int, device: torch.device) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """The one evaluation of a split: ``{"<split>/loss", "<split>/<metric>"...}``, predictions and
+    targets, in fp32 (``predict``). Used for validation and test in ``train_model`` and by the
+    pipeline's evaluate task."""
+    pred, target, loss = predict(model, tensors, batch_size, device, kind)
+    metrics = {f"{split}/loss": loss, **_prefixed(split, metric_fn(task, class_names)(pred, target))}
+    return metrics, pred, target
+
+
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG's state as tensors and plain data, so ``weights_only=True`` can read it back."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": [int(version), list(internal), gauss_next],
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
+def _cpu_bytes(t: torch.Tensor) -> torch.Tensor:
+    # set_rng_state takes a CPU ByteTensor only (a CUDA one raises TypeError)
+    return t.detach().to("cpu", torch.uint8)
+
+
 def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    torch.set_rng_state(_cpu_bytes(state["torch"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["kind"], npy["keys"].cpu().numpy().astype(np.uint32), int(npy["pos"]),
+                         int(npy["has_gauss"]), float(npy["gauss"])))
+    version, internal, gauss_next = state["python"]
+    random.setstate((int(version), tuple(int(x) for x in internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([_cpu_bytes(s) for s in state["cuda"]])
+
+
+def load_checkpoint(path: str | Path, required: Sequence[str] = ()) -> dict[str, Any]:
+    """Read a checkpoint msaflow wrote: on the CPU (RNG states must stay CPU tensors; model and
+    optimiser states are moved by ``load_state_dict``), with ``weights_only=True``. Anything that
+    is not tensors and plain data is refused as a ``DataError``; there is no unsafe fallback."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 -- pickle/zip/EOF errors alike: not a checkpoint we read
+        raise DataError(path, "checkpoint", "a checkpoint written by msaflow (tensors and plain data "
+                        f"only; refused to load it: {type(exc).__name__})") from None
+    missing = [k for k in required if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise DataError(path, "checkpoint", f"a checkpoint written by msaflow with keys {list(required)}; "
+                        f"missing {missing}")
+    return state
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -145,7 +206,7 @@ def load_best_model(checkpoint_dir: str | Path, cfg: RunConfig, device: str | to
     path = Path(checkpoint_dir) / "best.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no best checkpoint (was training completed?)")
-    state = torch.load(path, map_location=device, weights_only=False)
+    state = load_checkpoint(path, ("fingerprint", "model"))
     if state["fingerprint"] != cfg.fingerprint():
         raise ConfigError(f"{path}: checkpoint was trained with another config (fingerprint mismatch)")
     model = build_model(cfg).to(device)
@@ -165,8 +226,13 @@ def train_model(
 ) -> TrainResult:
     """Train ``cfg`` on ``splits`` (``feature_store.SplitData`` for train, valid[, test]).
 
+    Per epoch: ``model.before_epoch`` (what the previous epoch decided, e.g. IPR's reset), the
+    training steps, ``model.on_epoch_end``, validation (``evaluate``, fp32), ``best.pt`` when the
+    selection metric improved, ``last.pt``, then the callbacks. So validation and checkpoints see
+    the parameters as trained, and a run resumed from ``last.pt`` redoes the pending reset.
     ``callbacks`` run after each epoch's checkpoint with ``(epoch, record)``; an exception they raise
     (an Optuna ``TrialPruned``, an interrupt) propagates and leaves a resumable checkpoint behind.
+    A checkpoint that is not plain tensors and data is refused (``load_checkpoint``).
     """
     for name in ("train", "valid") + (("test",) if evaluate_test else ()):
         if name not in splits or len(splits[name]) == 0:
@@ -184,7 +250,12 @@ def train_model(
 
     seed_everything(t.seed, t.deterministic)
     model = build_model(cfg).to(device)
-    optimizer = build_optimizer(model, cfg)
+    own_optimizer = model.own_optimizer()
+    own_params = [p for g in own_optimizer.param_groups for p in g["params"]] if own_optimizer else []
+    optimizer = build_optimizer(model, cfg, exclude=own_params)
+    main_params = [p for g in optimizer.param_groups for p in g["params"]]
+    # Per-dimension feature statistics fit on train only, applied to every split (train.standardize).
+    splits, standardization = standardize_splits(splits, enabled=t.standardize)
     train_t, valid_t = split_to_tensors(splits["train"]), split_to_tensors(splits["valid"])
 
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
@@ -198,11 +269,16 @@ def train_model(
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         last = ckpt_dir / "last.pt"
         if last.is_file():
-            state = torch.load(last, map_location=device, weights_only=False)
+            state = load_checkpoint(last, ("version", "fingerprint"))
+            if state["version"] != CHECKPOINT_VERSION:
+                raise DataError(last, "version", f"checkpoint version {CHECKPOINT_VERSION}, got {state['version']!r}; "
+                                "use a fresh checkpoint dir")
             if state.get("fingerprint") != cfg.fingerprint():
                 raise ConfigError(f"{last}: checkpoint belongs to another config; use a fresh checkpoint dir")
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
+            if own_optimizer is not None:
+                own_optimizer.load_state_dict(state["own_optimizer"])
             history, step_traces, epoch_traces = state["history"], state["step_traces"], state["epoch_traces"]
             best, global_step = state["best"], state["global_step"]
             start_epoch = resumed_from = state["epoch"] + 1
@@ -210,12 +286,17 @@ def train_model(
 
     for epoch in range(start_epoch, t.epochs):
         epoch_start = time.perf_counter()
+        # what the previous epoch decided for the parameters (IPR's reset) happens only now, after
+        # that epoch was validated and checkpointed; a resumed run redoes it from last.pt
+        model.before_epoch(epoch)
         model.train()
         sums: dict[str, float] = {}
         n_seen = 0
         train_preds, train_targets = [], []
         for batch in iterate_batches(train_t, t.batch_size, device, shuffle=True, seed=t.seed * 100_003 + epoch):
             optimizer.zero_grad(set_to_none=True)
+            if own_optimizer is not None:
+                own_optimizer.zero_grad(set_to_none=True)
             with _autocast(device, amp):
                 out = model(batch)
                 total, parts = model.loss(out, batch)
@@ -224,8 +305,10 @@ def train_model(
             total.backward()
             trace = model.after_backward(out, batch, epoch)
             if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                torch.nn.utils.clip_grad_norm_(main_params, t.grad_clip)
             optimizer.step()
+            if own_optimizer is not None:
+                own_optimizer.step()
             bsz = len(batch["label"])
             n_seen += bsz
             for k, v in parts.items():
@@ -242,8 +325,8 @@ def train_model(
         record: dict[str, float] = {"epoch": epoch}
         record.update({f"train/{k}": v / max(n_seen, 1) for k, v in sums.items()})
         record.update(_prefixed("train", metrics_of(np.concatenate(train_preds), np.concatenate(train_targets))))
-        vpred, vtarget, vloss = predict(model, valid_t, t.eval_batch_size, device, kind, amp)
-        valid = {"valid/loss": vloss, **_prefixed("valid", metrics_of(vpred, vtarget))}
+        valid, _, _ = evaluate(model, valid_t, split="valid", task=task, class_names=class_names, kind=kind,
+                               batch_size=t.eval_batch_size, device=device)
         record.update(valid)
         record["time/epoch_s"] = time.perf_counter() - epoch_start
         history.append(record)
@@ -260,7 +343,9 @@ def train_model(
         if ckpt_dir is not None:
             _atomic_save({
                 "version": CHECKPOINT_VERSION, "fingerprint": cfg.fingerprint(), "epoch": epoch,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": _rng_state(),
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "own_optimizer": own_optimizer.state_dict() if own_optimizer is not None else None,
+                "rng": _rng_state(),
                 "history": history, "step_traces": step_traces, "epoch_traces": epoch_traces,
                 "best": best, "global_step": global_step,
             }, ckpt_dir / "last.pt")
@@ -275,8 +360,9 @@ def train_model(
         else:
             best_model = model
             best_model.load_state_dict(best["state"])
-        tpred, ttarget, tloss = predict(best_model, split_to_tensors(splits["test"]), t.eval_batch_size, device, kind, amp)
-        test = {"test/loss": tloss, **_prefixed("test", metrics_of(tpred, ttarget))}
+        test, tpred, ttarget = evaluate(best_model, split_to_tensors(splits["test"]), split="test", task=task,
+                                        class_names=class_names, kind=kind, batch_size=t.eval_batch_size,
+                                        device=device)
         test_predictions = {"pred": tpred, "label": ttarget}
 
     return TrainResult(
@@ -285,4 +371,5 @@ def train_model(
         checkpoint_dir=str(ckpt_dir) if ckpt_dir else None, device=str(device),
         seconds=time.perf_counter() - start_time, resumed_from_epoch=resumed_from,
         test_predictions=test_predictions,
+        standardization=standardization.to_dict() if standardization is not None else None,
     )

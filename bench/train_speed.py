@@ -106,7 +106,9 @@ class Bench:
                                       input_spec=SHAPES)
         torch.manual_seed(0)
         self.model = build_model(self.cfg)
-        self.opt = build_optimizer(self.model, self.cfg)
+        self.own = self.model.own_optimizer()  # MMAFNet's SGM probes train with their own Adam
+        own = [p for g in self.own.param_groups for p in g["params"]] if self.own else []
+        self.opt = build_optimizer(self.model, self.cfg, exclude=own)
         self.batches = full_batches(data, bsz)
         self.step_s = math.inf
         self.after_backward_s = math.inf
@@ -124,6 +126,9 @@ class Bench:
         self.model.after_backward(out, batch, 0)
         hook = time.perf_counter() - t0
         self.opt.step()
+        if self.own is not None:
+            self.own.step()
+            self.own.zero_grad(set_to_none=True)
         out.pred.detach().float().cpu().numpy()  # the engine keeps train predictions
         return hook
 
@@ -152,7 +157,8 @@ class Bench:
         if per_step < self.step_s:
             self.step_s, self.after_backward_s, self.load = per_step, hooks / steps, load1()
         t0 = time.perf_counter()
-        self.model.on_epoch_end(0)
+        self.model.on_epoch_end(0)  # decides IPR's eq. 14 weights
+        self.model.before_epoch(1)  # applies eq. 15 (the engine does this before the next epoch)
         self.epoch_end_s = min(self.epoch_end_s, time.perf_counter() - t0)
 
     @property

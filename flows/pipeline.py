@@ -14,6 +14,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.tasks import (
     Cell,
+    check_data,
     evaluate_task,
     make_folds,
     open_parent_run,
@@ -22,21 +23,114 @@ from flows.tasks import (
     train_task,
 )
 from msaflow.settings import default_tracking_uri
+from tasks import tracking as tr
 from tasks.config import ConfigError, load_overrides_file, resolve_run_config
 from tasks.tracking import check_tracking, ensure_experiment
 
 
-def resolve_cells(model: str, variants: list[str] | None, cells: list[dict] | None) -> list[Cell]:
+def model_spec(model: str):
+    """The model's spec; an unknown name is a ConfigError naming the known ones."""
     from models import get_spec
 
+    try:
+        return get_spec(model)
+    except KeyError as exc:
+        raise ConfigError(f"--model: {exc.args[0]}") from None
+
+
+def check_preset(model: str, preset: str) -> None:
+    spec = model_spec(model)
+    if preset not in spec.presets:
+        raise ConfigError(f"--preset: model {model!r} has no preset {preset!r}; expected one of {list(spec.presets)}")
+
+
+def load_params_file(path: str | None, model: str, preset: str) -> dict[str, Any]:
+    """A ``--params`` YAML, its keys and values checked against the model (errors name the file)."""
+    if not path:
+        return {}
+    overrides = load_overrides_file(path)
+    try:
+        resolve_run_config(model, None, preset, model_overrides=overrides.get("model"),
+                           train_overrides=overrides.get("train"))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return overrides
+
+
+def resolve_cells(model: str, variants: list[str] | None, cells: list[dict] | None) -> list[Cell]:
     if cells:
-        return [Cell(**c) for c in cells]
-    spec = get_spec(model)
+        return [c if isinstance(c, Cell) else Cell(**c) for c in cells]
+    spec = model_spec(model)
     names = variants or list(spec.variants)
     unknown = [v for v in names if v not in spec.variants]
     if unknown:
-        raise ConfigError(f"model {model!r} has no variant(s) {unknown}; expected some of {list(spec.variants)}")
+        raise ConfigError(f"--variants: model {model!r} has no variant(s) {unknown}; "
+                          f"expected some of {list(spec.variants)}")
     return [Cell(name=v, variant=v) for v in names]
+
+
+def check_pipeline_inputs(
+    *,
+    data: str | None = None,
+    model: str = "mmafnet",
+    variants: list[str] | None = None,
+    seeds: list[int] | None = None,
+    preset: str = "quick",
+    epochs: int | None = None,
+    params_file: str | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    cells: list[dict[str, Any]] | None = None,
+    scale: float = 1.0,
+    data_format: str = "mmsa",
+    folds: int = 0,
+) -> dict[str, Any]:
+    """Everything a user supplies to the pipeline, checked and resolved once, before a flow starts.
+
+    Returns the resolved ``model_overrides``, ``train_overrides`` (the params file and ``epochs``
+    folded in), ``cells`` and ``seeds``; every cell's config resolves. A bad value raises
+    ``ConfigError``/``DataError`` naming the option.
+    """
+    check_data(data, scale, data_format)
+    check_preset(model, preset)
+    file_overrides = load_params_file(params_file, model, preset)
+    model_overrides = {**file_overrides.get("model", {}), **(model_overrides or {})}
+    train_overrides = {**file_overrides.get("train", {}), **(train_overrides or {})}
+    if epochs is not None:
+        train_overrides["epochs"] = epochs
+    cell_list = resolve_cells(model, variants, cells)
+    seeds = list(seeds or [1])
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f"--seeds: expected integers, got {seeds!r}")
+    if folds == 1 or folds < 0:
+        raise ConfigError(f"--folds: expected 0 (no cross-validation) or k >= 2, got {folds}")
+    for cell in cell_list:
+        resolve_run_config(
+            model, cell.variant, preset,
+            model_overrides={**model_overrides, **cell.overrides.get("model", {})},
+            train_overrides={**train_overrides, **cell.overrides.get("train", {}), "seed": seeds[0]},
+        )
+    return {"model_overrides": model_overrides, "train_overrides": train_overrides, "cells": cell_list,
+            "seeds": seeds}
+
+
+def _submit(cfg, cell: Cell, data_ref: dict[str, Any], tracking: dict[str, str], parent_run_id: str,
+            refresh: bool):
+    """train -> evaluate for one config; ``refresh`` bypasses (and rewrites) Prefect's cache."""
+    opts: dict[str, Any] = {"refresh_cache": True} if refresh else {}
+    name = f"{cfg.model}-{cell.name}-seed{cfg.train.seed}"
+    trained = train_task.with_options(task_run_name=f"train-{name}", **opts).submit(
+        cfg, cell.name, data_ref, tracking, parent_run_id, fresh=refresh)
+    evaluated = evaluate_task.with_options(task_run_name=f"evaluate-{name}", **opts).submit(
+        trained, cfg, cell.name, data_ref, tracking)
+    return trained, evaluated
+
+
+def _cached_run_gone(trained, tracking: dict[str, str]) -> bool:
+    """A cache hit whose MLflow run was deleted since (e.g. in the UI): the result must be redone."""
+    if trained.state.name != "Cached" or not trained.state.is_completed():
+        return False
+    return not tr.run_is_active(tracking["uri"], trained.result()["run_id"])
 
 
 def run_grid(
@@ -50,8 +144,17 @@ def run_grid(
     train_overrides: dict[str, Any],
     tracking: dict[str, str],
     parent_run_id: str,
+    force: bool = False,
+    link_cached: bool = False,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Submit train -> evaluate for every (cell, seed); a failure never loses the others' results."""
+    """Submit train -> evaluate for every (cell, seed); a failure never loses the others' results.
+
+    ``force`` retrains everything (Prefect's ``refresh_cache`` on both tasks, checkpoints cleared).
+    A cache hit whose MLflow run has been deleted is retrained the same way. ``link_cached`` gives
+    every cached result that lives under another parent a link child in this parent
+    (``tracking.link_cached_run``; its id in the row's ``linked_run_id``), so the parent shows all
+    its results.
+    """
     jobs = []
     for cell in cells:
         for seed in seeds:
@@ -59,13 +162,15 @@ def run_grid(
                 model, cell.variant, preset,
                 model_overrides={**model_overrides, **cell.overrides.get("model", {})},
                 train_overrides={**train_overrides, **cell.overrides.get("train", {}), "seed": seed},
-                input_spec=data_ref["input_spec"],
+                input_spec=data_ref["input_spec"], data_task=data_ref["task"],
+                class_names=data_ref["class_names"],
             )
-            trained = train_task.with_options(task_run_name=f"train-{model}-{cell.name}-seed{seed}").submit(
-                cfg, cell.name, data_ref, tracking, parent_run_id)
-            evaluated = evaluate_task.with_options(task_run_name=f"evaluate-{model}-{cell.name}-seed{seed}").submit(
-                trained, cfg, cell.name, data_ref, tracking)
-            jobs.append((cfg, cell, trained, evaluated))
+            jobs.append([cfg, cell, *_submit(cfg, cell, data_ref, tracking, parent_run_id, force)])
+    for job in jobs:
+        cfg, cell, trained, evaluated = job
+        evaluated.wait()
+        if _cached_run_gone(trained, tracking):
+            job[2:] = _submit(cfg, cell, data_ref, tracking, parent_run_id, refresh=True)
     rows, failures = [], []
     for cfg, cell, trained, evaluated in jobs:
         evaluated.wait()
@@ -73,6 +178,9 @@ def run_grid(
         if state.is_completed():
             row = dict(evaluated.result())
             row["cached"] = trained.state.name == "Cached" and state.name == "Cached"
+            if row["cached"] and link_cached:
+                row["linked_run_id"] = tr.link_cached_run(tracking["uri"], tracking["experiment_id"],
+                                                          parent_run_id, row["run_id"])
             rows.append(row)
         else:
             failed = trained.state if trained.state.is_failed() else state
@@ -104,43 +212,46 @@ def pipeline(
     data_format: str = "mmsa",
     run_kind: str = "pipeline",
     folds: int = 0,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate ``model`` for every variant (or cell) and seed on one dataset.
 
     ``folds=k`` (k >= 2) runs k-fold cross-validation split by subject (the depression task's
     protocol): every cell and seed is trained once per fold, named ``<cell>/fold<i>``.
+    ``force`` retrains what the cache holds. Cached results of an earlier run are linked into this
+    run's parent (``run_grid``). The parent run ends FAILED on any error after it opened.
 
     Returns ``{"parent_run_id", "experiment_id", "tracking_uri", "dataset", "rows", "failures"}``.
     """
+    inputs = check_pipeline_inputs(
+        data=data, model=model, variants=variants, seeds=seeds, preset=preset, epochs=epochs,
+        params_file=params_file, model_overrides=model_overrides, train_overrides=train_overrides,
+        cells=cells, scale=scale, data_format=data_format, folds=folds)
+    cell_list, seeds = inputs["cells"], inputs["seeds"]
     tracking_uri = tracking_uri or default_tracking_uri()
     check_tracking(tracking_uri)
-    file_overrides = load_overrides_file(params_file) if params_file else {}
-    model_overrides = {**file_overrides.get("model", {}), **(model_overrides or {})}
-    train_overrides = {**file_overrides.get("train", {}), **(train_overrides or {})}
-    if epochs is not None:
-        train_overrides["epochs"] = epochs
-    cell_list = resolve_cells(model, variants, cells)
-    seeds = list(seeds or [1])
 
     data_ref = prepare_data(data, scale=scale, data_format=data_format)
+    fold_refs = make_folds(data_ref, folds) if folds else [data_ref]  # may fail: before the parent
     experiment_id = ensure_experiment(tracking_uri, experiment)
     tracking = {"uri": tracking_uri, "experiment_id": experiment_id, "experiment": experiment}
     parent_run_id = open_parent_run(tracking, data_ref, model, cell_list, seeds, preset, run_kind)
-    if folds == 1 or folds < 0:
-        raise ConfigError(f"folds: expected 0 (no cross-validation) or k >= 2, got {folds}")
-    fold_refs = make_folds(data_ref, folds) if folds else [data_ref]
-    rows, failures = [], []
-    for ref in fold_refs:
-        fold_cells = [Cell(name=f"{c.name}/fold{ref['fold']}" if folds else c.name, variant=c.variant,
-                           overrides=c.overrides) for c in cell_list]
-        got, failed = run_grid(
-            data_ref=ref, model=model, cells=fold_cells, seeds=seeds, preset=preset,
-            model_overrides=model_overrides, train_overrides=train_overrides, tracking=tracking,
-            parent_run_id=parent_run_id,
-        )
-        rows += got
-        failures += failed
-    summarize_task(rows, failures, tracking, parent_run_id, data_ref)
+    try:
+        rows, failures = [], []
+        for ref in fold_refs:
+            fold_cells = [Cell(name=f"{c.name}/fold{ref['fold']}" if folds else c.name, variant=c.variant,
+                               overrides=c.overrides) for c in cell_list]
+            got, failed = run_grid(
+                data_ref=ref, model=model, cells=fold_cells, seeds=seeds, preset=preset,
+                model_overrides=inputs["model_overrides"], train_overrides=inputs["train_overrides"],
+                tracking=tracking, parent_run_id=parent_run_id, force=force, link_cached=True,
+            )
+            rows += got
+            failures += failed
+        summarize_task(rows, failures, tracking, parent_run_id, data_ref)
+    except BaseException as exc:  # never leave the parent RUNNING
+        tr.fail_run(tracking_uri, parent_run_id, exc)
+        raise
     return {
         "parent_run_id": parent_run_id, "experiment_id": experiment_id, "tracking_uri": tracking_uri,
         "experiment": experiment, "dataset": data_ref, "rows": rows, "failures": failures,

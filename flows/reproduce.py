@@ -144,6 +144,7 @@ def _reproduction_key(
     preset: str,
     epochs: int,
     train_overrides: dict[str, Any],
+    model_overrides: dict[str, Any] | None = None,
 ) -> str:
     blob = json.dumps(
         {
@@ -153,6 +154,8 @@ def _reproduction_key(
             "preset": preset,
             "epochs": epochs,
             "train": train_overrides,
+            # Only when given: reproductions keyed before --params existed keep their key.
+            **({"model_overrides": model_overrides} if model_overrides else {}),
             "code": code_version(),
             "cells": [[c.name, c.variant, c.overrides] for c in cells],
         },
@@ -201,12 +204,13 @@ def reproduce_flow(
     data_format: str = "mmsa",
     train_overrides: dict[str, Any] | None = None,
     workers: int | None = None,
+    model_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train every (cell, seed) of ``table`` as children of one parent run, then report."""
-    import torch
+    """Train every (cell, seed) of ``table`` as children of one parent run, then report.
 
-    from tasks.report import ReportError, build_report
-
+    ``model_overrides``/``train_overrides`` (``--params``) apply to every cell; a cell's own
+    overrides (its variant, Table 3's modulation epochs) win over them.
+    """
     spec = get_table(table)
     workers = workers or default_workers()  # must match the task runner's max_workers
     tracking_uri = tracking_uri or default_tracking_uri()
@@ -214,21 +218,59 @@ def reproduce_flow(
     experiment = experiment or f"reproduce-{table}"
     seeds = list(seeds or [1])
     train_overrides = dict(train_overrides or {})
+    model_overrides = dict(model_overrides or {})
     if epochs is not None:
         train_overrides["epochs"] = epochs
     first = spec.cells[0]
     resolved_epochs = resolve_run_config(
-        spec.model, first.variant, preset, train_overrides=train_overrides
+        spec.model, first.variant, preset, model_overrides=model_overrides,
+        train_overrides=train_overrides,
     ).train.epochs
     cells = spec.resolve_cells(resolved_epochs)
 
     data_ref = prepare_data(data, scale=scale, data_format=data_format)
     experiment_id = tr.ensure_experiment(tracking_uri, experiment)
     tracking = {"uri": tracking_uri, "experiment_id": experiment_id, "experiment": experiment}
-    key = _reproduction_key(table, spec, cells, data_ref, preset, resolved_epochs, train_overrides)
+    key = _reproduction_key(
+        table, spec, cells, data_ref, preset, resolved_epochs, train_overrides, model_overrides
+    )
     parent_run_id, resumed = _open_or_resume_parent(
         tracking, key, data_ref, spec, cells, seeds, preset
     )
+    try:
+        return _reproduce_into(
+            parent_run_id, resumed, key, table, spec, cells, seeds, preset, resolved_epochs,
+            data_ref, tracking, workers, out, model_overrides, train_overrides,
+        )
+    except BaseException as exc:  # never leave the parent RUNNING
+        tr.fail_run(tracking_uri, parent_run_id, exc)
+        raise
+
+
+def _reproduce_into(
+    parent_run_id: str,
+    resumed: bool,
+    key: str,
+    table: str,
+    spec: TableSpec,
+    cells: list[Cell],
+    seeds: list[int],
+    preset: str,
+    resolved_epochs: int,
+    data_ref: dict[str, Any],
+    tracking: dict[str, str],
+    workers: int,
+    out: str | None,
+    model_overrides: dict[str, Any],
+    train_overrides: dict[str, Any],
+) -> dict[str, Any]:
+    """The reproduction's body, once its parent run is open."""
+    import torch
+
+    from tasks.report import ReportError, build_report
+
+    tracking_uri, experiment = tracking["uri"], tracking["experiment"]
+    experiment_id = tracking["experiment_id"]
     # Tags, not params: params are immutable and the seeds may grow when a reproduction is extended.
     tr.set_tags(
         tracking_uri,
@@ -244,6 +286,7 @@ def reproduce_flow(
             "msaflow.epochs": resolved_epochs,
             "msaflow.task": data_ref["task"],
             "msaflow.workers": workers,
+            "msaflow.params": json.dumps({"model": model_overrides, "train": train_overrides}),
         },
     )
 
@@ -258,7 +301,7 @@ def reproduce_flow(
             cells=cells,
             seeds=seeds,
             preset=preset,
-            model_overrides={},
+            model_overrides=model_overrides,
             train_overrides=train_overrides,
             tracking=tracking,
             parent_run_id=parent_run_id,
@@ -308,25 +351,41 @@ def reproduce(
     scale: float = 1.0,
     data_format: str = "mmsa",
     train_overrides: dict[str, Any] | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    params_file: str | None = None,
 ) -> dict[str, Any]:
     """Reproduce ``table`` with ``seeds`` seeds (an int n means seeds 1..n), up to ``max_workers``
-    runs at a time (default ``min(2, cpu_count)``). Returns the flow's result dict."""
-    spec = get_table(table)  # fail on a bad table, preset or epoch count before Prefect starts
-    resolve_run_config(
-        spec.model,
-        spec.cells[0].variant,
-        preset,
-        train_overrides={
-            **(train_overrides or {}),
-            **({"epochs": epochs} if epochs is not None else {}),
-        },
-    )
+    runs at a time (default ``min(2, cpu_count)``). ``params_file`` (``--params``, as ``msaflow
+    run`` reads it: ``{model: {...}, train: {...}}``) and ``model_overrides``/``train_overrides``
+    apply to every cell. Returns the flow's result dict."""
+    from flows.pipeline import check_preset, load_params_file
+    from flows.tasks import check_data
+
+    spec = get_table(table)  # fail on a bad table, preset, params or data before Prefect starts
+    check_data(data, scale, data_format)
+    check_preset(spec.model, preset)
+    file_overrides = load_params_file(params_file, spec.model, preset)
+    model_overrides = {**file_overrides.get("model", {}), **(model_overrides or {})}
+    train_overrides = {**file_overrides.get("train", {}), **(train_overrides or {})}
+    for cell in spec.cells:
+        resolve_run_config(
+            spec.model,
+            cell.variant,
+            preset,
+            model_overrides={**model_overrides, **cell.overrides.get("model", {})},
+            train_overrides={
+                **train_overrides,
+                **cell.overrides.get("train", {}),
+                **({"epochs": epochs} if epochs is not None else {}),
+            },
+        )
     seed_list = list(range(1, seeds + 1)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise ConfigError("seeds: expected at least one seed")
     workers = max_workers or default_workers()
     if workers < 1:
-        raise ConfigError(f"max_workers: expected >= 1, got {workers}")
+        raise ConfigError(f"--workers: expected >= 1, got {workers}")
+    tr.check_tracking(tracking_uri or default_tracking_uri())
     runner = ThreadPoolTaskRunner(max_workers=workers)
     return reproduce_flow.with_options(task_runner=runner, flow_run_name=f"reproduce-{table}")(
         table=table,
@@ -341,4 +400,5 @@ def reproduce(
         data_format=data_format,
         train_overrides=train_overrides,
         workers=workers,
+        model_overrides=model_overrides,
     )

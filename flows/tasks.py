@@ -16,11 +16,13 @@ from typing import Any
 
 from prefect import task
 
+from flows.errors import quiet_user_errors
 from msaflow.settings import msaflow_home
 from tasks import tracking as tr
 from tasks.config import ConfigError, RunConfig
 
 SOURCE_PACKAGES = ("models", "tasks", "feature_store")
+quiet_user_errors()  # every flow imports this module: user errors stay one line (flows/errors.py)
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,30 @@ def _eval_cache_key(context, parameters: dict[str, Any]) -> str:
 
 def _store_dir(name: str) -> Path:
     return msaflow_home() / "stores" / name
+
+
+def check_data(data: str | None, scale: float = 1.0, data_format: str = "mmsa") -> None:
+    """What ``prepare_data`` will read, checked before a flow starts: the sim profile and scale, a
+    store's manifest, a pickle's format. (The full check of a store's files runs in the task.)"""
+    from feature_store import DataError, read_manifest
+    from feature_store.ingest import FORMATS
+    from feature_store.sim import SIM_PROFILES
+
+    if data is None or data.startswith("sim-"):
+        profile = data.removeprefix("sim-") if data else "mosi"
+        if profile not in SIM_PROFILES:
+            raise DataError(data, "--data", f"sim-<profile> with a profile among {sorted(SIM_PROFILES)}")
+        if not 0 < scale <= 1:
+            raise DataError(data or "sim-mosi", "--scale", f"a fraction in (0, 1], got {scale:g}")
+        return
+    src = Path(data).expanduser()
+    if src.is_dir():
+        read_manifest(src)
+    elif src.is_file():
+        if data_format not in FORMATS:
+            raise DataError(src, "--format", f"one of {', '.join(FORMATS)}, got {data_format!r}")
+    else:
+        raise DataError(src, "--data", "a feature-store directory, an MMSA/MulT .pkl file, or sim-<profile>")
 
 
 @task(name="prepare-data", retries=1, retry_condition_fn=_retry_transient)
@@ -189,8 +215,14 @@ def _progress(run_name: str, epochs: int):
 @task(name="train", tags=["gpu"], retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_transient,
       cache_key_fn=_train_cache_key, persist_result=True)
 def train_task(cfg: RunConfig, cell: str, data_ref: dict[str, Any], tracking: dict[str, str],
-               parent_run_id: str) -> dict[str, Any]:
-    """Train one (model, cell, seed) into its own MLflow child run; resumes from its checkpoint."""
+               parent_run_id: str, fresh: bool = False) -> dict[str, Any]:
+    """Train one (model, cell, seed) into its own MLflow child run; resumes from its checkpoint.
+
+    ``fresh`` (``--force``, or the cached run was deleted) first removes this key's checkpoints, so
+    the run trains from scratch instead of resuming a finished checkpoint.
+    """
+    import shutil
+
     from feature_store import load_dataset, read_manifest
     from tasks.plots import learning_curves, trace_figures
     from tasks.train import train_model
@@ -207,11 +239,13 @@ def train_task(cfg: RunConfig, cell: str, data_ref: dict[str, Any], tracking: di
     else:
         tr.client(uri).update_run(run_id, status="RUNNING")
     tr.supersede_stale_runs(uri, tracking["experiment_id"], key, run_id)
+    ckpt = msaflow_home() / "checkpoints" / key
+    if fresh and ckpt.is_dir():
+        shutil.rmtree(ckpt)  # msaflow's own checkpoint folder for this key, nothing else
     try:
         tr.log_config(uri, run_id, cfg)
         tr.log_dataset_input(uri, run_id, read_manifest(data_ref["path"]), data_ref["path"])
         _, splits = load_dataset(data_ref["path"], splits=("train", "valid"), shared=True)
-        ckpt = msaflow_home() / "checkpoints" / key
         result = train_model(cfg, splits, task=data_ref["task"], class_names=data_ref["class_names"],
                              checkpoint_dir=ckpt, callbacks=[_progress(run_name, cfg.train.epochs)],
                              evaluate_test=False)
@@ -219,6 +253,8 @@ def train_task(cfg: RunConfig, cell: str, data_ref: dict[str, Any], tracking: di
         tr.log_rows(uri, run_id, result.step_traces, "step", skip=("epoch",))
         tr.log_rows(uri, run_id, result.epoch_traces, "epoch")
         tr.log_metrics(uri, run_id, {"best_epoch": result.best_epoch, "time/train_s": result.seconds})
+        if result.standardization is not None:  # the train-split statistics the model's inputs went through
+            tr.client(uri).log_dict(run_id, result.standardization, "data/standardization.json")
         if result.resumed_from_epoch is not None:  # 0-based epoch the checkpoint resumed at
             tr.set_tags(uri, run_id, {"msaflow.resumed_from_epoch": result.resumed_from_epoch})
         tr.log_figures(uri, run_id, {"plots/learning_curves.png": learning_curves(result.history),
@@ -235,19 +271,18 @@ def train_task(cfg: RunConfig, cell: str, data_ref: dict[str, Any], tracking: di
 def evaluate_task(trained: dict[str, Any], cfg: RunConfig, cell: str, data_ref: dict[str, Any],
                   tracking: dict[str, str]) -> dict[str, Any]:
     """Evaluate the best epoch on test, log test metrics and the model, and close the run."""
-    from feature_store import load_split_shared
-    from tasks.data import split_to_tensors
-    from tasks.metrics import metric_fn
-    from tasks.train import load_best_model, predict
+    from tasks.data import load_standardized, split_to_tensors
+    from tasks.train import evaluate, load_best_model
 
     uri, run_id = tracking["uri"], trained["run_id"]
     try:
-        test = split_to_tensors(load_split_shared(data_ref["path"], "test"))
+        # test goes through the same train-fit standardisation as in training (so does the logged model's input)
+        test = split_to_tensors(load_standardized(data_ref["path"], ["test"], cfg.train.standardize)[0]["test"])
         model = load_best_model(trained["checkpoint_dir"], cfg)
-        pred, target, loss = predict(model, test, cfg.train.eval_batch_size, next(model.parameters()).device,
-                                     cfg.model_cfg.task)
-        metrics = {f"test/{k}": v for k, v in metric_fn(data_ref["task"], data_ref["class_names"])(pred, target).items()}
-        metrics["test/loss"] = loss
+        # the engine's own evaluation (fp32), as used for validation during training
+        metrics, _, _ = evaluate(model, test, split="test", task=data_ref["task"], class_names=data_ref["class_names"],
+                                 kind=cfg.model_cfg.task, batch_size=cfg.train.eval_batch_size,
+                                 device=next(model.parameters()).device)
         tr.log_metrics(uri, run_id, metrics)
         tr.log_model(uri, run_id, model, test)
         tr.finish_run(uri, run_id)

@@ -34,8 +34,63 @@ from tasks.config import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def default_study_name(model: str, dataset: str, metric: str) -> str:
-    return f"{model}-{dataset}-{metric.removeprefix('valid/')}"
+def default_study_name(model: str, dataset: str, metric: str, content_hash: str | None = None) -> str:
+    """``<model>-<dataset>-<hash8>-<metric>``: the dataset's content hash keeps two datasets that
+    share a name (MOSI's and MOSEI's ``aligned_50.pkl``) from sharing a study by default."""
+    parts = [model, dataset] + ([content_hash[:8]] if content_hash else []) + [metric.removeprefix("valid/")]
+    return "-".join(parts)
+
+
+def check_tune_inputs(
+    *,
+    model: str = "mmafnet",
+    data: str | None = None,
+    n_trials: int = 20,
+    workers: int = 1,
+    metric: str = "valid/mae",
+    sampler: str = "tpe",
+    pruner: str = "median",
+    pruner_options: dict[str, Any] | None = None,
+    space_file: str | None = None,
+    space: dict[str, Any] | None = None,
+    include: list[str] | None = None,
+    preset: str = "quick",
+    variant: str | None = None,
+    epochs: int | None = None,
+    storage: str | None = None,
+    scale: float = 1.0,
+    data_format: str = "mmsa",
+    train_overrides: dict[str, Any] | None = None,
+    heartbeat_interval: int = 10,
+    grace_period: int = 30,
+) -> dict[str, Any]:
+    """Everything a user supplies to ``tune``, checked before a flow starts (the CLI calls it first).
+
+    Returns the resolved ``direction``, ``variant``, ``search_space`` and ``storage_url``.
+    """
+    from flows.pipeline import check_preset, model_spec
+    from flows.tasks import check_data
+    from tasks.config import resolve_run_config
+
+    direction = tu.metric_direction(metric)  # refuses test/... before anything runs
+    if n_trials < 1 or workers < 1:
+        raise ConfigError("--trials and --workers must be >= 1")
+    if epochs is not None and epochs < 1:
+        raise ConfigError(f"--epochs: expected >= 1, got {epochs}")
+    spec_model = model_spec(model)
+    variant = variant or spec_model.default_variant
+    if variant not in spec_model.variants:
+        raise ConfigError(f"model {model!r} has no variant {variant!r}; expected one of {list(spec_model.variants)}")
+    check_preset(model, preset)
+    resolve_run_config(model, variant, preset, train_overrides={
+        **(train_overrides or {}), **({"epochs": epochs} if epochs is not None else {})})
+    search_space = tu.load_search_space(model, space_file, include or (), entries=space)
+    tu.make_sampler(sampler, 0)
+    tu.make_pruner(pruner, epochs or 1, pruner_options)
+    check_data(data, scale, data_format)
+    storage_url = storage or tu.default_storage_url()
+    tu.make_storage(storage_url, heartbeat_interval, grace_period)  # a bad URL fails here, clearly
+    return {"direction": direction, "variant": variant, "search_space": search_space, "storage_url": storage_url}
 
 
 def _find_parent_run(spec: tu.StudySpec, study) -> str:
@@ -163,20 +218,13 @@ def tune(
     restarts. ``eval_seeds=[]`` skips the test evaluation. Returns the study summary, the best.yaml path
     and the evaluation rows.
     """
-    from models import get_spec
-
-    direction = tu.metric_direction(metric)  # refuses test/... before anything runs
-    if n_trials < 1 or workers < 1:
-        raise ConfigError("--trials and --workers must be >= 1")
-    spec_model = get_spec(model)
-    variant = variant or spec_model.default_variant
-    if variant not in spec_model.variants:
-        raise ConfigError(f"model {model!r} has no variant {variant!r}; expected one of {list(spec_model.variants)}")
-    search_space = tu.load_search_space(model, space_file, include or (), entries=space)
-    tu.make_sampler(sampler, seed)
-    tu.make_pruner(pruner, epochs or 1, pruner_options)
-    storage_url = storage or tu.default_storage_url()
-    tu.make_storage(storage_url, heartbeat_interval, grace_period)  # a bad URL fails here, clearly
+    checked = check_tune_inputs(
+        model=model, data=data, n_trials=n_trials, workers=workers, metric=metric, sampler=sampler,
+        pruner=pruner, pruner_options=pruner_options, space_file=space_file, space=space, include=include,
+        preset=preset, variant=variant, epochs=epochs, storage=storage, scale=scale, data_format=data_format,
+        train_overrides=train_overrides, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    direction, variant = checked["direction"], checked["variant"]
+    search_space, storage_url = checked["search_space"], checked["storage_url"]
     tracking_uri = tracking_uri or default_tracking_uri()
     tr.check_tracking(tracking_uri)
     eval_seeds = [1, 2, 3] if eval_seeds is None else list(eval_seeds)
@@ -184,13 +232,14 @@ def tune(
     data_ref = prepare_data(data, scale=scale, data_format=data_format)
     experiment_id = tr.ensure_experiment(tracking_uri, experiment)
     tracking = {"uri": tracking_uri, "experiment_id": experiment_id, "experiment": experiment}
-    name = study or default_study_name(model, data_ref["name"], metric)
+    name = study or default_study_name(model, data_ref["name"], metric, data_ref["manifest_hash"])
     overrides = dict(train_overrides or {})
     if workers > 1 and "num_threads" not in overrides:
         overrides["num_threads"] = max(1, (os.cpu_count() or 1) // workers)
     spec = tu.StudySpec(
         study=name, storage=storage_url, model=model, variant=variant, preset=preset, metric=metric,
         n_trials=n_trials, space=tu.space_to_dict(search_space), data_path=data_ref["path"],
+        dataset_hash=data_ref["manifest_hash"],
         data_task=data_ref["task"], input_spec=data_ref["input_spec"], class_names=data_ref["class_names"],
         epochs=epochs, train_overrides=overrides, sampler=sampler, pruner=pruner,
         pruner_options=dict(pruner_options or {}), seed=seed, timeout=timeout, tracking_uri=tracking_uri,

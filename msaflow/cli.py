@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from msaflow.commands.options import AsJson, DataFormat, TrackingUri
 from msaflow.settings import apply_defaults
@@ -23,24 +24,17 @@ out = Console(width=None if sys.stdout.isatty() else 160)  # a log file gets the
 
 
 def _mount(module: str, name: str, help_text: str) -> None:
+    """A sub-application. An import error here is a bug and must show, not drop the command."""
     import importlib
 
-    try:
-        sub = importlib.import_module(module).app
-    except (ImportError, AttributeError):  # a subsystem not present in this build
-        return
-    app.add_typer(sub, name=name, help=help_text)
+    app.add_typer(importlib.import_module(module).app, name=name, help=help_text)
 
 
 def _register(name: str) -> None:
     """Top-level commands that live in ``msaflow/commands/<name>.py`` as ``command``."""
     import importlib
 
-    try:
-        module = importlib.import_module(f"msaflow.commands.{name}")
-    except ImportError:
-        return
-    app.command(name)(module.command)
+    app.command(name)(importlib.import_module(f"msaflow.commands.{name}").command)
 
 
 _mount("feature_store.cli", "data", "Feature stores: synthesize, ingest, inspect, validate.")
@@ -50,8 +44,20 @@ for _name in ("reproduce", "report", "tune", "serve"):
 
 
 def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    """One ``error:`` line on stderr; the message (paths, names) is printed as text, never markup."""
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
+
+
+def parse_seeds(value: str, option: str = "--seeds") -> list[int]:
+    """``"1,2,3"`` -> ``[1, 2, 3]``; anything else is a ConfigError naming ``option``."""
+    from tasks.config import ConfigError
+
+    items = _csv(value) or []
+    try:
+        return [int(s) for s in items]
+    except ValueError:
+        raise ConfigError(f"{option}: expected comma-separated integers (e.g. 1,2,3), got {value!r}") from None
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -83,26 +89,19 @@ def handled_errors() -> Iterator[None]:
     try:
         yield
     except user_errors() as exc:
-        fail(str(exc).strip("'\""))
+        # KeyError's str() is the repr of its message: show the message itself.
+        fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
     except tracking_errors() as exc:
         fail(tracking_lost(exc), code=1)
     except ValueError as exc:
         fail(str(exc))
 
 
-def preflight_data(data: str | None) -> None:
+def preflight_data(data: str | None, scale: float = 1.0, data_format: str = "mmsa") -> None:
     """Fail on an unreadable --data before Prefect starts (its task logs would bury the message)."""
-    from pathlib import Path
+    from flows.tasks import check_data
 
-    from feature_store import DataError, read_manifest
-
-    if data is None or data.startswith("sim-"):
-        return
-    path = Path(data).expanduser()
-    if path.is_dir():
-        read_manifest(path)
-    elif not path.is_file():
-        raise DataError(path, "--data", "a feature-store directory, an MMSA/MulT .pkl file, or sim-<profile>")
+    check_data(data, scale, data_format)
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -116,23 +115,28 @@ def print_rows(result: dict, title: str) -> None:
 
     task = result["dataset"]["task"]
     cols = [f"test/{m}" for m in HEADLINE[task]]
-    table = Table(title=f"{title} — dataset {result['dataset']['name']} ({result['dataset']['source']})")
+    from rich.text import Text
+
+    name, source = result["dataset"]["name"], result["dataset"]["source"]
+    table = Table(title=Text(f"{title} — dataset {name} ({source})"))  # Text: names are not markup
     table.add_column("run")
     table.add_column("best ep", justify="right")
     for c in cols:
         table.add_column(c.removeprefix("test/"), justify="right")
     for r in result["rows"]:
-        table.add_row(r["run_name"] + (" (cached)" if r.get("cached") else ""), str(r["best_epoch"]),
+        table.add_row(Text(r["run_name"] + (" (cached)" if r.get("cached") else "")), str(r["best_epoch"]),
                       *(f"{r.get(c, float('nan')):.4f}" for c in cols))
     for f in result["failures"]:
-        table.add_row(f"[red]{f['run_name']} FAILED[/]", "", f"[red]{f['error'][:60]}[/]", *[""] * (len(cols) - 1))
+        table.add_row(Text(f"{f['run_name']} FAILED", style="red"), "", Text(f["error"][:60], style="red"),
+                      *[""] * (len(cols) - 1))
     out.print(table)
 
 
 def ui_hint(result: dict) -> str:
+    """The line that says where to look, as rich markup (the URI is escaped)."""
     uri = result["tracking_uri"]
     return ("Open the MLflow UI: [bold]msaflow ui[/]"
-            + (f" --tracking-uri {uri}" if not uri.startswith("sqlite:") else "")
+            + (f" --tracking-uri {escape(uri)}" if not uri.startswith("sqlite:") else "")
             + f" then http://127.0.0.1:5000/#/experiments/{result['experiment_id']}/runs")
 
 
@@ -153,24 +157,35 @@ def run(
     workers: Annotated[int, typer.Option(help="Training tasks run at once (threads; with --dask, Dask worker processes).")] = 1,
     dask: Annotated[bool, typer.Option("--dask", help="Run training tasks on a local Dask cluster of --workers processes.")] = False,
     dask_address: Annotated[str | None, typer.Option(help="Run training tasks on an existing Dask scheduler (tcp://host:8786).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Retrain even what the cache holds (no resume from checkpoints).")] = False,
     as_json: AsJson = False,
 ) -> None:
-    """The main job: features -> train every variant x seed -> evaluate -> summary in MLflow."""
+    """The main job: features -> train every variant x seed -> evaluate -> summary in MLflow.
+
+    Re-running an unchanged command takes finished runs from the cache and links them into the
+    new parent run (children tagged msaflow.cached_from); --force retrains them.
+    """
     from msaflow.settings import start_prefect_early
 
     prefect_ready = start_prefect_early()  # overlaps the server's start-up with the imports below
     with handled_errors():
-        from flows.pipeline import pipeline
+        from flows.pipeline import check_pipeline_inputs, pipeline
+        from tasks.config import ConfigError
 
-        preflight_data(data)
+        if workers < 1:
+            raise ConfigError(f"--workers: expected >= 1, got {workers}")
+        # Everything the user supplied, resolved once, before Prefect runs anything.
+        inputs = check_pipeline_inputs(
+            data=data, model=model, variants=_csv(variants), seeds=parse_seeds(seeds) or [1], preset=preset,
+            epochs=epochs, params_file=params, scale=scale, data_format=data_format, folds=folds)
         from msaflow.settings import default_tracking_uri
         from tasks.tracking import check_tracking
 
         check_tracking(tracking_uri or default_tracking_uri())
-        seed_list = [int(s) for s in _csv(seeds) or ["1"]]
-        kwargs = dict(data=data, model=model, variants=_csv(variants), seeds=seed_list, preset=preset,
-                      epochs=epochs, experiment=experiment, tracking_uri=tracking_uri, params_file=params,
-                      scale=scale, data_format=data_format, folds=folds)
+        kwargs = dict(data=data, model=model, variants=_csv(variants), seeds=inputs["seeds"], preset=preset,
+                      experiment=experiment, tracking_uri=tracking_uri, model_overrides=inputs["model_overrides"],
+                      train_overrides=inputs["train_overrides"], scale=scale, data_format=data_format,
+                      folds=folds, force=force)
         kind = "dask" if (dask or dask_address) else "thread"
         if kind == "dask" or workers > 1:
             from flows.serve import task_runner_for
@@ -183,7 +198,7 @@ def run(
             "parent_run_id": result["parent_run_id"], "experiment_id": result["experiment_id"],
             "tracking_uri": result["tracking_uri"], "dataset": result["dataset"]["name"],
             "runs": [{"run_id": r["run_id"], "run_name": r["run_name"], "variant": r["variant"], "cell": r["cell"],
-                      "seed": r["seed"], "cached": r.get("cached", False),
+                      "seed": r["seed"], "cached": r.get("cached", False), "linked_run_id": r.get("linked_run_id"),
                       "test": {k: v for k, v in r.items() if k.startswith("test/")}} for r in result["rows"]],
             "failures": result["failures"],
         }, indent=2, default=str) + "\n")
@@ -208,7 +223,7 @@ def ui(
 
     uri = tracking_uri or default_tracking_uri()
     msaflow_home().mkdir(parents=True, exist_ok=True)
-    err.print(f"MLflow UI for {uri} at http://{host}:{port}/  (Ctrl-C to stop)")
+    err.print(f"MLflow UI for {escape(uri)} at http://{escape(host)}:{port}/  (Ctrl-C to stop)", highlight=False)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
            "--default-artifact-root", default_artifact_root(), "--host", host, "--port", str(port), "--workers", "1"]
     raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))

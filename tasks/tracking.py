@@ -13,13 +13,14 @@ import math
 import os
 import subprocess
 import tempfile
+import threading
 import time
 import traceback
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
@@ -89,25 +90,60 @@ def check_tracking(tracking_uri: str) -> None:
                 os.environ[key] = value
 
 
+_T = TypeVar("_T")
+# One writer per process for the get-or-create writes below: threads of one process never race; other
+# processes (Dask workers, tune workers) are covered by the retry.
+_WRITE_LOCK = threading.Lock()
+
+
+def is_collision(exc: BaseException) -> bool:
+    """A write that lost a race with an identical one (a unique key inserted concurrently)."""
+    from mlflow.exceptions import MlflowException
+
+    code = getattr(exc, "error_code", "")
+    text = str(exc).lower()
+    return isinstance(exc, MlflowException) and (
+        code == "RESOURCE_ALREADY_EXISTS" or "unique constraint" in text or "integrityerror" in text
+        or "duplicate key" in text or "already exists" in text)
+
+
+def idempotent(write: Callable[[], _T], attempts: int = 6) -> _T:
+    """Run a get-or-create ``write`` under the process lock; retry it when it lost a race.
+
+    MLflow's SQL store checks for an existing row, then inserts: two writers of the same row
+    (the same dataset input, the same experiment name) can both see none, and the second insert
+    fails with ``UNIQUE constraint failed``. Re-running the write finds the row and reuses it.
+    """
+    for attempt in range(attempts):
+        try:
+            with _WRITE_LOCK:
+                return write()
+        except Exception as exc:  # noqa: BLE001 - only collisions are retried
+            if attempt == attempts - 1 or not is_collision(exc):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def ensure_experiment(tracking_uri: str, name: str) -> str:
+    """The experiment's id, created (or restored) if needed; safe when several workers race."""
     c = client(tracking_uri)
-    exp = c.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            c.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    artifact_location = None
-    if tracking_uri.startswith("sqlite:"):
-        # Local default store: artifacts live beside the database, not in the cwd.
-        db_dir = Path(tracking_uri.removeprefix("sqlite:///")).parent
-        artifact_location = (db_dir / "mlartifacts").as_uri() if db_dir.name else Path(default_artifact_root()).as_uri()
-    try:
+
+    def get_or_create() -> str:
+        exp = c.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                c.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+        artifact_location = None
+        if tracking_uri.startswith("sqlite:"):
+            # Local default store: artifacts live beside the database, not in the cwd.
+            db_dir = Path(tracking_uri.removeprefix("sqlite:///")).parent
+            artifact_location = ((db_dir / "mlartifacts").as_uri() if db_dir.name
+                                 else Path(default_artifact_root()).as_uri())
         return c.create_experiment(name, artifact_location=artifact_location)
-    except mlflow.exceptions.MlflowException:
-        exp = c.get_experiment_by_name(name)  # created concurrently
-        if exp is None:
-            raise
-        return exp.experiment_id
+
+    return idempotent(get_or_create)
 
 
 def start_run(tracking_uri: str, experiment_id: str, name: str, tags: dict[str, str] | None = None,
@@ -128,6 +164,62 @@ def find_child_run(tracking_uri: str, experiment_id: str, parent_run_id: str, ke
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
+
+
+def run_is_active(tracking_uri: str, run_id: str) -> bool:
+    """False when the run was deleted (in the UI: lifecycle stage ``deleted``) or purged."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client(tracking_uri).get_run(run_id).info.lifecycle_stage == "active"
+    except MlflowException:
+        return False
+
+
+# Tags of the source run that describe its own attempt, not the result: never copied to a link.
+_ATTEMPT_TAGS = ("msaflow.key", "msaflow.error", "msaflow.superseded_by", "msaflow.resumed_from_epoch")
+
+
+def link_cached_run(tracking_uri: str, experiment_id: str, parent_run_id: str, source_run_id: str) -> str:
+    """A child of ``parent_run_id`` standing for a cached result that lives in another parent's run.
+
+    MLflow has no run that belongs to two parents, and its UI compares the runs a parent shows. So an
+    unchanged re-run gets one lightweight FINISHED child per cached result: the source's params,
+    tags and final metric values (history, plots and the model stay in the source run), tagged
+    ``msaflow.cached_from=<source run id>`` and described in its note. It carries no ``msaflow.key``,
+    so it is never resumed into or superseded. Idempotent: an existing link is returned.
+    """
+    c = client(tracking_uri)
+    src = c.get_run(source_run_id)
+    if src.data.tags.get("mlflow.parentRunId") == parent_run_id:
+        return source_run_id
+    found = c.search_runs(
+        [experiment_id],
+        filter_string=(f"tags.`mlflow.parentRunId` = '{parent_run_id}' and "
+                       f"tags.`msaflow.cached_from` = '{source_run_id}'"),
+        max_results=1,
+    )
+    if found:
+        return found[0].info.run_id
+    tags = {k: v for k, v in src.data.tags.items() if not k.startswith("mlflow.") and k not in _ATTEMPT_TAGS}
+    tags["msaflow.cached_from"] = source_run_id
+    tags["mlflow.note.content"] = (f"Cached result: trained in run {source_run_id} (parent "
+                                   f"{src.data.tags.get('mlflow.parentRunId', '-')}); its metric history, "
+                                   "plots and model are there. Re-run with --force to retrain.")
+    run_id = start_run(tracking_uri, experiment_id, src.info.run_name, tags=tags, parent_run_id=parent_run_id)
+    try:
+        params = [Param(k, v) for k, v in src.data.params.items()]
+        for chunk in _chunks(params, 100):
+            c.log_batch(run_id, params=chunk)
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in src.data.metrics.items()]
+        for chunk in _chunks(metrics):
+            c.log_batch(run_id, metrics=chunk)
+        finish_run(tracking_uri, run_id)
+    except BaseException as exc:
+        fail_run(tracking_uri, run_id, exc)
+        raise
+    return run_id
 
 
 def supersede_stale_runs(tracking_uri: str, experiment_id: str, key: str, run_id: str) -> list[str]:
@@ -214,7 +306,9 @@ def log_dataset_input(tracking_uri: str, run_id: str, manifest: Any, path: str |
     c = client(tracking_uri)
     from mlflow.entities import DatasetInput, InputTag
 
-    c.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "train")])])
+    entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "train")])
+    # Concurrent training tasks log the same dataset (one row per experiment, name and digest).
+    idempotent(lambda: c.log_inputs(run_id, datasets=[entity]))
     c.log_dict(run_id, info, "dataset/manifest.json")
 
 

@@ -314,6 +314,7 @@ class StudySpec:
     grace_period: int = 30
     max_retry: int = 1
     poll_seconds: float = 1.0
+    dataset_hash: str | None = None  # Manifest.content_hash: part of the study's identity
 
     @property
     def direction(self) -> str:
@@ -341,7 +342,14 @@ def _storage(spec: StudySpec) -> optuna.storages.RDBStorage:
 
 
 def create_or_load_study(spec: StudySpec) -> optuna.Study:
-    """Create the study or resume it; a study made for another model/metric/space is an error."""
+    """Create the study or resume it.
+
+    A study's identity is its model, metric, search space and dataset content hash
+    (``Manifest.content_hash``). Resuming with any of them different is a ConfigError naming the
+    field: a study is never silently continued on another dataset. (The default study name holds
+    the hash, so only an explicit ``--study`` can meet this.) A study from before the hash was
+    recorded gets it recorded on its first resume.
+    """
     storage = _storage(spec)
     try:
         existing = optuna.load_study(study_name=spec.study, storage=storage)
@@ -349,11 +357,17 @@ def create_or_load_study(spec: StudySpec) -> optuna.Study:
         existing = None
     if existing is not None:
         attrs = existing.user_attrs
-        for key, want in (("model", spec.model), ("metric", spec.metric), ("space", spec.space)):
+        identity = (("model", spec.model), ("metric", spec.metric), ("space", spec.space),
+                    ("dataset_hash", spec.dataset_hash))
+        for key, want in identity:
             have = attrs.get(f"msaflow.{key}")
-            if have is not None and have != want:
-                raise ConfigError(f"study {spec.study!r} in {mask_url(spec.storage)} was created with "
-                                  f"{key}={have!r}, not {want!r}; resume it with the same settings or use a new --study")
+            if have is not None and want is not None and have != want:
+                what = (f"dataset content hash {have[:12]} ({attrs.get('msaflow.dataset', '?')}), not "
+                        f"{want[:12]} ({spec.data_path})" if key == "dataset_hash" else f"{key}={have!r}, not {want!r}")
+                raise ConfigError(f"--study {spec.study!r} in {mask_url(spec.storage)} was created with {what}; "
+                                  "resume it with the same settings or use a new --study")
+        if spec.dataset_hash and attrs.get("msaflow.dataset_hash") is None:
+            existing.set_user_attr("msaflow.dataset_hash", spec.dataset_hash)
         return existing
     study = optuna.create_study(study_name=spec.study, storage=storage, direction=spec.direction,
                                 load_if_exists=True)
@@ -361,7 +375,8 @@ def create_or_load_study(spec: StudySpec) -> optuna.Study:
         raise ConfigError(f"study {spec.study!r} exists with direction {study.direction.name.lower()}, "
                           f"but {spec.metric} needs {spec.direction}")
     for key, value in (("model", spec.model), ("metric", spec.metric), ("space", spec.space),
-                       ("dataset", spec.data_path), ("preset", spec.preset), ("epochs", spec.epochs)):
+                       ("dataset", spec.data_path), ("dataset_hash", spec.dataset_hash), ("preset", spec.preset),
+                       ("epochs", spec.epochs)):
         study.set_user_attr(f"msaflow.{key}", value)
     return study
 

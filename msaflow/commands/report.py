@@ -48,7 +48,9 @@ def command(
         fail(str(exc).strip("'\""))
     except ValueError as exc:
         fail(str(exc))
+    from rich.markup import escape
+
     print_summary(report)
     if report.missing:
         err.print(f"[yellow]{len(report.missing)} run(s) missing or failed; see the report[/]")
-    err.print(f"report: [bold]{paths['markdown']}[/] (and {paths['html']})")
+    err.print(f"report: [bold]{escape(str(paths['markdown']))}[/] (and {escape(str(paths['html']))})")

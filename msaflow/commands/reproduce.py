@@ -14,21 +14,25 @@ from msaflow.commands.options import AsJson, DataFormat, ReportOut, TrackingUri
 def print_summary(report: Any) -> None:
     """Mean ± std per cell for the report's metrics, after the data statement."""
     from rich.table import Table
+    from rich.text import Text
 
     from msaflow.cli import out
     from tasks.report import fmt_summary
 
-    out.print(report.statement.replace("**", ""), highlight=False)
+    # Text, not markup: a dataset or cell name is the user's and may hold brackets.
+    out.print(Text(report.statement.replace("**", "")), highlight=False)
     table = Table(
-        title=f"{report.table} on {report.dataset}: mean ± std over seeds {report.seeds} "
-        "(CIs in the report)"
+        title=Text(
+            f"{report.table} on {report.dataset}: mean ± std over seeds {report.seeds} "
+            "(CIs in the report)"
+        )
     )
     table.add_column("cell")
     for m in report.metrics:
         table.add_column(m, justify="right")
     for cell in report.cells:
         table.add_row(
-            cell, *(fmt_summary(m, report.summaries[cell][m], ci=False) for m in report.metrics)
+            Text(cell), *(fmt_summary(m, report.summaries[cell][m], ci=False) for m in report.metrics)
         )
     out.print(table)
 
@@ -58,12 +62,21 @@ def command(
     ] = None,
     scale: Annotated[float, typer.Option(help="Shrink the simulated dataset (sim-* only).")] = 1.0,
     data_format: DataFormat = "mmsa",
+    params: Annotated[
+        str | None,
+        typer.Option(
+            help="YAML of overrides {model: {...}, train: {...}} for every cell, as `run --params` "
+            "reads (e.g. tune's best.yaml); a cell's own settings win."
+        ),
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
     """Reproduce a paper's table: each cell x seed a child run of one MLflow parent; a report.
 
     Re-running the same command resumes: finished runs are not redone (more --seeds adds runs).
     """
+    from rich.markup import escape
+
     from msaflow.cli import err, handled_errors, ui_hint
     from msaflow.settings import start_prefect_early
 
@@ -72,6 +85,8 @@ def command(
         from flows.reproduce import get_table, reproduce
 
         get_table(table)  # an unknown table is a usage error, before anything starts
+        # reproduce() checks the preset, --params, --data, seeds and the tracking store before its
+        # flow starts.
         prefect_ready()
         result = reproduce(
             table,
@@ -85,6 +100,7 @@ def command(
             out=out,
             scale=scale,
             data_format=data_format,
+            params_file=params,
         )
     if as_json:
         sys.stdout.write(
@@ -128,7 +144,8 @@ def command(
                 )
             )
             err.print(
-                f"report: [bold]{result['report']['markdown']}[/] (and {result['report']['html']})"
+                f"report: [bold]{escape(result['report']['markdown'])}[/] "
+                f"(and {escape(result['report']['html'])})"
             )
         cached = sum(bool(r.get("cached")) for r in result["rows"])
         err.print(
@@ -136,7 +153,7 @@ def command(
             f"{len(result['failures'])} failed"
         )
         for f in result["failures"]:
-            err.print(f"[red]{f['run_name']} FAILED[/]: {f['error'][:200]}")
+            err.print(f"[red]{escape(f['run_name'])} FAILED[/]: {escape(f['error'][:200])}")
         err.print(ui_hint(result))
     if result["failures"]:
         err.print(

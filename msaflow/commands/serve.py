@@ -26,6 +26,9 @@ def command(
 
     Needs a Prefect server for anything beyond this process: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api).
     """
+    from rich.markup import escape
+    from rich.text import Text
+
     from flows.serve import ServeError, deploy_from_yaml, parse_params, serve_flow, task_runner_for
     from flows.serve import setup_pool as make_pool
     from msaflow.cli import err, fail
@@ -36,18 +39,19 @@ def command(
     try:
         if setup_pool:
             info = make_pool(pool, concurrency)
-            err.print(f"work pool [bold]{info['name']}[/] ({info['type']}) "
+            err.print(f"work pool [bold]{escape(str(info['name']))}[/] ({escape(str(info['type']))}) "
                       f"{'created' if info['created'] else 'updated'}: concurrency {info['concurrency_limit']}")
             typer.echo(json.dumps(info))
         if deploy:
             for row in deploy_from_yaml(work_pool=pool):
-                err.print(f"{row['name']}: {row['status']}" + (f" ({row['reason']})" if "reason" in row else ""))
+                err.print(Text(f"{row['name']}: {row['status']}" + (f" ({row['reason']})" if "reason" in row else "")))
         if needs_server:
             return
         if (dask_workers or dask_address) and flow != "pipeline":
             fail("--dask-workers/--dask-address apply to the pipeline flow only")
         runner = task_runner_for("auto", dask_workers, dask_address) if (dask_workers or dask_address) else None
-        err.print(f"serving [bold]{flow}[/]" + (f" on cron {cron!r}" if cron else " (on demand)") + " — Ctrl-C to stop")
+        err.print(f"serving [bold]{escape(flow)}[/]" + (f" on cron {escape(repr(cron))}" if cron else " (on demand)")
+                  + " — Ctrl-C to stop")
         serve_flow(flow, deployment=name, cron=cron, parameters=parse_params(param), task_runner=runner, limit=limit)
     except ServeError as exc:
         fail(str(exc))

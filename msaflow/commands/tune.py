@@ -47,15 +47,25 @@ def command(
     when re-run with the same --study; the best params go to best.yaml (for `msaflow run --params`) and
     are evaluated once on test with --eval-seeds.
     """
-    from msaflow.cli import err, handled_errors
+    from rich.markup import escape
+
+    from msaflow.cli import err, handled_errors, parse_seeds
     from msaflow.cli import out as stdout
     from msaflow.settings import start_prefect_early
 
     prefect_ready = start_prefect_early()
     with handled_errors():  # PREFECT_HOME exists: the CLI's apply_defaults creates it
-        from flows.tune import tune
+        from flows.tune import check_tune_inputs, tune
+        from msaflow.settings import default_tracking_uri
+        from tasks.tracking import check_tracking
 
-        seeds = [] if eval_seeds.strip().lower() in ("none", "", "0") else [int(s) for s in _csv(eval_seeds)]
+        seeds = [] if eval_seeds.strip().lower() in ("none", "", "0") else parse_seeds(eval_seeds, "--eval-seeds")
+        # Everything the user supplied, before Prefect runs anything (the flow checks it again).
+        check_tune_inputs(model=model, data=data, n_trials=trials, workers=workers, metric=metric, sampler=sampler,
+                          pruner=pruner, pruner_options={} if pruner_warmup is None else {"n_warmup_steps": pruner_warmup},
+                          space_file=space, include=_csv(include), preset=preset, epochs=epochs, storage=storage,
+                          scale=scale, data_format=data_format)
+        check_tracking(tracking_uri or default_tracking_uri())
         prefect_ready()
         result = tune(model=model, data=data, epochs=epochs, n_trials=trials, timeout=timeout, storage=storage,
                       study=study, workers=workers, metric=metric, sampler=sampler, pruner=pruner,
@@ -74,19 +84,21 @@ def command(
         }, indent=2, default=str) + "\n")
     else:
         c = result["counts"]
-        stdout.print(f"study [bold]{result['study']}[/] ({result['storage']}): {c['COMPLETE']} complete, "
-                     f"{c['PRUNED']} pruned, {c['FAIL']} failed; {result['epochs_spent']} epochs spent")
+        # Names, paths and URLs are the user's: escaped, never read as rich markup.
+        stdout.print(f"study [bold]{escape(result['study'])}[/] ({escape(result['storage'])}): {c['COMPLETE']} "
+                     f"complete, {c['PRUNED']} pruned, {c['FAIL']} failed; {result['epochs_spent']} epochs spent")
         if result["best_value"] is None:
             err.print("[yellow]no trial completed: no best params[/]")
         else:
-            stdout.print(f"best {result['metric']} = {result['best_value']:.4f}: {result['best_params']}")
-            stdout.print(f"best params written to [bold]{result['best_path']}[/] "
-                         f"(use: msaflow run --model {model} --params {result['best_path']})")
+            stdout.print(f"best {escape(result['metric'])} = {result['best_value']:.4f}: "
+                         f"{escape(str(result['best_params']))}")
+            stdout.print(f"best params written to [bold]{escape(result['best_path'])}[/] "
+                         f"(use: msaflow run --model {escape(model)} --params {escape(result['best_path'])})")
         for key, value in sorted(evaluation.get("aggregate", {}).items()):
             if key.endswith("_mean"):
                 std = evaluation["aggregate"].get(key.removesuffix("_mean") + "_std", 0.0)
                 label = key.removeprefix("best_").removesuffix("_mean").replace("_", "/", 1)
-                stdout.print(f"  {label}: {value:.4f} ± {std:.4f} over seeds {seeds}")
+                stdout.print(f"  {escape(label)}: {value:.4f} ± {std:.4f} over seeds {seeds}")
         err.print(f"MLflow: parent run {result['parent_run_id']} in experiment {result['experiment_id']} "
                   f"(msaflow ui, then #/experiments/{result['experiment_id']}/runs)")
     if result["finished"] < trials:

@@ -39,6 +39,8 @@ def test_pipeline_end_to_end_then_cached(tiny_sim, mlflow_uri):
     assert "sgm/omega_t" not in none.data.metrics and "afm/g_t" not in none.data.metrics
     artifacts = {a.path for a in client.list_artifacts(full.info.run_id, "plots")}
     assert {"plots/learning_curves.png", "plots/sgm_traces.png", "plots/ipr_traces.png"} <= artifacts
+    stats = mlflow.artifacts.load_dict(f"runs:/{full.info.run_id}/data/standardization.json")
+    assert stats["fit_on"] == "train" and set(stats["modalities"]) == {"text", "audio", "vision"}
     assert full.inputs.dataset_inputs, "dataset manifest must be a logged input"
     models = mlflow.search_logged_models(experiment_ids=[result["experiment_id"]], output_format="list")
     assert {m.source_run_id for m in models} >= {full.info.run_id}
@@ -47,22 +49,60 @@ def test_pipeline_end_to_end_then_cached(tiny_sim, mlflow_uri):
 
     again = pipeline(**kwargs)
     assert all(row["cached"] for row in again["rows"]) and len(again["rows"]) == 2
-    assert not _children(client, result["experiment_id"], again["parent_run_id"]), "nothing retrains"
+    # Issue 14.10: the re-run's parent was empty. Each cached result now has a link child in it.
+    links = {r.info.run_name: r for r in _children(client, result["experiment_id"], again["parent_run_id"])}
+    assert set(links) == set(children)
+    for name, link in links.items():
+        source = children[name]
+        assert link.data.tags["msaflow.cached_from"] == source.info.run_id, "nothing retrained"
+        assert link.info.status == "FINISHED" and "msaflow.key" not in link.data.tags
+        assert link.data.params == source.data.params
+        assert link.data.metrics["test/mae"] == pytest.approx(source.data.metrics["test/mae"])
+    assert {r["linked_run_id"] for r in again["rows"]} == {r.info.run_id for r in links.values()}
+
+    # A run deleted in the MLflow UI: its cache entry must not stand; that run retrains.
+    client.delete_run(full.info.run_id)
+    third = pipeline(**kwargs)
+    rows = {r["cell"]: r for r in third["rows"]}
+    assert not rows["full"]["cached"] and rows["full"]["run_id"] != full.info.run_id
+    assert rows["none"]["cached"] and rows["none"]["run_id"] == none.info.run_id
+    retrained = client.get_run(rows["full"]["run_id"])
+    assert retrained.data.tags["mlflow.parentRunId"] == third["parent_run_id"]
+    assert retrained.info.status == "FINISHED" and "test/mae" in retrained.data.metrics
+    assert len(client.get_metric_history(retrained.info.run_id, "valid/mae")) == 2, "trained, not reloaded"
+    assert "msaflow.resumed_from_epoch" not in retrained.data.tags, "from scratch, not its old checkpoint"
+
+    # --force retrains what the cache holds.
+    forced = pipeline(**{**kwargs, "variants": ["none"]}, force=True)
+    (row,) = forced["rows"]
+    assert not row["cached"] and row["run_id"] != none.info.run_id
+    assert client.get_run(row["run_id"]).data.tags["mlflow.parentRunId"] == forced["parent_run_id"]
+    assert "msaflow.resumed_from_epoch" not in client.get_run(row["run_id"]).data.tags, "from scratch"
 
 
-def test_one_failing_cell_loses_nothing(tiny_sim, mlflow_uri):
-    cells = [{"name": "none", "variant": "none"},
-             {"name": "broken", "variant": "sgm", "overrides": {"train": {"lr": -1.0}}}]
+def test_one_failing_cell_loses_nothing(tiny_sim, mlflow_uri, monkeypatch):
+    import tasks.train
+
+    real = tasks.train.train_model
+
+    def broken_sgm(cfg, *args, **kw):  # a run that fails while training (a bad config fails earlier)
+        if cfg.variant == "sgm":
+            raise FloatingPointError("simulated divergence: loss is nan")
+        return real(cfg, *args, **kw)
+
+    monkeypatch.setattr(tasks.train, "train_model", broken_sgm)
+    cells = [{"name": "none", "variant": "none"}, {"name": "broken", "variant": "sgm"}]
     result = pipeline(data=str(tiny_sim), cells=cells, seeds=[7], epochs=1, experiment="fail",
                       tracking_uri=mlflow_uri)
     assert [r["cell"] for r in result["rows"]] == ["none"]
     assert [f["cell"] for f in result["failures"]] == ["broken"]
-    assert "learning rate" in result["failures"][0]["error"].lower()
+    assert "simulated divergence" in result["failures"][0]["error"]
     client = MlflowClient(mlflow_uri)
     runs = {r.info.run_name: r for r in _children(client, result["experiment_id"], result["parent_run_id"])}
     assert runs["mmafnet/none/seed7"].info.status == "FINISHED"
     assert runs["mmafnet/broken/seed7"].info.status == "FAILED"
-    assert "learning rate" in runs["mmafnet/broken/seed7"].data.tags["msaflow.error"].lower()
+    assert "simulated divergence" in runs["mmafnet/broken/seed7"].data.tags["msaflow.error"]
+    assert client.get_run(result["parent_run_id"]).info.status == "FINISHED"
 
 
 def test_subject_folds_cross_validation(mlflow_uri, msaflow_home):
@@ -86,7 +126,35 @@ def test_subject_folds_cross_validation(mlflow_uri, msaflow_home):
 
 
 def test_folds_need_subjects(tiny_sim, mlflow_uri):
+    """``make_folds`` failed after the parent run opened, leaving it RUNNING: now it runs first."""
     from feature_store import DataError
 
     with pytest.raises(DataError, match="subject"):
-        pipeline(data=str(tiny_sim), variants=["none"], epochs=1, folds=2, tracking_uri=mlflow_uri)
+        pipeline(data=str(tiny_sim), variants=["none"], epochs=1, folds=2, experiment="nofolds",
+                 tracking_uri=mlflow_uri)
+    exp = MlflowClient(mlflow_uri).get_experiment_by_name("nofolds")
+    assert exp is None or not MlflowClient(mlflow_uri).search_runs([exp.experiment_id])
+
+
+def test_bad_folds_fail_before_any_run(tiny_sim, mlflow_uri):
+    from tasks.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--folds"):
+        pipeline(data=str(tiny_sim), variants=["none"], epochs=1, folds=1, experiment="badfolds",
+                 tracking_uri=mlflow_uri)
+    assert MlflowClient(mlflow_uri).get_experiment_by_name("badfolds") is None
+
+
+def test_parent_ends_failed_on_any_error(tiny_sim, mlflow_uri, monkeypatch):
+    """An error after the parent opened left it RUNNING forever."""
+    import flows.pipeline
+
+    def lost(**kwargs):
+        raise RuntimeError("simulated crash in the grid")
+
+    monkeypatch.setattr(flows.pipeline, "run_grid", lost)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pipeline(data=str(tiny_sim), variants=["none"], epochs=1, experiment="crash", tracking_uri=mlflow_uri)
+    client = MlflowClient(mlflow_uri)
+    (parent,) = client.search_runs([client.get_experiment_by_name("crash").experiment_id])
+    assert parent.info.status == "FAILED" and "simulated crash" in parent.data.tags["msaflow.error"]

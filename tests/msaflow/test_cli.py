@@ -1,5 +1,6 @@
 """The CLI's user-facing errors: a clear message and a non-zero exit, never a traceback."""
 
+import pytest
 from typer.testing import CliRunner
 
 from msaflow.cli import app
@@ -32,3 +33,129 @@ def test_unreachable_tracking_server_fails_before_training(tiny_sim):
     result = runner.invoke(app, ["run", "--data", str(tiny_sim), "--tracking-uri", "http://127.0.0.1:9"])
     assert result.exit_code == 2
     assert "not usable" in result.output and "Traceback" not in result.output
+
+
+# --------------------------------------------------------------------- commands are all there (14.11)
+
+def test_every_documented_subcommand_is_mounted():
+    """``_mount`` swallowed ImportError: a sub-command whose module failed to import vanished."""
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0, result.output
+    listed = {line.split()[1] for line in result.output.splitlines() if line.startswith("│ ") and len(line.split()) > 1}
+    assert {"data", "features", "run", "tune", "reproduce", "report", "serve", "ui"} <= listed, listed
+
+
+def test_an_import_error_in_a_subcommand_shows():
+    from msaflow.cli import _mount, _register
+
+    with pytest.raises(ImportError, match="no_such_module"):
+        _mount("no_such_module", "nope", "")
+    with pytest.raises(ImportError, match="no_such_command"):
+        _register("no_such_command")
+
+
+# ------------------------------------------------------------- user errors before any flow (14.9)
+
+def _one_error_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in output, output
+    return errors[0]
+
+
+BAD_INPUT = [
+    (["run", "--seeds", "a,b"], ["--seeds", "'a,b'"]),
+    (["run", "--variants", "nope"], ["--variants", "nope", "sgm_ipr"]),
+    (["run", "--model", "nope"], ["--model", "nope", "mmcl"]),
+    (["run", "--preset", "nope"], ["--preset", "nope", "quick"]),
+    (["run", "--folds", "1"], ["--folds", "k >= 2"]),
+    (["run", "--data", "sim-nope"], ["sim-nope", "--data", "mosi"]),
+    (["run", "--params", "{params}"], ["{params}", "nope"]),
+    (["run", "--params", "{missing}"], ["{missing}", "not found"]),
+    (["reproduce", "mmcl-table1", "--params", "{params}"], ["{params}", "nope"]),
+    (["tune", "--storage", "nosuchdb://x/y"], ["--storage", "cannot open the Optuna storage"]),
+    (["tune", "--eval-seeds", "x"], ["--eval-seeds", "'x'"]),
+    (["tune", "--preset", "nope"], ["--preset", "nope"]),
+]
+
+
+@pytest.mark.usefixtures("prefect_harness")  # a configured server: no early server start per call
+@pytest.mark.parametrize("args, words", BAD_INPUT, ids=[" ".join(a[:2]) for a, _ in BAD_INPUT])
+def test_bad_input_is_one_error_line_before_anything_runs(args, words, tmp_path):
+    """Each ended in the right ``error:`` line, but after 40-110 lines of Prefect traceback."""
+    params = tmp_path / "params.yaml"
+    params.write_text("model: {nope: 1}\n")
+    subs = {"{params}": str(params), "{missing}": str(tmp_path / "missing.yaml")}
+    store = tmp_path / "mlflow.db"
+    args = [subs.get(a, a) for a in args]
+    result = runner.invoke(app, [*args, "--tracking-uri", f"sqlite:///{store}", "--epochs", "1"])
+    assert result.exit_code == 2, result.output
+    line = _one_error_line(result.output)
+    for word in words:
+        assert subs.get(word, word) in line, line
+    assert not store.exists(), "nothing ran: the tracking store was never opened"
+
+
+
+
+
+# ------------------------------------------------------------ a user error inside a flow (14.9)
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_user_error_inside_a_flow_prints_no_prefect_traceback(tiny_sim, tmp_path):
+    """A store whose manifest reads but whose file changed fails inside the prepare-data task.
+
+    Before: Prefect logged the task's and the flow's traceback (84 lines) above the ``error:`` line.
+    A real process, on the session's Prefect server (so it starts none of its own).
+    """
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from prefect.settings import PREFECT_API_URL
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_sim, store)
+    part = store / "test.parquet"
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other bytes: only the full check in the task sees it
+    part.write_bytes(bytes(data))
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(root)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "msaflow.cli", "run", "--data", str(store), "--epochs", "1",
+         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+        capture_output=True, text=True, env=env, cwd=root, timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "test.parquet" in errors[0] and "sha256" in errors[0], proc.stderr
+
+
+# ------------------------------------------------------------------- --json and markup (13.8)
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_json_is_plain_and_names_are_never_markup(tiny_sim, tmp_path):
+    """``--json`` went through rich (markup consumed, lines wrapped at 80 columns), and a name
+    such as ``[/]evil`` crashed the table (rich MarkupError)."""
+    import json
+    import shutil
+
+    evil = "[/]evil[bold]" + "x" * 120  # markup, and longer than any terminal line
+    store = tmp_path / "[red]store"
+    shutil.copytree(tiny_sim, store)
+    manifest = json.loads((store / "manifest.json").read_text())
+    manifest["name"] = evil
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    args = ["run", "--data", str(store), "--variants", "none", "--epochs", "1",
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--experiment", "[b]exp"]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)  # the whole of stdout is one JSON document
+    assert summary["dataset"] == evil and len(summary["runs"]) == 1
+
+    table = runner.invoke(app, args)  # from the cache: the table and hint print the names as text
+    assert table.exit_code == 0, table.output
+    assert "[/]evil[bold]" in table.output and "MarkupError" not in table.output

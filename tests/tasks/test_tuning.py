@@ -153,6 +153,34 @@ def test_resume_with_another_metric_is_refused(tiny_sim, tmp_path):
         tu.create_or_load_study(spec)
 
 
+def test_resume_on_another_dataset_is_refused(tiny_sim, tmp_path):
+    """Issue 14.8: MOSI and MOSEI both ingested as ``aligned_50``; tune on MOSEI resumed the MOSI
+    study because resume checked only model, metric and space. The content hash is now identity."""
+    spec = _spec(tiny_sim, tmp_path, n_trials=1, dataset_hash="a" * 24)
+    study = tu.create_or_load_study(spec)  # same data: resumes
+    assert study.user_attrs["msaflow.dataset_hash"] == "a" * 24
+    spec.dataset_hash, spec.data_path = "b" * 24, "/data/MOSEI/aligned_50"
+    with pytest.raises(ConfigError, match=r"dataset content hash aaaaaaaaaaaa .* not bbbbbbbbbbbb \(/data/MOSEI"):
+        tu.create_or_load_study(spec)
+
+
+def test_a_study_from_before_the_hash_records_it_on_resume(tiny_sim, tmp_path):
+    spec = _spec(tiny_sim, tmp_path, n_trials=1)  # no hash: as studies made before it was identity
+    spec.dataset_hash = "c" * 24
+    assert tu.create_or_load_study(spec).user_attrs["msaflow.dataset_hash"] == "c" * 24
+    spec.dataset_hash = "d" * 24
+    with pytest.raises(ConfigError, match="dataset content hash"):
+        tu.create_or_load_study(spec)
+
+
+def test_default_study_name_holds_the_content_hash():
+    from flows.tune import default_study_name
+
+    mosi = default_study_name("mmafnet", "aligned_50", "valid/mae", "0123456789abcdef01234567")
+    mosei = default_study_name("mmafnet", "aligned_50", "valid/mae", "fedcba9876543210fedcba98")
+    assert mosi == "mmafnet-aligned_50-01234567-mae" and mosi != mosei
+
+
 # ----------------------------------------------------------------------- processes: kill, parallel
 
 def _start_worker(spec, tmp_path, index: int) -> subprocess.Popen:

@@ -47,7 +47,7 @@ def check_tune_inputs(
     data: str | None = None,
     n_trials: int = 20,
     workers: int = 1,
-    metric: str = "valid/mae",
+    metric: str = "auto",
     sampler: str = "tpe",
     pruner: str = "median",
     pruner_options: dict[str, Any] | None = None,
@@ -72,7 +72,8 @@ def check_tune_inputs(
     from flows.tasks import check_data
     from tasks.config import resolve_run_config
 
-    direction = tu.metric_direction(metric)  # refuses test/... before anything runs
+    # "auto": the data task's default selection metric, known once the data is resolved
+    direction = None if metric == "auto" else tu.metric_direction(metric)  # refuses test/... early
     if n_trials < 1 or workers < 1:
         raise ConfigError("--trials and --workers must be >= 1")
     if epochs is not None and epochs < 1:
@@ -192,7 +193,7 @@ def tune(
     storage: str | None = None,
     study: str | None = None,
     workers: int = 1,
-    metric: str = "valid/mae",
+    metric: str = "auto",
     sampler: str = "tpe",
     pruner: str = "median",
     pruner_options: dict[str, Any] | None = None,
@@ -230,6 +231,11 @@ def tune(
     eval_seeds = [1, 2, 3] if eval_seeds is None else list(eval_seeds)
 
     data_ref = prepare_data(data, scale=scale, data_format=data_format)
+    if metric == "auto":  # valid/mae for sentiment and depression, valid/f1_weighted for emotion
+        from tasks.metrics import DEFAULT_SELECTION
+
+        metric = DEFAULT_SELECTION[data_ref["task"]][0]
+        direction = tu.metric_direction(metric)
     experiment_id = tr.ensure_experiment(tracking_uri, experiment)
     tracking = {"uri": tracking_uri, "experiment_id": experiment_id, "experiment": experiment}
     name = study or default_study_name(model, data_ref["name"], metric, data_ref["manifest_hash"])

@@ -24,7 +24,7 @@ def command(
     storage: Annotated[str | None, typer.Option(help="Optuna RDB storage URL (default: $OPTUNA_STORAGE or sqlite:///$MSAFLOW_HOME/optuna.db). PostgreSQL for many workers/machines.")] = None,
     study: Annotated[str | None, typer.Option(help="Study name (default: <model>-<dataset>-<metric>); the same name resumes it.")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes on this machine, all on the same storage.")] = 1,
-    metric: Annotated[str, typer.Option(help="Objective: a validation metric, e.g. valid/mae (minimised) or valid/acc7 (maximised).")] = "valid/mae",
+    metric: Annotated[str, typer.Option(help="Objective: a validation metric, e.g. valid/mae (minimised) or valid/acc7 (maximised); auto = the task's default (valid/mae; valid/f1_weighted for emotion).")] = "auto",
     sampler: Annotated[str, typer.Option(help="tpe | random | cmaes.")] = "tpe",
     pruner: Annotated[str, typer.Option(help="median | percentile | hyperband | none.")] = "median",
     pruner_warmup: Annotated[int | None, typer.Option(

@@ -64,3 +64,12 @@ def test_cli_empty_range_is_a_clear_error(tmp_path, tiny_sim, mlflow_uri):
     result = runner.invoke(app, ["tune", "--data", str(tiny_sim), "--tracking-uri", mlflow_uri, "--space", str(space)])
     text = " ".join(result.output.split())
     assert result.exit_code == 2 and "alpha" in text and "empty or inverted range" in text, text
+
+
+def test_default_metric_follows_the_data_task(tmp_path, mlflow_uri):
+    """Emotion data is tuned on valid/f1_weighted (maximised) unless --metric says otherwise."""
+    result = tune(model="mmcl", data="sim-iemocap", scale=0.05, epochs=1, n_trials=1, sampler="random",
+                  storage=f"sqlite:///{tmp_path / 'optuna.db'}", tracking_uri=mlflow_uri, eval_seeds=[],
+                  out=str(tmp_path / "best.yaml"), train_overrides={"batch_size": 16})
+    assert result["metric"] == "valid/f1_weighted" and result["direction"] == "maximize"
+    assert "f1_weighted" in result["study"]

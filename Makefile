@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-install
 
-.PHONY: setup run test test-slow test-all lint bench clean ui
+.PHONY: setup run test test-slow test-all fuzz lint bench clean ui
 
 setup: $(STAMP)
 
@@ -23,6 +23,9 @@ test-slow: setup
 	$(BIN)/pytest -q -m slow $(ARGS)
 
 test-all: test test-slow   # what CI runs: the fast suite, then the slow one
+
+fuzz: setup   # the long fuzz campaign (RELIABILITY.md): 10,000 inputs per reader; N=, SEED= to change
+	$(BIN)/python bench/fuzz/run.py --reader all --inputs $(or $(N),10000) --seed $(or $(SEED),1) --cli 1000 --json bench/results/fuzz.jsonl
 
 lint: setup
 	$(BIN)/ruff check .

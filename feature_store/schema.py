@@ -53,6 +53,27 @@ _PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 STALE_AFTER_S = 24 * 3600
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _is_finite(v: Any) -> bool:
+    try:
+        return _is_number(v) and abs(float(v)) < float("inf")
+    except OverflowError:  # an int past float range
+        return False
+
+
+def _brief(v: Any, limit: int = 80) -> str:
+    """A value from a user's file, on one short line."""
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class DataError(ValueError):
     """Bad input data. Names the file, the field and what was expected."""
 
@@ -119,21 +140,35 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], path: Path | None = None) -> Manifest:
+        # Every field is type-checked here: the loaders index, unpack and compare these values, and a
+        # manifest is user-supplied bytes (issue 20's fuzzing found each unchecked field crashing).
+        if not isinstance(d, Mapping):
+            raise DataError(path, "json", f"a JSON object (the manifest), got {type(d).__name__}")
         required = ("name", "source", "task", "label_kind", "label_range", "modalities", "splits", "files")
         for key in required:
             if key not in d:
                 raise DataError(path, key, f"a manifest field {key!r} (schema version {SCHEMA_VERSION})")
         version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version != SCHEMA_VERSION or isinstance(version, bool):
             raise DataError(path, "schema_version",
-                            f"{SCHEMA_VERSION}, got {version}: re-create the store with this msaflow "
+                            f"{SCHEMA_VERSION}, got {_brief(version)}: re-create the store with this msaflow "
                             "(msaflow data synth / ingest; sources are never modified)")
+        for key in ("name", "source", "task"):
+            if not isinstance(d[key], str):
+                raise DataError(path, key, f"a string, got {_brief(d[key])}")
+        if d["label_kind"] not in LABEL_KINDS:
+            raise DataError(path, "label_kind", f"one of {LABEL_KINDS}, got {_brief(d['label_kind'])}")
+        lr = d["label_range"]
+        if not (isinstance(lr, list) and len(lr) == 2 and all(_is_finite(v) for v in lr)
+                and lr[0] <= lr[1]):
+            raise DataError(path, "label_range", f"[low, high], two finite numbers, got {_brief(lr)}")
         mods = d["modalities"]
-        if not isinstance(mods, dict) or not all(
-                isinstance(v, dict) and all(isinstance(v.get(k), int) and v[k] > 0 for k in ("dim", "seq_len"))
+        if not isinstance(mods, dict) or not mods or not set(mods) <= set(MODALITIES) or not all(
+                isinstance(v, dict) and all(_is_int(v.get(k)) and v[k] > 0 for k in ("dim", "seq_len"))
                 for v in mods.values()):
-            raise DataError(path, "modalities", 'an object like {"text": {"dim": 768, "seq_len": 50}}')
-        if not isinstance(d["splits"], dict) or not all(isinstance(v, int) for v in d["splits"].values()):
+            raise DataError(path, "modalities", 'an object like {"text": {"dim": 768, "seq_len": 50}} '
+                            f"with modalities among {MODALITIES}")
+        if not isinstance(d["splits"], dict) or not all(_is_int(v) and v >= 0 for v in d["splits"].values()):
             raise DataError(path, "splits", "an object mapping split names to row counts")
         files = d["files"]
         if not isinstance(files, dict):
@@ -143,14 +178,27 @@ class Manifest:
             # Confined to the store: a plain file name, so no absolute path and no '..' can escape it.
             if not isinstance(fname, str) or not _PLAIN_NAME.fullmatch(fname):
                 raise DataError(path, f"files.{split}.file",
-                                f"a plain file name inside the store directory, got {fname!r}")
+                                f"a plain file name inside the store directory, got {_brief(fname)}")
+            for key, ok in (("sha256", lambda v: isinstance(v, str)), ("crc32", lambda v: isinstance(v, str)),
+                            ("bytes", lambda v: _is_int(v) and v >= 0)):
+                if key in entry and not ok(entry[key]):
+                    raise DataError(path, f"files.{split}.{key}", f"a {'size in bytes' if key == 'bytes' else 'hex digest'}, "
+                                    f"got {_brief(entry[key])}")
+        for key, types in (("config", dict), ("cleaning", dict), ("oracle", dict), ("source_sha256", str)):
+            if d.get(key) is not None and not isinstance(d[key], types):
+                raise DataError(path, key, f"{'an object' if types is dict else 'a string'} or null, got {_brief(d[key])}")
+        num_classes = d.get("num_classes", 1)
+        if not _is_int(num_classes) or num_classes < 1:
+            raise DataError(path, "num_classes", f"an integer >= 1, got {_brief(num_classes)}")
+        names = d.get("class_names")
+        if names is not None and not (isinstance(names, list) and all(isinstance(c, str) for c in names)):
+            raise DataError(path, "class_names", f"a list of strings or null, got {_brief(names)}")
         return cls(
             name=d["name"], source=d["source"], task=d["task"], label_kind=d["label_kind"],
-            label_range=tuple(d["label_range"]), modalities=d["modalities"], splits=d["splits"],
-            files=d["files"], source_sha256=d.get("source_sha256"), config=d.get("config") or {},
-            cleaning=d.get("cleaning") or {}, num_classes=d.get("num_classes", 1),
-            class_names=d.get("class_names"), oracle=d.get("oracle"),
-            schema_version=d.get("schema_version", SCHEMA_VERSION),
+            label_range=(float(lr[0]), float(lr[1])), modalities=mods, splits=d["splits"],
+            files=files, source_sha256=d.get("source_sha256"), config=d.get("config") or {},
+            cleaning=d.get("cleaning") or {}, num_classes=num_classes,
+            class_names=names, oracle=d.get("oracle"), schema_version=version,
         )
 
     @property
@@ -207,7 +255,7 @@ def check_split(name: str, split: SplitData, where: str | Path, label_kind: str,
             raise DataError(where, f"{name}.class_label", f"classes in [0, {num_classes})")
     for attr in ("video_ids", "clip_ids", "texts", "subjects", "class_labels"):
         v = getattr(split, attr)
-        if v is not None and len(v) != n:
+        if v is not None and (np.ndim(v) != 1 or len(v) != n):
             raise DataError(where, f"{name}.{attr}", f"{n} values like the ids, got {len(v)}")
 
 
@@ -673,6 +721,8 @@ def read_manifest(path: str | Path) -> Manifest:
         data = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(mpath, "json", f"valid JSON ({exc})") from None
+    except RecursionError:
+        raise DataError(mpath, "json", "valid JSON nested less deeply") from None
     return Manifest.from_dict(data, mpath)
 
 
@@ -703,6 +753,42 @@ def _column_to_numpy(chunked: pa.ChunkedArray, out: np.ndarray, start: int) -> i
         out[row:row + n] = flat.reshape((n, *out.shape[1:]))
         row += n
     return row
+
+
+def _check_columns(schema: pa.Schema, manifest: Manifest, mods: list[str], fpath: Path, split: str,
+                   n: int) -> None:
+    """The split file's columns are the msaflow schema's, before anything is allocated or decoded:
+    one column per name, the feature columns fixed-size binary of T*d*4 bytes stored in the file
+    (msaflow writes them uncompressed, so N*T*d*4 bytes cannot exceed the file: no decompression
+    bomb), ids and strings as strings, labels and lengths numeric without nulls."""
+    names = schema.names
+    dup = sorted({c for c in names if names.count(c) > 1})
+    if dup:
+        raise DataError(fpath, split, f"one column per name; {dup[0]!r} occurs {names.count(dup[0])} times")
+    types = {f.name: f.type for f in schema}
+    size = fpath.stat().st_size
+
+    def need(name: str, ok, what: str) -> None:
+        if name not in types:
+            raise DataError(fpath, f"{split}.{name}", f"a column {name!r} ({what})")
+        if not ok(types[name]):
+            raise DataError(fpath, f"{split}.{name}", f"{what}, got {types[name]}")
+
+    for m in mods:
+        width = manifest.modalities[m]["seq_len"] * manifest.modalities[m]["dim"] * 4
+        need(f"{m}_feat", lambda t, w=width: pa.types.is_fixed_size_binary(t) and t.byte_width == w,
+             f"fixed-size binary of T*d*4 = {width} bytes per row, as the manifest's modalities say")
+        if n * width > size:
+            raise DataError(fpath, f"{split}.{m}_feat", f"{n} rows x {width} bytes stored in the file "
+                            f"({size} bytes): features are written uncompressed")
+        need(f"{m}_len", pa.types.is_integer, "integer lengths")
+    need("id", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t), "string ids")
+    need("label", lambda t: pa.types.is_floating(t) or pa.types.is_integer(t), "numeric labels")
+    for c in ("video_id", "clip_id", "text", "subject"):
+        if c in types and not (pa.types.is_string(types[c]) or pa.types.is_large_string(types[c])):
+            raise DataError(fpath, f"{split}.{c}", f"strings, got {types[c]}")
+    if "class_label" in types and not pa.types.is_integer(types["class_label"]):
+        raise DataError(fpath, f"{split}.class_label", f"integer classes, got {types['class_label']}")
 
 
 def _check_digest(hasher: _Hasher | None, fpath: Path, entry: Mapping[str, Any]) -> None:
@@ -743,7 +829,7 @@ def load_split(path: str | Path, split: str, *, verify: bool | str = True,
     try:
         pf = pq.ParquetFile(fpath, memory_map=False)  # mapped pages would count as resident memory
         n = pf.metadata.num_rows
-        names = set(pf.schema_arrow.names)
+        _check_columns(pf.schema_arrow, manifest, mods, fpath, split, n)
         feats = {m: np.empty((n, manifest.modalities[m]["seq_len"], manifest.modalities[m]["dim"]),
                              dtype=np.float32) for m in mods}
         for m in mods:
@@ -752,28 +838,36 @@ def load_split(path: str | Path, split: str, *, verify: bool | str = True,
                 row = _column_to_numpy(pf.read_row_group(g, columns=[f"{m}_feat"]).column(0), feats[m], row)
             if row != n:
                 raise ValueError(f"{m}_feat: {row} rows, expected {n}")
+        names = set(pf.schema_arrow.names)
         small = [c for c in ("id", "video_id", "clip_id", "text", "subject", "label", "class_label",
                              *(f"{m}_len" for m in mods)) if c in names]
         meta = pf.read(columns=small)
-    except (pa.ArrowException, OSError, ValueError, KeyError) as exc:
+        if meta.num_rows != n:
+            raise ValueError(f"{meta.num_rows} rows in the small columns, expected {n}")
+
+        def col(name: str, dtype=None):
+            if name not in meta.column_names:
+                return None
+            arr = meta.column(name).to_numpy()
+            return arr.astype(dtype) if dtype is not None else arr.astype(str)
+
+        data = SplitData(
+            ids=col("id"), labels=col("label", np.float32), features=feats,
+            lengths={m: col(f"{m}_len", np.int64) for m in mods},
+            class_labels=col("class_label", np.int64), video_ids=col("video_id"), clip_ids=col("clip_id"),
+            texts=col("text"), subjects=col("subject"),
+        )
+    except DataError:
+        _check_digest(hasher, fpath, entry)
+        raise
+    except (pa.ArrowException, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
         _check_digest(hasher, fpath, entry)  # a changed file explains a parse failure best
-        raise DataError(fpath, split, f"a readable Parquet split of the msaflow schema ({exc})") from None
+        msg = " ".join(str(exc).split())[:200]
+        raise DataError(fpath, split, f"a readable Parquet split of the msaflow schema ({msg})") from None
     _check_digest(hasher, fpath, entry)
-
-    def col(name: str, dtype=None):
-        if name not in meta.column_names:
-            return None
-        arr = meta.column(name).to_numpy()
-        return arr.astype(dtype) if dtype is not None else arr.astype(str)
-
     if n != manifest.splits.get(split, n):
         raise DataError(fpath, split, f"{manifest.splits[split]} rows as in the manifest, got {n}")
-    return SplitData(
-        ids=col("id"), labels=col("label", np.float32), features=feats,
-        lengths={m: col(f"{m}_len", np.int64) for m in mods},
-        class_labels=col("class_label", np.int64), video_ids=col("video_id"), clip_ids=col("clip_id"),
-        texts=col("text"), subjects=col("subject"),
-    )
+    return data
 
 
 def load_dataset(path: str | Path, splits: Iterable[str] | None = None, *, verify: bool = True,

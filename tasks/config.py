@@ -132,9 +132,9 @@ def check_value(name: str, value: Any, where: str) -> None:
         return  # types are apply_overrides' job
     rng = RANGES.get(name)
     if rng is not None and not rng.contains(value):
-        raise ConfigError(f"{where}.{name}: expected {rng.describe()}, got {value!r}")
+        raise ConfigError(f"{where}.{name}: expected {rng.describe()}, got {short_repr(value)}")
     if rng is None and isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{where}.{name}: expected a finite number, got {value!r}")
+        raise ConfigError(f"{where}.{name}: expected a finite number, got {short_repr(value)}")
 
 
 def _literal_choices(cls: type) -> dict[str, tuple[Any, ...]]:
@@ -152,7 +152,7 @@ def check_ranges(obj: Any, where: str, keys: Iterable[str] | None = None) -> Non
     for name in names:
         value = getattr(obj, name)
         if name in choices and value not in choices[name]:
-            raise ConfigError(f"{where}.{name}: expected one of {list(choices[name])}, got {value!r}")
+            raise ConfigError(f"{where}.{name}: expected one of {list(choices[name])}, got {short_repr(value)}")
         check_value(name, value, where)
 
 
@@ -168,31 +168,56 @@ def apply_overrides(obj: Any, overrides: dict[str, Any], where: str) -> Any:
     for key, value in overrides.items():
         current = getattr(obj, key)
         if isinstance(current, bool) and not isinstance(value, bool):
-            raise ConfigError(f"{where}.{key}: expected true/false, got {value!r}")
+            raise ConfigError(f"{where}.{key}: expected true/false, got {short_repr(value)}")
         if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         elif isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float):
             if not value.is_integer():
-                raise ConfigError(f"{where}.{key}: expected an integer, got {value!r}")
+                raise ConfigError(f"{where}.{key}: expected an integer, got {short_repr(value)}")
             value = int(value)
         elif isinstance(current, tuple) and isinstance(value, list):
             value = tuple(value)
         elif current is not None and not isinstance(value, type(current)) and not is_dataclass(current):
             raise ConfigError(
-                f"{where}.{key}: expected {type(current).__name__}, got {type(value).__name__} {value!r}"
+                f"{where}.{key}: expected {type(current).__name__}, got {type(value).__name__} {short_repr(value)}"
             )
         changes[key] = value
     return replace(obj, **changes)
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases: a config file never needs them, and a 1 KB file of nested
+    aliases (a "billion laughs") expands to gigabytes in anything that walks or prints it."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not "
+                                 "accepted in msaflow files; write the value out")
+        return super().compose_node(parent, index)
+
+
+def short_repr(value: Any, limit: int = 200) -> str:
+    """A bounded repr for error messages (never builds the whole repr of a huge value)."""
+    import reprlib
+
+    r = reprlib.Repr()  # attributes, not keywords: Python 3.11's Repr takes no arguments
+    r.maxlevel, r.maxdict, r.maxlist, r.maxtuple, r.maxset = 3, 8, 8, 8, 8
+    r.maxstring = r.maxother = limit
+    return r.repr(value)[:limit]
+
+
 def read_yaml(path: Path, what: str = "file") -> Any:
-    """A YAML file's content (``{}`` when empty); a missing file or bad YAML is a ConfigError naming it."""
+    """A YAML file's content (``{}`` when empty); a missing file, bad YAML, text that is not UTF-8 or
+    a file that uses aliases is a ConfigError naming it."""
     if not path.is_file():
         raise ConfigError(f"{path}: {what} not found")
     try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: expected UTF-8 text (byte {exc.start} is not)") from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError(f"{path}: not valid YAML ({short_repr(str(exc), 300)})") from None
 
 
 def load_overrides_file(path: str | Path) -> dict[str, Any]:
@@ -203,10 +228,10 @@ def load_overrides_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     data = read_yaml(path)
     if not isinstance(data, dict) or set(data) - {"model", "train"}:
-        raise ConfigError(f"{path}: expected a mapping with keys 'model' and/or 'train', got {data!r:.200}")
+        raise ConfigError(f"{path}: expected a mapping with keys 'model' and/or 'train', got {short_repr(data)}")
     for part, values in data.items():
         if not isinstance(values, dict):
-            raise ConfigError(f"{path}: {part}: expected a mapping of field: value, got {values!r:.200}")
+            raise ConfigError(f"{path}: {part}: expected a mapping of field: value, got {short_repr(values)}")
         for key, value in values.items():
             check_value(str(key), value, f"{path}: {part}")
     return data

@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 
 from msaflow.settings import msaflow_home
 from tasks import tracking as tr
-from tasks.config import ConfigError, TrainConfig, read_yaml
+from tasks.config import ConfigError, TrainConfig, read_yaml, short_repr
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -91,11 +91,11 @@ def _model_fields(model: str) -> set[str]:
 
 def _number(value: Any, where: str) -> float:
     if isinstance(value, bool):
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        raise ConfigError(f"{where}: expected a number, got {short_repr(value)}")
     try:
         return float(value)  # YAML reads 1e-4 (no dot) as a string
     except (TypeError, ValueError):
-        raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        raise ConfigError(f"{where}: expected a number, got {short_repr(value)}") from None
 
 
 def validate_space(model: str, space: dict[str, ParamSpec], where: str = "search space") -> None:
@@ -144,14 +144,14 @@ def load_search_space(model: str, path: str | Path | None = None, include: list[
         where = str(path)
         entries = read_yaml(path, "search-space file")
     if entries is not None and not isinstance(entries, dict):
-        raise ConfigError(f"{where}: expected a mapping param -> {{low, high, log, type, target}}, got {entries!r:.200}")
+        raise ConfigError(f"{where}: expected a mapping param -> {{low, high, log, type, target}}, got {short_repr(entries)}")
     train_fields = {f.name for f in fields(TrainConfig)}
     for name, entry in (entries or {}).items():
         if entry is None:
             space.pop(name, None)
             continue
         if not isinstance(entry, dict):
-            raise ConfigError(f"{where}: {name}: expected a mapping {{low, high, log, type, target}}, got {entry!r}")
+            raise ConfigError(f"{where}: {name}: expected a mapping {{low, high, log, type, target}}, got {short_repr(entry)}")
         unknown = sorted(set(entry) - _SPEC_KEYS)
         if unknown:
             raise ConfigError(f"{where}: {name}: unknown key(s) {unknown}; expected some of {sorted(_SPEC_KEYS)}")
@@ -165,7 +165,7 @@ def load_search_space(model: str, path: str | Path | None = None, include: list[
         merged["low"] = _number(merged["low"], f"{where}: {name}.low")
         merged["high"] = _number(merged["high"], f"{where}: {name}.high")
         if not isinstance(merged["log"], bool):
-            raise ConfigError(f"{where}: {name}.log: expected true/false, got {merged['log']!r}")
+            raise ConfigError(f"{where}: {name}.log: expected true/false, got {short_repr(merged['log'])}")
         space[name] = ParamSpec(**merged)
     validate_space(model, space, where)
     return space

@@ -120,7 +120,7 @@ def _read_timings_csv(path: Path, uid: str):
     try:
         start = pd.to_numeric(df["start"]).to_numpy(float)
         end = pd.to_numeric(df["end"]).to_numpy(float)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise UtteranceError(uid, path, "timings_path start/end", "numbers (seconds)") from None
     if not (np.isfinite(start).all() and np.isfinite(end).all() and (end >= start).all()):
         raise UtteranceError(uid, path, "timings_path start/end", "finite times with end >= start")
@@ -154,6 +154,7 @@ def read_extraction_manifest(path: str | Path, label_range: tuple[float, float] 
     column exists. A row whose label is not a finite number inside ``label_range`` (the store's range;
     None: any finite number) fails like any other broken row instead of aborting the write later.
     """
+    import numpy as np
     import pandas as pd
 
     from feature_store.extract.alignment import parse_words
@@ -170,7 +171,8 @@ def read_extraction_manifest(path: str | Path, label_range: tuple[float, float] 
     if missing:
         raise DataError(path, "columns", f"id, label, split (+ text, audio_path, visual_path); missing {missing}")
     if df["id"].duplicated().any():
-        rows = [int(i) + 2 for i in df.index[df["id"].duplicated()][:5]]  # +2: header line, 1-based
+        # positions, not index labels: pandas turns a first column into the index when rows are too long
+        rows = [int(i) + 2 for i in np.flatnonzero(df["id"].duplicated().to_numpy())[:5]]  # +2: header, 1-based
         raise DataError(path, "id", f"unique utterance ids; lines {rows} repeat an earlier id")
     root = path.resolve().parent
     present = {

@@ -88,6 +88,8 @@ RULES: list[Rule] = [
          replace=((r"--seeds 5", "--seeds 2"),)),
     Rule(rf"{MSAFLOW} reproduce mmafnet-table3", extra=(*TINY[:2], "--epochs", "2", "--seeds", "1")),
     Rule(rf"{MSAFLOW} reproduce mmcl-table1 --data ~/stores/mosi-aligned", extra=("--epochs", "1", "--seeds", "1")),
+    Rule(rf"{MSAFLOW} reproduce mmcl-table1 --data sim-iemocap --params experiments/mmcl-iemocap\.yaml",
+         extra=(*TINY, "--seeds", "1")),
     Rule(rf"{MSAFLOW} report --experiment <name>",
          replace=((r"<name>", "readme-report"),)),
     Rule(rf"{MSAFLOW} tune --trials 30 --metric valid/mae", extra=(*TINY, "--eval-seeds", "1"),

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from feature_store.extract.paths import is_file
+
 try:  # the store package's error type, when it is importable
     from feature_store import DataError
 except ImportError:  # pragma: no cover - only while feature_store/__init__.py is being written
@@ -107,7 +109,7 @@ def _read_timings_csv(path: Path, uid: str):
     import numpy as np
     import pandas as pd
 
-    if not path.is_file():
+    if not is_file(path):
         raise UtteranceError(uid, path, "timings_path", "an existing CSV with columns word,start,end")
     try:
         df = pd.read_csv(path, skipinitialspace=True, keep_default_na=False)

@@ -130,7 +130,7 @@ def parse_words(value: str | Sequence | None) -> list[tuple[str, float, float]] 
             raise ValueError(f"word timing #{k} is not [word, start_s, end_s]")
         try:
             word, start, end = str(item[0]), float(item[1]), float(item[2])
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ValueError(f"word timing #{k} has a start or end that is not a number") from None
         if not (np.isfinite(start) and np.isfinite(end)):
             raise ValueError(f"word timing #{k} has a start or end that is not finite")

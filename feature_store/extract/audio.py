@@ -43,6 +43,7 @@ import numpy as np
 
 from feature_store.extract import UtteranceError
 from feature_store.extract.alignment import pool_spans, spans_to_frames, word_spans
+from feature_store.extract.paths import is_file
 
 NAME = "audio"
 VERSION = "1"
@@ -82,7 +83,7 @@ def load_wav(path: str | Path, sr: int = 16000, utterance: str = "?") -> np.ndar
     import soundfile as sf
 
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         raise UtteranceError(utterance, path, "audio_path", "an existing WAV file")
     try:
         y, native = sf.read(str(path), dtype="float32", always_2d=True)
@@ -232,7 +233,7 @@ def extract_audio_batch(utts, config: AudioConfig | None = None, *, cache_dir: P
         task = p.add_task("audio", total=len(utts)) if p is not None else None
         for u in utts:
             try:
-                if not Path(u.audio).is_file():
+                if not is_file(u.audio):
                     raise UtteranceError(u.id, u.audio, "audio_path", "an existing WAV file")
                 key = cache.key(sha256_file(u.audio))
                 if not cache.has(key):

@@ -54,6 +54,7 @@ import numpy as np
 
 from feature_store.extract import DataError, UtteranceError, read_error_reason
 from feature_store.extract.alignment import pool_spans, spans_to_indices, word_spans
+from feature_store.extract.paths import is_file
 
 NAME = "visual"
 VERSION = "2"  # entries carry their column names; columns chosen per file (auto) or by profile
@@ -210,7 +211,7 @@ def read_visual_csv(path: str | Path, config: VisualConfig | None = None,
 
     c = config or VisualConfig()
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         raise UtteranceError(utterance, path, "visual_path", "an existing per-frame CSV file")
     try:
         skip, sep = _locate_header(path)
@@ -342,7 +343,7 @@ def preflight_visual(utts, config: VisualConfig | None = None) -> None:
         return
     layouts = {}
     for u in utts:
-        if u.visual is not None and Path(u.visual).is_file() and (found := header_columns(u.visual)):
+        if u.visual is not None and is_file(u.visual) and (found := header_columns(u.visual)):
             layouts[u.id] = (*found, Path(u.visual))
     check_agreement(layouts)
 
@@ -362,7 +363,7 @@ def extract_visual_batch(utts, config: VisualConfig | None = None, *, cache_dir:
     entries, failures, layouts = {}, [], {}
     for u in utts:
         try:
-            if not Path(u.visual).is_file():
+            if not is_file(u.visual):
                 raise UtteranceError(u.id, u.visual, "visual_path", "an existing per-frame CSV file")
             key = cache.key(sha256_file(u.visual))
             entry = cache.get(key)  # None when absent or torn

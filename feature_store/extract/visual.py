@@ -164,12 +164,33 @@ def _a(kind: str) -> str:
     return f"an {kind}" if kind.startswith("o") else f"a {kind}"
 
 
-def _num(df, col: str, default: float) -> np.ndarray:
+def _floats(frame) -> np.ndarray:
+    """Cells as float64, NaN where a cell is not a number. A column holding an integer beyond float
+    range makes ``pd.to_numeric`` raise OverflowError (found by the fuzz campaign); such a column is
+    converted cell by cell instead."""
     import pandas as pd
 
+    if frame.ndim == 2:
+        if frame.shape[1] == 0:
+            return np.empty((len(frame), 0), dtype=np.float64)
+        return np.column_stack([_floats(frame.iloc[:, j]) for j in range(frame.shape[1])])
+    try:
+        return pd.to_numeric(frame, errors="coerce").to_numpy(np.float64)
+    except (OverflowError, TypeError, ValueError):
+        def one(v: object) -> float:
+            try:
+                return float(str(v).strip())  # a digit string beyond range parses as inf, not an error
+            except (OverflowError, TypeError, ValueError):
+                return float("nan")
+
+        return np.array([one(v) for v in frame.to_numpy(object)], dtype=np.float64)
+
+
+def _num(df, col: str, default: float) -> np.ndarray:
     if col not in df.columns:
         return np.full(len(df), default, dtype=np.float64)
-    return pd.to_numeric(df[col], errors="coerce").fillna(default).to_numpy(np.float64)
+    x = _floats(df[col])
+    return np.where(np.isnan(x), default, x)
 
 
 def _face_size(df) -> np.ndarray:
@@ -178,10 +199,9 @@ def _face_size(df) -> np.ndarray:
     xs = [c for c in df.columns if re.fullmatch(r"x_\d+", c)]
     ys = [c for c in df.columns if re.fullmatch(r"y_\d+", c)]
     if xs and ys:
-        import pandas as pd
 
-        x = df[xs].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
-        y = df[ys].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+        x = _floats(df[xs])
+        y = _floats(df[ys])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # rows with no landmarks give NaN, then 0
             area = (np.nanmax(x, 1) - np.nanmin(x, 1)) * (np.nanmax(y, 1) - np.nanmin(y, 1))
@@ -243,7 +263,7 @@ def read_visual_csv(path: str | Path, config: VisualConfig | None = None,
         has_frametime = "Frametime" in df.columns and np.isfinite(_num(df, "Frametime", np.nan)).any()
         time_col, scale = ("Frametime", 1.0) if has_frametime or "Timestamp" not in df.columns else ("Timestamp", 1e-3)
     df = select_faces(df, "frame" if "frame" in df.columns else time_col)
-    feats = df[wanted].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    feats = _floats(df[wanted])
     times = _num(df, time_col, np.nan) * scale
     if time_col == "Timestamp" and np.isfinite(times).any():
         times = times - np.nanmin(times)  # iMotions counts from the recording's start
@@ -253,6 +273,9 @@ def read_visual_csv(path: str | Path, config: VisualConfig | None = None,
     order = np.argsort(np.nan_to_num(times, nan=np.inf), kind="stable")
     times, feats, valid = times[order], feats[order], valid[order]
     keep = ~np.isnan(times)
+    # a cell beyond any real feature's scale (inf, 1e400) is read as missing, like text: 0, not an inf
+    # that would poison the store's finite-feature check later (found by the fuzz campaign)
+    feats = np.where(np.abs(feats) <= 1e15, feats, np.nan)
     return {"times": times[keep], "features": np.nan_to_num(feats[keep]).astype(np.float32),
             "valid": valid[keep], "kind": np.array(kind), "names": np.array(wanted, dtype=str)}
 

@@ -18,7 +18,7 @@ from flows.tasks import (
     evaluate_task,
     make_folds,
     open_parent_run,
-    prepare_data,
+    resolve_data,
     summarize_task,
     train_task,
 )
@@ -231,7 +231,7 @@ def pipeline(
     tracking_uri = tracking_uri or default_tracking_uri()
     check_tracking(tracking_uri)
 
-    data_ref = prepare_data(data, scale=scale, data_format=data_format)
+    data_ref = resolve_data(data, scale=scale, data_format=data_format)
     fold_refs = make_folds(data_ref, folds) if folds else [data_ref]  # may fail: before the parent
     experiment_id = ensure_experiment(tracking_uri, experiment)
     tracking = {"uri": tracking_uri, "experiment_id": experiment_id, "experiment": experiment}

@@ -4,7 +4,7 @@
 overrides), the baseline each cell is compared with, and the paper table (``tasks.paper_results``)
 whose numbers go beside ours. Adding a table (or a model's ablation) means adding one entry here.
 
-The flow reuses the pipeline's machinery: ``prepare_data`` -> ``run_grid`` (train -> evaluate per
+The flow reuses the pipeline's machinery: ``resolve_data`` -> ``run_grid`` (train -> evaluate per
 (cell, seed), content-cached) -> ``summarize_task``; then the report is built from MLflow alone
 (``tasks.report``), logged to the parent run and written to a file.
 
@@ -29,7 +29,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.pipeline import run_grid
-from flows.tasks import Cell, code_version, open_parent_run, prepare_data, summarize_task
+from flows.tasks import Cell, code_version, open_parent_run, resolve_data, summarize_task
 from msaflow.settings import default_tracking_uri, msaflow_home
 from tasks import tracking as tr
 from tasks.config import ConfigError, resolve_run_config
@@ -228,7 +228,7 @@ def reproduce_flow(
     ).train.epochs
     cells = spec.resolve_cells(resolved_epochs)
 
-    data_ref = prepare_data(data, scale=scale, data_format=data_format)
+    data_ref = resolve_data(data, scale=scale, data_format=data_format)
     experiment_id = tr.ensure_experiment(tracking_uri, experiment)
     tracking = {"uri": tracking_uri, "experiment_id": experiment_id, "experiment": experiment}
     key = _reproduction_key(

@@ -8,6 +8,7 @@ evaluation (their results persist under ``PREFECT_RESULTS_LOCAL_STORAGE_PATH``).
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 from dataclasses import dataclass, field
 from functools import cache
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from flows.errors import quiet_user_errors
 from msaflow.settings import msaflow_home
@@ -89,9 +91,40 @@ def _store_dir(name: str) -> Path:
     return msaflow_home() / "stores" / name
 
 
+DATA_HELP = "a feature-store directory, an MMSA/MulT .pkl file, a raw-input manifest .csv, or sim-<profile>"
+
+
+def is_raw_manifest(data: str | None) -> bool:
+    """``--data utterances.csv``: a raw-input manifest (``features extract``'s format) to extract first."""
+    return data is not None and Path(data).suffix.lower() == ".csv"
+
+
+def check_raw_manifest(path: str | Path) -> None:
+    """Manifest-wide errors, and a manifest with no usable row, before a flow starts.
+
+    Rows with a bad label, split or a missing audio/visual file are only reported (the extractors skip
+    them); a manifest where no row survives fails here with one line instead of after Prefect started.
+    """
+    from feature_store import DataError
+    from feature_store.extract import read_extraction_manifest
+    from feature_store.extract.visual import VisualConfig, preflight_visual
+
+    utts, present, failures = read_extraction_manifest(path)
+    missing = {u.id: f for u in utts for f in (u.audio, u.visual) if f is not None and not f.is_file()}
+    usable = [u for u in utts if u.id not in missing]
+    if not usable:
+        examples = [f["error"] for f in failures[:2]] + [f"utterance {i!r}: no file {f}" for i, f in
+                                                         list(missing.items())[:2]]
+        raise DataError(path, "rows", f"at least one usable utterance; all {len(utts) + len(failures)} rows "
+                        f"fail, e.g. {'; '.join(examples[:2])}")
+    if present["vision"]:
+        preflight_visual(usable, VisualConfig("auto"))  # files whose column sets differ: one line naming two
+
+
 def check_data(data: str | None, scale: float = 1.0, data_format: str = "mmsa") -> None:
     """What ``prepare_data`` will read, checked before a flow starts: the sim profile and scale, a
-    store's manifest, a pickle's format. (The full check of a store's files runs in the task.)"""
+    store's manifest, a pickle's format, a raw manifest's rows. (The full check of a store's files
+    runs in the task.)"""
     from feature_store import DataError, read_manifest
     from feature_store.ingest import FORMATS
     from feature_store.sim import SIM_PROFILES
@@ -106,11 +139,13 @@ def check_data(data: str | None, scale: float = 1.0, data_format: str = "mmsa") 
     src = Path(data).expanduser()
     if src.is_dir():
         read_manifest(src)
+    elif src.is_file() and is_raw_manifest(data):
+        check_raw_manifest(src)
     elif src.is_file():
         if data_format not in FORMATS:
             raise DataError(src, "--format", f"one of {', '.join(FORMATS)}, got {data_format!r}")
     else:
-        raise DataError(src, "--data", "a feature-store directory, an MMSA/MulT .pkl file, or sim-<profile>")
+        raise DataError(src, "--data", DATA_HELP)
 
 
 @task(name="prepare-data", retries=1, retry_condition_fn=_retry_transient)
@@ -134,12 +169,105 @@ def prepare_data(data: str | None = None, scale: float = 1.0, data_format: str =
             path = _store_dir(f"{src.stem}-{digest}")
             manifest = ingest(data_format, src, path)
         else:
-            raise DataError(src, "--data", "a feature-store directory, an MMSA/MulT .pkl file, or sim-<profile>")
+            raise DataError(src, "--data", DATA_HELP)
     return {
         "path": str(path), "name": manifest.name, "task": manifest.task,
         "manifest_hash": manifest.content_hash, "input_spec": manifest.input_spec(),
         "class_names": manifest.class_names, "source": manifest.source,
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# ``--data utterances.csv``: extraction inside the calling flow (pipeline, tune, reproduce)
+# --------------------------------------------------------------------------------------------------
+EXTRACT_SOURCES = ("feature_store/extract", "flows/features.py")
+
+
+def raw_store_dir(manifest: str | Path) -> Path:
+    """``$MSAFLOW_HOME/stores/<stem>-<hash of the manifest's path>``, as for an ingested pickle."""
+    src = Path(manifest).expanduser()
+    return _store_dir(f"{src.stem}-{hashlib.sha256(str(src.resolve()).encode()).hexdigest()[:8]}")
+
+
+def _stamp_path(store: Path) -> Path:
+    return store.with_name(store.name + ".inputs.json")  # beside the store, like its .text_bert.npz
+
+
+@cache
+def _extractor_version() -> str:
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for rel in EXTRACT_SOURCES:
+        for path in sorted((root / rel).rglob("*.py")) if (root / rel).is_dir() else [root / rel]:
+            h.update(path.relative_to(root).as_posix().encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@task(name="hash-raw-inputs", cache_policy=NO_CACHE, persist_result=False)
+def raw_inputs_task(manifest: str, options: dict[str, Any]) -> str:
+    """One hash of everything extraction reads: the manifest, every file it names (bytes), the
+    extraction options and the extractors' code. Equal hash: the store written last time is current."""
+    from feature_store.extract import read_extraction_manifest
+    from feature_store.extract.cache import sha256_file
+
+    h = hashlib.sha256(Path(manifest).read_bytes())
+    h.update(json.dumps({"options": options, "code": _extractor_version()}, sort_keys=True).encode())
+    utts, _, _ = read_extraction_manifest(manifest)
+    for u in utts:  # words/timings are part of the utterance; timings files are read into them
+        h.update(json.dumps([u.id, u.words], default=str).encode())
+        for f in (u.audio, u.visual):
+            h.update(b"-" if f is None else (sha256_file(f).encode() if f.is_file() else b"missing"))
+    return h.hexdigest()
+
+
+def _store_is_current(store: Path, inputs: str) -> bool:
+    from feature_store import DataError, read_manifest
+
+    try:
+        stamp = json.loads(_stamp_path(store).read_text())
+        return stamp.get("inputs") == inputs and read_manifest(store).content_hash == stamp.get("content_hash")
+    except (OSError, ValueError, DataError):
+        return False
+
+
+def extract_raw_manifest(manifest: str, progress: bool = True) -> dict[str, Any]:
+    """Extract ``manifest`` into its store, as tasks of the calling flow run; skipped when current.
+
+    Calls the ``features`` flow's body (``features.fn``), not the flow: its tasks (read manifest,
+    extract text/audio/visual, write store) then run inside the caller's flow run, so the whole
+    extract -> train -> evaluate chain is one flow run in the Prefect UI. Per-file caches
+    (``feature_store.extract.cache``) make a partial re-extraction cheap; an unchanged input hash
+    (``raw_inputs_task``) skips extraction altogether. Returns a summary for the parent run.
+    """
+    from flows.features import features
+
+    src = Path(manifest).expanduser().resolve()
+    store = raw_store_dir(src)
+    options = {"max_words": 50, "f0": "pyin", "visual_kind": "auto", "label_range": [-3.0, 3.0], "text_model": None}
+    inputs = raw_inputs_task(str(src), options)
+    if _store_is_current(store, inputs):
+        return {"manifest": str(src), "store": str(store), "skipped": True}
+    result = features.fn(manifest=str(src), out=str(store), name=src.stem, progress=progress,
+                         text_model=options["text_model"], max_words=options["max_words"], f0=options["f0"],
+                         visual_kind=options["visual_kind"], label_range=tuple(options["label_range"]))
+    stamp = _stamp_path(store)
+    tmp = stamp.with_name(stamp.name + ".tmp")
+    tmp.write_text(json.dumps({"inputs": inputs, "content_hash": result["content_hash"], "manifest": str(src)}))
+    tmp.replace(stamp)
+    for f in result["failures"]:  # reported and skipped, as by ``features extract``
+        print(f"[extract] skipped {f['id']} ({f['stage']}): {f['error']}", file=sys.stderr, flush=True)
+    return {"manifest": str(src), "store": str(store), "skipped": False, "written": result["written"],
+            "failures": len(result["failures"]), "cache": result["cache"], "seconds": result["seconds"]}
+
+
+def resolve_data(data: str | None = None, scale: float = 1.0, data_format: str = "mmsa") -> dict[str, Any]:
+    """Every flow's data source, called inside the flow: a raw manifest (``.csv``) is extracted
+    first (``extract_raw_manifest``), everything else goes to ``prepare_data`` directly."""
+    if not is_raw_manifest(data):
+        return prepare_data(data, scale=scale, data_format=data_format)
+    extraction = extract_raw_manifest(data)
+    return {**prepare_data(extraction["store"]), "extraction": extraction}
 
 
 @task(name="make-folds", retries=1, retry_condition_fn=_retry_transient)
@@ -190,11 +318,15 @@ def make_folds(data_ref: dict[str, Any], k: int, seed: int = 0) -> list[dict[str
 
 def open_parent_run(tracking: dict[str, str], data_ref: dict[str, Any], model: str, cells: list[Cell],
                     seeds: list[int], preset: str, kind: str) -> str:
-    run_id = tr.start_run(
-        tracking["uri"], tracking["experiment_id"], f"{kind}/{model}/{data_ref['name']}",
-        tags={"msaflow.kind": kind, "model": model, "dataset": data_ref["name"], "preset": preset,
-              "msaflow.dataset_source": data_ref["source"]},
-    )
+    tags = {"msaflow.kind": kind, "model": model, "dataset": data_ref["name"], "preset": preset,
+            "msaflow.dataset_source": data_ref["source"]}
+    if (ex := data_ref.get("extraction")) is not None:  # --data utterances.csv: what extraction did
+        tags["msaflow.raw_manifest"] = ex["manifest"]
+        tags["msaflow.extraction"] = "skipped (inputs unchanged)" if ex["skipped"] else (
+            f"extracted {ex['written']} utterances, {ex['failures']} skipped; "
+            + ", ".join(f"{m}: {c['misses']} computed / {c['hits']} cached" for m, c in ex["cache"].items()))
+    run_id = tr.start_run(tracking["uri"], tracking["experiment_id"], f"{kind}/{model}/{data_ref['name']}",
+                          tags=tags)
     tr.log_params(tracking["uri"], run_id, {
         "model": model, "preset": preset, "dataset": data_ref["name"], "dataset.path": data_ref["path"],
         "dataset.manifest_hash": data_ref["manifest_hash"], "cells": ",".join(c.name for c in cells),

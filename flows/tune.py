@@ -25,7 +25,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.tasks import Cell, prepare_data
+from flows.tasks import Cell, resolve_data
 from msaflow.settings import default_tracking_uri
 from tasks import tracking as tr
 from tasks import tuning as tu
@@ -230,7 +230,7 @@ def tune(
     tr.check_tracking(tracking_uri)
     eval_seeds = [1, 2, 3] if eval_seeds is None else list(eval_seeds)
 
-    data_ref = prepare_data(data, scale=scale, data_format=data_format)
+    data_ref = resolve_data(data, scale=scale, data_format=data_format)
     if metric == "auto":  # valid/mae for sentiment and depression, valid/f1_weighted for emotion
         from tasks.metrics import DEFAULT_SELECTION
 

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from msaflow.commands.options import AsJson, DataFormat, TrackingUri
 from msaflow.settings import apply_defaults
@@ -132,6 +133,15 @@ def print_rows(result: dict, title: str) -> None:
     out.print(table)
 
 
+def extraction_line(ex: dict) -> str:
+    """``--data utterances.csv``: what extraction did in this run (plain text: paths are the user's)."""
+    if ex["skipped"]:
+        return f"features: {ex['store']} is current for {ex['manifest']} (inputs unchanged, extraction skipped)"
+    cache = ", ".join(f"{m}: {c['misses']} computed / {c['hits']} cached" for m, c in ex["cache"].items())
+    return (f"features: extracted {ex['written']} utterances ({ex['failures']} skipped) from {ex['manifest']} "
+            f"into {ex['store']} in {ex['seconds']} s; {cache}")
+
+
 def ui_hint(result: dict) -> str:
     """The line that says where to look, as rich markup (the URI is escaped)."""
     uri = result["tracking_uri"]
@@ -142,7 +152,7 @@ def ui_hint(result: dict) -> str:
 
 @app.command()
 def run(
-    data: Annotated[str | None, typer.Option(help="Feature store DIR, MMSA/MulT .pkl, or sim-<profile>. Default: sim-mosi.")] = None,
+    data: Annotated[str | None, typer.Option(help="Feature store DIR, MMSA/MulT .pkl, raw-input manifest .csv (extracted first), or sim-<profile>. Default: sim-mosi.")] = None,
     model: Annotated[str, typer.Option(help="Model family: mmafnet | mmcl | unimodal.")] = "mmafnet",
     variants: Annotated[str | None, typer.Option(help="Comma-separated variants (default: all of the model's).")] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "1",
@@ -201,9 +211,12 @@ def run(
                       "seed": r["seed"], "cached": r.get("cached", False), "linked_run_id": r.get("linked_run_id"),
                       "test": {k: v for k, v in r.items() if k.startswith("test/")}} for r in result["rows"]],
             "failures": result["failures"],
+            **({"extraction": ex} if (ex := result["dataset"].get("extraction")) is not None else {}),
         }, indent=2, default=str) + "\n")
     else:
         print_rows(result, f"{model} ({preset})")
+        if (ex := result["dataset"].get("extraction")) is not None:
+            err.print(Text(extraction_line(ex)))
         err.print(ui_hint(result))
     if result["failures"]:
         raise typer.Exit(1)

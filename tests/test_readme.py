@@ -82,6 +82,7 @@ RULES: list[Rule] = [
     Rule(rf"{MSAFLOW} run --data ~/stores/mosi-aligned", extra=("--epochs", "1", "--variants", "full")),
     Rule(rf"{MSAFLOW} run --data ~/data/MOSI/aligned_50\.pkl", extra=("--epochs", "1", "--variants", "full")),
     Rule(rf"{MSAFLOW} features extract --manifest utterances\.csv --out ~/stores/mine"),
+    Rule(rf"{MSAFLOW} run --data utterances\.csv", extra=("--epochs", "1", "--variants", "full")),
     Rule(rf"{MSAFLOW} features mosi-text --csv \.\./shared/data/mosi_label\.csv --out ~/stores/mosi-text",
          extra=("--limit", "40"), needs_shared=True),
     Rule(rf"{MSAFLOW} reproduce mmafnet-table2 --seeds 5", extra=(*TINY[:2], "--epochs", "2"),

@@ -42,7 +42,7 @@ def command(
     data: Annotated[
         str | None,
         typer.Option(
-            help="Feature store DIR, MMSA/MulT .pkl, or sim-<profile>. Default: sim-mosi."
+            help="Feature store DIR, MMSA/MulT .pkl, raw-input manifest .csv (extracted first), or sim-<profile>. Default: sim-mosi."
         ),
     ] = None,
     seeds: Annotated[

@@ -17,7 +17,7 @@ def _csv(value: str | None) -> list[str]:
 
 def command(
     model: Annotated[str, typer.Option(help="Model family: mmafnet | mmcl.")] = "mmafnet",
-    data: Annotated[str | None, typer.Option(help="Feature store DIR, MMSA/MulT .pkl, or sim-<profile>. Default: sim-mosi.")] = None,
+    data: Annotated[str | None, typer.Option(help="Feature store DIR, MMSA/MulT .pkl, raw-input manifest .csv (extracted first), or sim-<profile>. Default: sim-mosi.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs per trial (default: the preset's).")] = None,
     trials: Annotated[int, typer.Option(help="The study's TOTAL of finished (complete + pruned) trials, over all workers and restarts.")] = 20,
     timeout: Annotated[float | None, typer.Option(help="Stop starting trials after S seconds (per worker).")] = None,

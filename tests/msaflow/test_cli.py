@@ -97,6 +97,25 @@ def test_bad_input_is_one_error_line_before_anything_runs(args, words, tmp_path)
 
 
 
+RAW_COMMANDS = [["run"], ["tune"], ["reproduce", "mmcl-table1"]]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("command", RAW_COMMANDS, ids=[c[0] for c in RAW_COMMANDS])
+def test_raw_manifest_without_a_usable_row_is_one_error_line(command, tmp_path):
+    """``--data utterances.csv`` goes through the one data resolver of run, tune and reproduce (15.5):
+    rows whose files are missing or whose label is bad leave nothing to extract -> exit 2, one line."""
+    manifest = tmp_path / "utterances.csv"
+    manifest.write_text("id,text,audio_path,visual_path,label,split\n"
+                        "u0,hello there,raw/u0.wav,raw/u0.csv,1,train\n"
+                        "u1,hello again,raw/u1.wav,raw/u1.csv,inf,test\n")
+    store = tmp_path / "mlflow.db"
+    result = runner.invoke(app, [*command, "--data", str(manifest), "--tracking-uri", f"sqlite:///{store}",
+                                 "--epochs", "1"])
+    assert result.exit_code == 2, result.output
+    line = _one_error_line(result.output)
+    assert str(manifest) in line and "usable utterance" in line and "u0" in line and "label" in line, line
+    assert not store.exists(), "nothing ran: the tracking store was never opened"
 
 
 # ------------------------------------------------------------ a user error inside a flow (14.9)

@@ -68,6 +68,8 @@ def ingest(
     nonfinite: Annotated[str, typer.Option(help="NaN/inf features: zero (the field's practice) | error")] = "zero",
     name: Annotated[str | None, typer.Option(help="Dataset name in the manifest (default: from the file).")] = None,
     force: Annotated[bool, typer.Option("--force", help=_FORCE_HELP)] = False,
+    task: Annotated[str, typer.Option("--task", help="sentiment | emotion (MulT IEMOCAP, labels N x 4 x 2) "
+                                                     "| depression")] = "sentiment",
 ) -> None:
     """Ingest a pickle safely (no code runs) into a Parquet store."""
     from feature_store import DataError
@@ -76,7 +78,7 @@ def ingest(
 
     try:
         check_target(out, force=force)  # refuse a user's folder before reading the pickle
-        manifest = do_ingest(fmt, path, out, nonfinite=nonfinite, name=name, force=force)
+        manifest = do_ingest(fmt, path, out, nonfinite=nonfinite, name=name, force=force, task=task)
     except DataError as exc:
         _fail(exc)
     _print_json({**_summary(manifest), "cleaning": manifest.cleaning})

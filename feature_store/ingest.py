@@ -173,6 +173,15 @@ def _plain_dtype(x: Any) -> np.dtype:
     return x
 
 
+def _check_text(dtype: np.dtype, raw: bytes | bytearray) -> None:
+    """A str (U) array's bytes are UCS-4 code points; one past U+10FFFF makes numpy fail later with
+    a SystemError when the value is read (found by fuzzing, issue 20), so it is refused here."""
+    if dtype.kind == "U" and len(raw):
+        points = np.frombuffer(raw, dtype=np.dtype("u4").newbyteorder(dtype.byteorder))
+        if int(points.max()) > 0x10FFFF:
+            raise _Refused("str arrays of valid Unicode code points (<= U+10FFFF)")
+
+
 def _raw(x: Any) -> bytes | bytearray:
     if isinstance(x, str):  # Python 2 pickles loaded with encoding="latin1", as numpy does
         x = x.encode("latin1")
@@ -285,6 +294,7 @@ class _SafeUnpickler(pickle._Unpickler):
         if nbytes != len(raw):
             raise _Refused(f"array bytes matching shape {shape} x {dtype.itemsize}; got {len(raw)} bytes")
         self._spend(nbytes)
+        _check_text(dtype, raw)
         arr.__setstate__((1, shape, dtype, state[3], raw))
 
     def _dtype(self, spec: Any = None, align: Any = False, copy: Any = True, *extra: Any) -> np.dtype:
@@ -314,6 +324,7 @@ class _SafeUnpickler(pickle._Unpickler):
         if len(data) != dtype.itemsize or extra:
             raise _Refused(f"numpy scalar bytes of size {dtype.itemsize}")
         self._spend(len(data))
+        _check_text(dtype, data)
         return _multiarray.scalar(dtype, data)
 
     def _frombuffer(self, buf: Any = None, dtype: Any = None, shape: Any = None, order: Any = "C",
@@ -322,6 +333,7 @@ class _SafeUnpickler(pickle._Unpickler):
         if math.prod(shape) * dtype.itemsize != len(buf) or order not in ("C", "F") or extra:
             raise _Refused(f"array bytes matching shape {shape} x {dtype.itemsize}; got {len(buf)} bytes")
         self._spend(len(buf))
+        _check_text(dtype, buf)
         arr = np.frombuffer(buf, dtype=dtype).reshape(shape, order=order)
         return arr if arr.flags.writeable else arr.copy()
 
@@ -439,6 +451,22 @@ def _array(path: Path, obj: Any, field: str, rank: int | None = None) -> np.ndar
     return arr
 
 
+def _numbers(path: Path, obj: Any, field: str, rank: int | None = None) -> np.ndarray:
+    """An array of numbers (bool, int, float): not strings, bytes, objects or records."""
+    arr = _array(path, obj, field, rank)
+    if arr.dtype.kind not in "biuf":
+        raise DataError(path, field, f"an array of numbers, got dtype {_show(str(arr.dtype))}")
+    return arr
+
+
+def _counts(path: Path, obj: Any, field: str, n: int) -> np.ndarray:
+    """N non-negative whole numbers (lengths, attention-mask sums)."""
+    x = _numbers(path, obj, field).reshape(-1).astype(np.float64)
+    if len(x) != n or not np.isfinite(x).all() or (x < 0).any() or (x != np.round(x)).any():
+        raise DataError(path, field, f"N={n} non-negative whole numbers")
+    return np.minimum(x, np.iinfo(np.int64).max // 2).astype(np.int64)
+
+
 def _floats(path: Path, x: np.ndarray, field: str) -> np.ndarray:
     try:
         return x.astype(np.float32)
@@ -468,8 +496,16 @@ def _clean(path: Path, split: str, m: str, x: np.ndarray, policy: str, counts: d
     return x
 
 
-def _split_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    ids = np.asarray(ids)
+def _split_ids(path: Path, ids: Any, field: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ids = _array(path, ids, field)
+    if ids.ndim not in (1, 2) or (ids.ndim == 2 and ids.shape[1] == 0) or ids.dtype.kind not in "USiu":
+        raise DataError(path, field, f"ids as a rank-1 array (or MulT rows of [video, clip, ...]) of "
+                        f"strings or integers, got shape {ids.shape} dtype {_show(str(ids.dtype))}")
+    if ids.dtype.kind == "S":  # numpy decodes bytes as ASCII
+        try:
+            ids = ids.astype(str)
+        except UnicodeDecodeError:
+            raise DataError(path, field, "ids of ASCII bytes or strings") from None
     if ids.ndim == 2:  # MulT: rows like [video, clip start, clip end] or [video, clip]
         video = ids[:, 0].astype(str)
         clip = ids[:, 1].astype(str) if ids.shape[1] > 1 else np.arange(len(ids)).astype(str)
@@ -487,19 +523,22 @@ def _mmsa_split(path: Path, name: str, d: dict, policy: str, counts: dict) -> Sp
     for key in ("text", "audio", "vision", "regression_labels", "id"):
         if key not in d:
             raise DataError(path, f"{name}.{key}", "an MMSA split field (text, audio, vision, regression_labels, id)")
-    feats = {m: _clean(path, name, m, _array(path, d[m], f"{name}.{m}", 3), policy, counts) for m in MODALITIES}
+    feats = {m: _clean(path, name, m, _numbers(path, d[m], f"{name}.{m}", 3), policy, counts) for m in MODALITIES}
     n = len(feats["text"])
     for m, x in feats.items():
         if len(x) != n:
             raise DataError(path, f"{name}.{m}", f"N={n} rows like text, got {len(x)}")
-    labels = _floats(path, _array(path, d["regression_labels"], f"{name}.regression_labels").reshape(-1),
+    labels = _floats(path, _numbers(path, d["regression_labels"], f"{name}.regression_labels").reshape(-1),
                      f"{name}.regression_labels")
     if len(labels) != n:
         raise DataError(path, f"{name}.regression_labels", f"N={n} labels, got {len(labels)}")
     t_text = feats["text"].shape[1]
     if "text_bert" in d:
-        tb = _array(path, d["text_bert"], f"{name}.text_bert", 3)
-        text_len = tb[:, 1, :].sum(1).astype(np.int64)  # attention mask
+        tb = _numbers(path, d["text_bert"], f"{name}.text_bert", 3)
+        if tb.shape[0] != n or tb.shape[1] < 2:
+            raise DataError(path, f"{name}.text_bert", f"shape (N={n}, 3, T): ids, attention mask, segments; "
+                            f"got {tb.shape}")
+        text_len = _counts(path, tb[:, 1, :].astype(np.float64).sum(1), f"{name}.text_bert", n)
     else:
         text_len = np.full(n, t_text, np.int64)
     lengths = {"text": np.minimum(text_len, t_text)}
@@ -508,10 +547,7 @@ def _mmsa_split(path: Path, name: str, d: dict, policy: str, counts: dict) -> Sp
         key = f"{m}_lengths"
         t_m = feats[m].shape[1]
         if key in d:
-            ln = _array(path, d[key], f"{name}.{key}").reshape(-1).astype(np.int64)
-            if len(ln) != n or ln.min() < 0:
-                raise DataError(path, f"{name}.{key}", f"N={n} non-negative lengths")
-            ln = np.minimum(ln, t_m)
+            ln = np.minimum(_counts(path, d[key], f"{name}.{key}", n), t_m)
             past = np.arange(t_m)[None, :] >= ln[:, None]
             zeroed += int((feats[m][past] != 0).any(-1).sum())
             feats[m][past] = 0.0
@@ -519,39 +555,77 @@ def _mmsa_split(path: Path, name: str, d: dict, policy: str, counts: dict) -> Sp
             ln = lengths["text"].copy() if t_m == t_text else np.full(n, t_m, np.int64)
         lengths[m] = ln
     counts.setdefault("frames_zeroed_past_length", {})[name] = zeroed
-    full, video, clip = _split_ids(d["id"])
-    texts = np.asarray(d["raw_text"]).astype(str) if "raw_text" in d else None
+    full, video, clip = _split_ids(path, d["id"], f"{name}.id")
+    texts = None
+    if "raw_text" in d:
+        texts = _array(path, d["raw_text"], f"{name}.raw_text", 1)
+        if len(texts) != n or texts.dtype.kind != "U":
+            raise DataError(path, f"{name}.raw_text", f"N={n} strings")
+        texts = texts.astype(str)
     return SplitData(ids=full, labels=labels, features=feats, lengths=lengths, video_ids=video,
                      clip_ids=clip, texts=texts)
 
 
-def _mult_split(path: Path, name: str, d: dict, policy: str, counts: dict) -> SplitData:
+def _mult_split(path: Path, name: str, d: dict, policy: str, counts: dict, emotion: bool = False) -> SplitData:
     if not isinstance(d, dict):
         raise DataError(path, name, f"a dict of arrays, got {type(d).__name__}")
     for key in ("text", "audio", "vision", "labels"):
         if key not in d:
             raise DataError(path, f"{name}.{key}", "a MulT split field (text, audio, vision, labels, id)")
-    feats = {m: _clean(path, name, m, _array(path, d[m], f"{name}.{m}", 3), policy, counts) for m in MODALITIES}
+    feats = {m: _clean(path, name, m, _numbers(path, d[m], f"{name}.{m}", 3), policy, counts) for m in MODALITIES}
     n = len(feats["text"])
     for m, x in feats.items():
         if len(x) != n:
             raise DataError(path, f"{name}.{m}", f"N={n} rows like text, got {len(x)}")
-    labels = _array(path, d["labels"], f"{name}.labels")
-    if labels.size != n:
+    labels = _numbers(path, d["labels"], f"{name}.labels")
+    class_labels = None
+    if emotion:  # IEMOCAP (N, 4, 2) -> class ids; see mult_emotion_classes
+        class_labels = mult_emotion_classes(path, f"{name}.labels", labels, n)
+        labels = class_labels.astype(np.float32)
+    elif labels.size != n:
         raise DataError(path, f"{name}.labels", f"one sentiment score per row, shape (N, 1, 1); got {labels.shape}")
     ids = d.get("id", np.array([f"{name}{i}" for i in range(n)]))
-    full, video, clip = _split_ids(ids)
+    full, video, clip = _split_ids(path, ids, f"{name}.id")
     if len(full) != n:
         raise DataError(path, f"{name}.id", f"N={n} ids, got {len(full)}")
     return SplitData(ids=full, labels=_floats(path, labels.reshape(-1), f"{name}.labels"), features=feats,
                      lengths={m: np.full(n, feats[m].shape[1], np.int64) for m in MODALITIES},
-                     video_ids=video, clip_ids=clip)
+                     video_ids=video, clip_ids=clip, class_labels=class_labels)
+
+
+# --- MulT's IEMOCAP labels (ingest --task emotion) -------------------------------------------------
+# MulT's iemocap_data.pkl: labels (N, 4, 2), one [not-emotion, emotion] pair per emotion in this
+# order (MulT's eval_iemocap). The 4-class setting has exactly one positive emotion per row; a row
+# with none or several has no single class, so ingest refuses (counting them) rather than guess.
+MULT_IEMOCAP_CLASSES = ["neutral", "happy", "sad", "angry"]  # = feature_store.sim.IEMOCAP_CLASSES
+TASK_LABEL_RANGES = {"sentiment": (-3.0, 3.0), "emotion": (0.0, 3.0), "depression": (0.0, 27.0)}
+
+
+def mult_emotion_classes(path: Path, field: str, labels: np.ndarray, n: int) -> np.ndarray:
+    """(N, 4, 2) pairs -> (N,) int64 class ids: the one emotion whose positive logit wins its pair."""
+    k = len(MULT_IEMOCAP_CLASSES)
+    if labels.shape != (n, k, 2):
+        raise DataError(path, field, f"MulT's IEMOCAP labels, shape (N={n}, {k}, 2): one [not-emotion, emotion] "
+                        f"pair per emotion ({', '.join(MULT_IEMOCAP_CLASSES)}); got {labels.shape}")
+    labels = _floats(path, labels, field)
+    if not np.isfinite(labels).all():
+        raise DataError(path, field, f"finite labels; {int((~np.isfinite(labels)).sum())} are NaN/inf")
+    positive = labels[:, :, 1] > labels[:, :, 0]  # (N, 4)
+    per_row = positive.sum(axis=1)
+    if (per_row != 1).any():
+        raise DataError(path, field, f"exactly one positive emotion per row (the 4-class setting); "
+                        f"{int((per_row == 0).sum())} of {n} rows have none and {int((per_row > 1).sum())} "
+                        f"have several")
+    return positive.argmax(axis=1).astype(np.int64)
 
 
 def ingest(fmt: str, path: str | Path, out_dir: str | Path, nonfinite: str = "zero",
-           label_range: tuple[float, float] = (-3.0, 3.0), name: str | None = None,
-           force: bool = False) -> Manifest:
+           label_range: tuple[float, float] | None = None, name: str | None = None,
+           force: bool = False, task: str = "sentiment") -> Manifest:
     """Ingest an MMSA or MulT pickle into a store at ``out_dir`` (a no-op when unchanged).
+
+    ``task``: sentiment (regression, default range [-3, 3]), depression (regression, [0, 27]) or
+    emotion (MulT's IEMOCAP layout only: labels (N, 4, 2) -> 4 classes, ``mult_emotion_classes``).
 
     ``out_dir`` may be new, empty or a store msaflow wrote; any other folder is refused unless
     ``force`` (then the store's files go in beside the user's, never over them).
@@ -563,8 +637,17 @@ def ingest(fmt: str, path: str | Path, out_dir: str | Path, nonfinite: str = "ze
         raise DataError(src, "nonfinite", f"one of {NONFINITE_POLICIES}, got {nonfinite!r}")
     if not src.is_file():
         raise DataError(src, "path", "an existing pickle file")
+    if task not in TASK_LABEL_RANGES:
+        raise DataError(src, "task", f"one of {', '.join(TASK_LABEL_RANGES)}, got {task!r}")
+    if task == "emotion" and fmt != "mult":
+        raise DataError(src, "task", "emotion only with --format mult (MulT's IEMOCAP labels, N x 4 x 2); "
+                        "MMSA pickles hold sentiment scores")
+    emotion = task == "emotion"
+    label_range = TASK_LABEL_RANGES[task] if emotion or label_range is None else tuple(label_range)
     sha = file_sha256(src)
     config = {"ingest": fmt, "version": 1, "nonfinite": nonfinite, "label_range": list(label_range)}
+    if task != "sentiment":  # sentiment stores keep their config (re-ingest stays a no-op)
+        config["task"] = task
     if (out / "manifest.json").is_file():
         try:
             existing = read_manifest(out)
@@ -584,18 +667,21 @@ def ingest(fmt: str, path: str | Path, out_dir: str | Path, nonfinite: str = "ze
         splits_raw[split] = data[found]
     counts: dict[str, Any] = {}
     reader = _mmsa_split if fmt == "mmsa" else _mult_split
-    splits = {s: reader(src, s, d, nonfinite, counts) for s, d in splits_raw.items()}
+    extra = {"emotion": True} if emotion else {}
+    splits = {s: reader(src, s, d, nonfinite, counts, **extra) for s, d in splits_raw.items()}
     shapes = {m: {s.features[m].shape[1:] for s in splits.values()} for m in MODALITIES}
     for m, sh in shapes.items():
         if len(sh) != 1:
             raise DataError(src, m, f"one (T, d) shape across splits, got {sorted(sh)}")
     for split, d in splits.items():  # errors name the source file, not the store
-        check_split(split, d, src, "regression", label_range, 1)
+        check_split(split, d, src, "classification" if emotion else "regression", label_range,
+                    len(MULT_IEMOCAP_CLASSES) if emotion else 1)
     check_splits(splits, src)  # duplicate ids and train/test leakage, named against the source
     counts["nonfinite_policy"] = nonfinite
     return write_dataset(
-        out, splits, name=name or default_name(src), source=f"{fmt}:{src.name}", task="sentiment",
-        label_kind="regression", label_range=label_range, source_sha256=sha, config=config, cleaning=counts,
-        force=force,
+        out, splits, name=name or default_name(src), source=f"{fmt}:{src.name}", task=task,
+        label_kind="classification" if emotion else "regression", label_range=label_range, source_sha256=sha,
+        config=config, cleaning=counts, force=force, num_classes=len(MULT_IEMOCAP_CLASSES) if emotion else 1,
+        class_names=MULT_IEMOCAP_CLASSES if emotion else None,
     )
 

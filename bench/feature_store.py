@@ -43,6 +43,7 @@ base = status("VmRSS")
 t = time.perf_counter()
 if kind == "pickle":
     with open(path, "rb") as fh:
+        # the baseline being measured: a pickle this benchmark wrote itself a moment ago (never a user's)
         data = pickle.load(fh)
     n = sum(v.nbytes for k, v in data["train"].items() if k in ("text", "audio", "vision"))
 else:

@@ -353,11 +353,9 @@ def train_task(cfg: RunConfig, cell: str, data_ref: dict[str, Any], tracking: di
     ``fresh`` (``--force``, or the cached run was deleted) first removes this key's checkpoints, so
     the run trains from scratch instead of resuming a finished checkpoint.
     """
-    import shutil
-
     from feature_store import load_dataset, read_manifest
     from tasks.plots import learning_curves, trace_figures
-    from tasks.train import train_model
+    from tasks.train import clear_checkpoints, train_model
 
     uri = tracking["uri"]
     key = run_key(cfg, data_ref, tracking)
@@ -372,8 +370,8 @@ def train_task(cfg: RunConfig, cell: str, data_ref: dict[str, Any], tracking: di
         tr.client(uri).update_run(run_id, status="RUNNING")
     tr.supersede_stale_runs(uri, tracking["experiment_id"], key, run_id)
     ckpt = msaflow_home() / "checkpoints" / key
-    if fresh and ckpt.is_dir():
-        shutil.rmtree(ckpt)  # msaflow's own checkpoint folder for this key, nothing else
+    if fresh:
+        clear_checkpoints(ckpt)  # last.pt / best.pt only: a user's file in that folder survives
     try:
         tr.log_config(uri, run_id, cfg)
         tr.log_dataset_input(uri, run_id, read_manifest(data_ref["path"]), data_ref["path"])

@@ -17,6 +17,7 @@ unpickled (``MSAFLOW_HOME`` may be shared, and a planted ``last.pt`` must not ru
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -191,6 +192,24 @@ def load_checkpoint(path: str | Path, required: Sequence[str] = ()) -> dict[str,
         raise DataError(path, "checkpoint", f"a checkpoint written by msaflow with keys {list(required)}; "
                         f"missing {missing}")
     return state
+
+
+CHECKPOINT_FILES = ("last.pt", "best.pt")
+
+
+def clear_checkpoints(checkpoint_dir: str | Path) -> None:
+    """Remove the checkpoints msaflow writes in ``checkpoint_dir`` (``last.pt``, ``best.pt`` and their
+    temporaries) so the next run trains from scratch; anything else there is left alone, and the
+    folder goes only when that leaves it empty."""
+    folder = Path(checkpoint_dir)
+    if not folder.is_dir():
+        return
+    for name in CHECKPOINT_FILES:
+        for path in (folder / name, *folder.glob(f".{name}.tmp-*")):
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only if empty
 
 
 def _atomic_save(obj: Any, path: Path) -> None:

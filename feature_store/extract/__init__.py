@@ -95,6 +95,21 @@ class Utterance:
         return f"Utterance({self.id!r}, split={self.split!r})"
 
 
+def read_user_csv(path: Path, field: str, what: str, **read_csv_args: object):
+    """A user's CSV as strings (no NA guessing), with stripped column names; a missing or unreadable
+    file is a DataError naming ``field``, whose reason never quotes the file."""
+    import pandas as pd
+
+    if not is_file(path):
+        raise DataError(path, field, f"an existing {what}")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, **read_csv_args)
+    except Exception as exc:  # noqa: BLE001 - pandas raises many types; the reason never quotes the file
+        raise DataError(path, field, f"a readable CSV: {read_error_reason(exc)}") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    return df
+
+
 def _cell(row, col: str) -> str | None:
     if col not in row.index:
         return None
@@ -157,18 +172,11 @@ def read_extraction_manifest(path: str | Path, label_range: tuple[float, float] 
     None: any finite number) fails like any other broken row instead of aborting the write later.
     """
     import numpy as np
-    import pandas as pd
 
     from feature_store.extract.alignment import parse_words
 
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "--manifest", "an existing CSV manifest")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except Exception as exc:  # noqa: BLE001 - the reason never quotes the file
-        raise DataError(path, "--manifest", f"a readable CSV: {read_error_reason(exc)}") from None
-    df.columns = [str(c).strip() for c in df.columns]
+    df = read_user_csv(path, "--manifest", "CSV manifest", skipinitialspace=True)
     missing = [c for c in ("id", "label", "split") if c not in df.columns]
     if missing:
         raise DataError(path, "columns", f"id, label, split (+ text, audio_path, visual_path); missing {missing}")

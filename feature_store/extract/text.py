@@ -207,17 +207,9 @@ _FLAGS = {"id": "--id-col", "text": "--text-col", "label": "--label-col", "split
 
 
 def _read_table(path: Path, columns: TableColumns, with_split: bool, limit: int | None):
-    import pandas as pd
+    from feature_store.extract import read_user_csv
 
-    from feature_store.extract import read_error_reason
-
-    if not path.is_file():
-        raise DataError(path, "--csv", "an existing CSV file")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, nrows=limit)
-    except Exception as exc:  # noqa: BLE001 - the reason never quotes the file
-        raise DataError(path, "--csv", f"a readable CSV: {read_error_reason(exc)}") from None
-    df.columns = [str(c).strip() for c in df.columns]
+    df = read_user_csv(path, "--csv", "CSV file", nrows=limit)
     wanted = [("id", c) for c in columns.id] + [("text", columns.text), ("label", columns.label)]
     wanted += [(k, getattr(columns, k)) for k in ("video", "clip") if getattr(columns, k)]
     if with_split:

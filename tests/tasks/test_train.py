@@ -15,6 +15,7 @@ from tasks.train import (
     _rng_state,
     _set_rng_state,
     build_model,
+    clear_checkpoints,
     evaluate,
     load_best_model,
     load_checkpoint,
@@ -251,3 +252,16 @@ def test_engine_standardises_with_train_statistics_and_the_switch_turns_it_off(t
     off = train_model(_cfg(manifest, epochs=1, standardize=False), splits, evaluate_test=False)
     assert off.standardization is None
     assert on.best_valid != off.best_valid
+
+
+def test_clear_checkpoints_removes_only_what_msaflow_wrote(tiny, tmp_path):
+    manifest, splits = tiny
+    train_model(_cfg(manifest, epochs=1), splits, checkpoint_dir=tmp_path / "ck", evaluate_test=False)
+    (tmp_path / "ck" / "notes.txt").write_text("mine")
+    (tmp_path / "ck" / ".last.pt.tmp-1").write_bytes(b"x")  # a killed save's temporary
+    clear_checkpoints(tmp_path / "ck")
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["notes.txt"]
+    (tmp_path / "ck" / "notes.txt").unlink()
+    train_model(_cfg(manifest, epochs=1), splits, checkpoint_dir=tmp_path / "ck", evaluate_test=False)
+    clear_checkpoints(tmp_path / "ck")
+    assert not (tmp_path / "ck").exists()  # nothing else there: the folder goes too

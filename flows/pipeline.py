@@ -114,16 +114,30 @@ def check_pipeline_inputs(
             "seeds": seeds}
 
 
+def _submit_train(cfg, cell: Cell, data_ref: dict[str, Any], tracking: dict[str, str],
+                  parent_run_id: str, refresh: bool):
+    """``refresh`` bypasses (and rewrites) Prefect's cache."""
+    opts: dict[str, Any] = {"refresh_cache": True} if refresh else {}
+    return train_task.with_options(task_run_name=f"train-{_task_name(cfg, cell)}", **opts).submit(
+        cfg, cell.name, data_ref, tracking, parent_run_id, fresh=refresh)
+
+
+def _submit_evaluate(trained, cfg, cell: Cell, data_ref: dict[str, Any], tracking: dict[str, str],
+                     refresh: bool):
+    opts: dict[str, Any] = {"refresh_cache": True} if refresh else {}
+    return evaluate_task.with_options(task_run_name=f"evaluate-{_task_name(cfg, cell)}", **opts).submit(
+        trained, cfg, cell.name, data_ref, tracking)
+
+
+def _task_name(cfg, cell: Cell) -> str:
+    return f"{cfg.model}-{cell.name}-seed{cfg.train.seed}"
+
+
 def _submit(cfg, cell: Cell, data_ref: dict[str, Any], tracking: dict[str, str], parent_run_id: str,
             refresh: bool):
-    """train -> evaluate for one config; ``refresh`` bypasses (and rewrites) Prefect's cache."""
-    opts: dict[str, Any] = {"refresh_cache": True} if refresh else {}
-    name = f"{cfg.model}-{cell.name}-seed{cfg.train.seed}"
-    trained = train_task.with_options(task_run_name=f"train-{name}", **opts).submit(
-        cfg, cell.name, data_ref, tracking, parent_run_id, fresh=refresh)
-    evaluated = evaluate_task.with_options(task_run_name=f"evaluate-{name}", **opts).submit(
-        trained, cfg, cell.name, data_ref, tracking)
-    return trained, evaluated
+    """train -> evaluate for one config."""
+    trained = _submit_train(cfg, cell, data_ref, tracking, parent_run_id, refresh)
+    return trained, _submit_evaluate(trained, cfg, cell, data_ref, tracking, refresh)
 
 
 def _cached_run_gone(trained, tracking: dict[str, str]) -> bool:
@@ -165,7 +179,12 @@ def run_grid(
                 input_spec=data_ref["input_spec"], data_task=data_ref["task"],
                 class_names=data_ref["class_names"],
             )
-            jobs.append([cfg, cell, *_submit(cfg, cell, data_ref, tracking, parent_run_id, force)])
+            jobs.append([cfg, cell, _submit_train(cfg, cell, data_ref, tracking, parent_run_id, force)])
+    # Every train before any evaluate: a submitted task holds a pool thread while it waits for its
+    # inputs, so train1, evaluate1, train2, ... with two workers would run one training at a time.
+    for job in jobs:
+        cfg, cell, trained = job
+        job.append(_submit_evaluate(trained, cfg, cell, data_ref, tracking, force))
     for job in jobs:
         cfg, cell, trained, evaluated = job
         evaluated.wait()

@@ -448,7 +448,7 @@ class MMCL(MSAModel):
         source = zc if cfg.cl_on == "common" else zc_tilde
         extras = {f"cl_{m}": masked_pool(source[m], mask[m], "mean") for m in ORDER}
         if cfg.csd and self.training:
-            self._accumulate(raw, z, zc, common_steps)
+            self._accumulate(raw, w, z, zc, common_steps)
         return ModelOutput(pred=pred, extras=extras)
 
     def loss(self, out: ModelOutput, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -462,11 +462,12 @@ class MMCL(MSAModel):
                        "loss/total": float(total.detach())}
 
     @torch.no_grad()
-    def _accumulate(self, raw: dict[str, torch.Tensor], z: dict[str, torch.Tensor],
-                    zc: dict[str, torch.Tensor], steps: torch.Tensor) -> None:
+    def _accumulate(self, raw: dict[str, torch.Tensor], w: dict[str, torch.Tensor],
+                    z: dict[str, torch.Tensor], zc: dict[str, torch.Tensor], steps: torch.Tensor) -> None:
         """Per-epoch CSD trace, kept on device (no sync per step)."""
         pair = (steps[:, :, None] & steps[:, None, :]).float()  # (B, L, L) real (i, j) pairs
         step = steps.float()
+        n_keys = steps.float().sum(-1, keepdim=True).clamp_min(1.0)  # (B, 1) real steps per row
         for m in ORDER:
             s = SHORT[m]
             # mean un-normalised W^c: how much the other modalities agree with m
@@ -474,7 +475,12 @@ class MMCL(MSAModel):
             # ||Z^c|| / ||Z|| per step: the share of m that CSD calls common
             ratio = zc[m].float().norm(dim=-1) / z[m].float().norm(dim=-1).clamp_min(1e-8)
             ratio = (ratio * step).sum() / step.sum().clamp_min(1.0)
-            for key, val in ((f"csd/w_mean_{s}", w_mean), (f"csd/common_ratio_{s}", ratio)):
+            # how far each normalised row of W^c is from uniform over the real steps: total
+            # variation, 0 = uniform (CSD then takes a plain average), 1 - 1/L = one-hot
+            tv = 0.5 * ((w[m].float() - step[:, None, :] / n_keys[:, :, None]).abs() * pair).sum(-1)
+            tv = (tv * step).sum() / step.sum().clamp_min(1.0)
+            for key, val in ((f"csd/w_mean_{s}", w_mean), (f"csd/common_ratio_{s}", ratio),
+                             (f"csd/w_tv_uniform_{s}", tv)):
                 self._stats[key] = self._stats.get(key, 0.0) + val
         self._stat_steps += 1
 

@@ -228,3 +228,14 @@ def test_reproduce_takes_params_as_run_does(tiny_sim, tmp_path, prefect_harness)
     assert child.data.params["model_cfg.sgm"] == "True", "the cell's variant still applies"
     parent = MlflowClient(uri).get_run(summary["parent_run_id"])
     assert json.loads(parent.data.tags["msaflow.params"])["model"] == {"alpha": 0.7}
+
+
+def test_two_workers_train_two_runs_at_once(resumed):
+    """--workers 2 overlaps trainings: the second run starts before the first one's training ends
+    (an evaluate task waiting for its training once held the other worker thread)."""
+    client = MlflowClient(resumed["uri"])
+    runs = sorted(resumed["first_children"], key=lambda r: r.info.start_time)
+    trained = [r for r in runs if "time/train_s" in r.data.metrics]
+    assert len(trained) >= 2
+    first_done = client.get_metric_history(trained[0].info.run_id, "time/train_s")[-1].timestamp
+    assert trained[1].info.start_time < first_done

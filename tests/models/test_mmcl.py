@@ -247,7 +247,9 @@ def test_epoch_trace_reports_common_weight_statistics():
     model(make_batch())
     model(make_batch(seed=1))
     trace = model.on_epoch_end(0)
-    assert set(trace) == {f"csd/{k}_{s}" for k in ("w_mean", "common_ratio") for s in "tav"}
+    assert set(trace) == {f"csd/{k}_{s}" for k in ("w_mean", "common_ratio", "w_tv_uniform")
+                          for s in "tav"}
+    assert all(0.0 <= trace[f"csd/w_tv_uniform_{s}"] < 1.0 for s in "tav")
     assert all(-1.0 <= trace[f"csd/w_mean_{s}"] <= 1.0 for s in "tav")
     assert model.on_epoch_end(1) == {}  # reset after each epoch
     model.eval()
@@ -386,4 +388,17 @@ def test_t1_runs_through_every_block(w_norm, classes):
     trace = model.on_epoch_end(0)
     if w_norm == "softmax":
         assert trace["csd/common_ratio_t"] == pytest.approx(1.0)  # the trivial split, as documented
+        assert trace["csd/w_tv_uniform_t"] == pytest.approx(0.0)  # one key: W^c = 1, uniform
     assert all(math.isfinite(v) for v in trace.values())
+
+
+def test_common_weight_distance_from_uniform_on_hand_made_weights():
+    model = MMCL(tiny())
+    steps = torch.tensor([[True, True, False]])  # third step is padding
+    rows = torch.tensor([[[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 0.0]]])  # (1, 3, 3)
+    z = {m: torch.ones(1, 3, 4) for m in ("text", "audio", "vision")}
+    w = dict.fromkeys(z, rows)
+    model._accumulate(dict(w), w, z, dict(z), steps)
+    trace = model.on_epoch_end(0)
+    # row 0: 0.5 * (|1 - .5| + |0 - .5|) = 0.5; row 1: uniform, 0; the padded row is not counted
+    assert trace["csd/w_tv_uniform_t"] == pytest.approx(0.25)

@@ -174,6 +174,7 @@ def prepare_data(data: str | None = None, scale: float = 1.0, data_format: str =
         "path": str(path), "name": manifest.name, "task": manifest.task,
         "manifest_hash": manifest.content_hash, "input_spec": manifest.input_spec(),
         "class_names": manifest.class_names, "source": manifest.source,
+        "oracle": manifest.oracle,
     }
 
 
@@ -320,6 +321,8 @@ def open_parent_run(tracking: dict[str, str], data_ref: dict[str, Any], model: s
                     seeds: list[int], preset: str, kind: str) -> str:
     tags = {"msaflow.kind": kind, "model": model, "dataset": data_ref["name"], "preset": preset,
             "msaflow.dataset_source": data_ref["source"]}
+    if data_ref.get("oracle"):  # a simulation's best achievable figures, for the report
+        tags["msaflow.oracle"] = json.dumps(data_ref["oracle"], sort_keys=True)
     if (ex := data_ref.get("extraction")) is not None:  # --data utterances.csv: what extraction did
         tags["msaflow.raw_manifest"] = ex["manifest"]
         tags["msaflow.extraction"] = "skipped (inputs unchanged)" if ex["skipped"] else (

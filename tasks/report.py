@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.paper_results import PERCENT_METRICS, PaperTable, paper_dataset_for, paper_table
-from tasks.stats import Paired, Summary, cell_summaries, compare_to_baseline
+from tasks.stats import Paired, Summary, adjust_comparisons, cell_summaries, compare_to_baseline
 
 NON_TRACE_PREFIXES = ("test/", "train/", "valid/", "time/")
 MODALITY_ORDER = {"t": 0, "a": 1, "v": 2, "c": 3}
@@ -59,6 +59,15 @@ class Report:
     paper: PaperTable | None
     differing_params: dict[str, dict[str, list[str]]]  # param -> cell -> values
     missing: list[str]
+    # Holm / Benjamini-Hochberg adjusted p, one family per metric over the table's comparisons
+    p_holm: dict[str, dict[str, float]] = field(default_factory=dict)
+    p_bh: dict[str, dict[str, float]] = field(default_factory=dict)
+    # the simulation's best achievable test figures per modality subset (manifest ``oracle``)
+    oracle: dict[str, dict[str, float]] | None = None
+    curve_metric: str = ""  # the selection metric, per epoch: the learning curves
+    curves: dict[str, dict[int, list[float]]] = field(default_factory=dict)  # cell -> epoch -> seeds
+    windows: dict[str, int] = field(default_factory=dict)  # cell -> SGM/IPR modulation epochs
+    traces: dict[str, dict[str, dict[int, list[float]]]] = field(default_factory=dict)
     figures: dict[str, bytes] = field(default_factory=dict)  # file name -> PNG
     markdown: str = ""
     html: str = ""
@@ -201,11 +210,46 @@ def dataset_statement(name: str, source: str, paper_datasets: list[str]) -> tupl
     )
 
 
+def _oracle(c: Any, parent: Any) -> dict[str, dict[str, float]] | None:
+    """The parent's ``msaflow.oracle`` tag, else the oracle in the store's manifest, if readable."""
+    tagged = _json_tag(parent.data.tags, "msaflow.oracle", None)
+    if isinstance(tagged, dict) and tagged:
+        return tagged
+    path = parent.data.params.get("dataset.path")
+    try:
+        manifest = json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8"))
+    except (TypeError, OSError, ValueError):
+        return None
+    oracle = manifest.get("oracle") if isinstance(manifest, dict) else None
+    return oracle if isinstance(oracle, dict) and oracle else None
+
+
+def _curves(c: Any, picked: dict[tuple[str, int], Any], metric: str) -> dict[str, dict[int, list[float]]]:
+    """``{cell: {epoch: [value per seed]}}`` of the per-epoch validation metric."""
+    out: dict[str, dict[int, list[float]]] = {}
+    for (cell, _seed), run in picked.items():
+        for m in c.get_metric_history(run.info.run_id, metric):
+            out.setdefault(cell, {}).setdefault(int(m.step), []).append(float(m.value))
+    return out
+
+
+def _windows(picked: dict[tuple[str, int], Any]) -> dict[str, int]:
+    """Modulation epochs per cell, where SGM or IPR is on (from the logged params)."""
+    out: dict[str, int] = {}
+    for (cell, _seed), run in picked.items():
+        p = run.data.params
+        if "model_cfg.modulation_epochs" not in p:
+            continue
+        if p.get("model_cfg.sgm") == "True" or p.get("model_cfg.ipr") == "True":
+            out[cell] = int(p["model_cfg.modulation_epochs"])
+    return out
+
+
 def build_report(
     tracking_uri: str, experiment: str, parent_run_id: str | None = None, figures: bool = True
 ) -> Report:
     """Everything the report says, from MLflow alone."""
-    from tasks.metrics import HEADLINE
+    from tasks.metrics import DEFAULT_SELECTION, HEADLINE
     from tasks.tracking import client
 
     c = client(tracking_uri)
@@ -290,9 +334,18 @@ def build_report(
             if (cell, seed) not in finished
         ],
     )
+    report.p_holm = adjust_comparisons(report.comparisons, "holm")
+    report.p_bh = adjust_comparisons(report.comparisons, "bh")
+    report.oracle = _oracle(c, parent)
+    report.curve_metric = DEFAULT_SELECTION.get(task, ("valid/mae", "min"))[0]
+    report.curves = _curves(c, finished, report.curve_metric)
+    report.windows = _windows(finished)
+    report.traces = _traces(c, finished)
     if figures:
         report.figures = {"metrics.png": metrics_figure(report)}
-        report.figures.update(trace_figures(_traces(c, finished), cells, simulated, name))
+        if any(report.curves.values()):
+            report.figures["curves.png"] = curves_figure(report)
+        report.figures.update(trace_figures(report.traces, cells, simulated, name))
     blocks = render_blocks(report, tags)
     report.markdown = to_markdown(blocks)
     report.html = to_html(blocks, report.figures, title=f"msaflow reproduction: {table}")
@@ -398,6 +451,8 @@ def render_blocks(r: Report, tags: dict[str, str]) -> list[Block]:
                     "95% CI (bootstrap)": _interval(p.boot_low, p.boot_high, scale, dec),
                     "d_z": _fmt_d(p.d_z),
                     "p (paired t)": _fmt_p(p.p_value),
+                    "p (Holm)": _fmt_p(r.p_holm.get(cell, {}).get(m, math.nan)),
+                    "p (BH)": _fmt_p(r.p_bh.get(cell, {}).get(m, math.nan)),
                 }
             )
     blocks.append(("h2", "Paired comparison against the baseline (matched seeds)"))
@@ -407,11 +462,14 @@ def render_blocks(r: Report, tags: dict[str, str]) -> list[Block]:
             "diff = cell − baseline (for MAE, negative is better). d_z = mean(diff)/std(diff) "
             "(Cohen's effect size for paired samples); p from a two-sided paired t-test; the "
             f"bootstrap interval resamples the seed differences ({N_BOOT} draws, seed 0). "
+            "p (Holm) controls the family-wise error and p (BH) the false discovery rate over "
+            "this table's comparisons, one family per metric; read significance from them. "
             "With one seed there is no spread and these are NaN. With few seeds the tests have "
             "little power: a large p is not evidence of no effect.",
         )
     )
     blocks.append(("table", comp_rows) if comp_rows else ("p", "(no cell besides the baseline)"))
+    blocks += oracle_blocks(r)
 
     blocks.append(("h2", "What differs between the runs"))
     if r.differing_params:
@@ -452,6 +510,9 @@ def render_blocks(r: Report, tags: dict[str, str]) -> list[Block]:
             "Test metrics per cell: mean over seeds, error bars 95% CI; paper values as markers, "
             "labelled with the paper's dataset."
             if name == "metrics.png"
+            else f"Learning curves: `{r.curve_metric}` per epoch, mean over seeds (band ± std); "
+            "the shaded span is the SGM/IPR modulation window."
+            if name == "curves.png"
             else f"Training traces `{name.removeprefix('traces_').removesuffix('.png')}/*` "
             "(modulation, gates, probes), "
             "mean over seeds per step/epoch, band ± std."
@@ -468,6 +529,50 @@ def render_blocks(r: Report, tags: dict[str, str]) -> list[Block]:
         cite = r.paper.citation
         blocks.append(("p", f"Paper: {cite.text()} Numbers transcribed from `{cite.source}`."))
     return blocks
+
+
+ORACLE_SUBSETS = {"t": "text only", "tav": "all three modalities"}
+
+
+def oracle_blocks(r: Report) -> list[Block]:
+    """Distances from the simulation's oracles (best achievable from text alone / from all three),
+    and the share of the baseline's gap to the all-modality oracle that each cell closes."""
+    if not r.oracle or not all(k in r.oracle for k in ORACLE_SUBSETS):
+        return []
+    shown = [m for m in ("mae", "acc2_non0", "acc") if m in r.metrics and m in r.oracle["tav"]]
+    if not shown:
+        return []
+    rows = []
+    for m in shown:
+        scale, dec = _unit(m)
+        for cell in r.cells:
+            mean = r.summaries[cell][m].mean
+            base = r.summaries[r.baselines[cell]][m].mean
+            gap = base - r.oracle["tav"][m]
+            closed = (base - mean) / gap if gap and math.isfinite(mean) else math.nan
+            rows.append({
+                "cell": cell,
+                "metric": m,
+                "ours (mean)": f"{mean * scale:.{dec}f}",
+                **{f"− oracle {k} ({v})": f"{(mean - r.oracle[k][m]) * scale:+.{dec}f}"
+                   for k, v in ORACLE_SUBSETS.items()},
+                f"gap to oracle tav closed vs {r.baselines[cell]}": (
+                    "—" if cell == r.baselines[cell] or not math.isfinite(closed)
+                    else f"{closed:+.0%}"
+                ),
+            })
+    oracle = "; ".join(
+        f"{ORACLE_SUBSETS[k]}: " + ", ".join(f"{m} {fmt_value(m, r.oracle[k][m])}" for m in shown)
+        for k in ORACLE_SUBSETS
+    )
+    return [
+        ("h2", "Against the simulation's oracle"),
+        ("p", "The generator knows what is learnable: a least-squares fit on the latent "
+              f"observations gives the best achievable test figures ({oracle}). A model that uses "
+              "the weak modalities gets closer to the all-modality oracle than the text-only one. "
+              "Gap closed = (baseline − cell) / (baseline − oracle tav)."),
+        ("table", rows),
+    ]
 
 
 def identical_cells(r: Report) -> list[list[str]]:
@@ -654,6 +759,40 @@ def metrics_figure(r: Report) -> bytes:
     )
     # fixed margins: tight_layout costs about a second per figure on a busy 2-core machine
     fig.subplots_adjust(left=0.06, right=0.88, bottom=0.12, top=0.88, wspace=0.3, hspace=0.55)
+    return _png(fig)
+
+
+def curves_figure(r: Report) -> bytes:
+    """The selection metric per epoch, a line per cell (mean over seeds, band ± std), with the
+    modulation window shaded."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.0))
+    for i, cell in enumerate(r.cells):
+        curve = r.curves.get(cell)
+        if not curve:
+            continue
+        epochs = sorted(curve)
+        mean = np.array([np.mean(curve[e]) for e in epochs])
+        std = np.array([np.std(curve[e], ddof=1) if len(curve[e]) > 1 else 0.0 for e in epochs])
+        x = np.array(epochs) + 1  # epochs shown 1-based, as the logs print them
+        ax.plot(x, mean, color=f"C{i}", linewidth=1.2, label=cell)
+        ax.fill_between(x, mean - std, mean + std, color=f"C{i}", alpha=0.15, linewidth=0)
+    for span in sorted(set(r.windows.values())):
+        ax.axvspan(0.5, span + 0.5, color="grey", alpha=0.08)
+        ax.axvline(span + 0.5, color="grey", linewidth=0.8, linestyle="--")
+    if r.oracle and r.curve_metric == "valid/mae" and "mae" in r.oracle.get("tav", {}):
+        for k, style in (("t", ":"), ("tav", "-.")):
+            if "mae" in r.oracle.get(k, {}):
+                ax.axhline(r.oracle[k]["mae"], color="black", linewidth=0.8, linestyle=style,
+                           label=f"oracle {k} (test)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(r.curve_metric)
+    ax.legend(fontsize=7, ncol=2)
+    kind = "SIMULATION" if r.simulated else r.dataset_source
+    ax.set_title(f"{r.table}: {r.curve_metric} on {r.dataset} ({kind})", fontsize=10)
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.13, top=0.9)
     return _png(fig)
 
 

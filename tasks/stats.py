@@ -182,3 +182,43 @@ def compare_to_baseline(
             for m in metrics
         }
     return out
+
+
+def holm(p_values: Iterable[float]) -> list[float]:
+    """Holm's step-down adjustment (family-wise error), in the input order; NaN stays NaN and is not
+    counted in the family. ``p_(i)`` sorted ascending becomes ``max_{j<=i} min(1, (m-j+1) p_(j))``."""
+    ps = [float(p) for p in p_values]
+    idx = sorted((i for i, p in enumerate(ps) if math.isfinite(p)), key=lambda i: ps[i])
+    m = len(idx)
+    out = [NAN] * len(ps)
+    running = 0.0
+    for rank, i in enumerate(idx):
+        running = max(running, min(1.0, (m - rank) * ps[i]))
+        out[i] = running
+    return out
+
+
+def benjamini_hochberg(p_values: Iterable[float]) -> list[float]:
+    """Benjamini-Hochberg adjustment (false discovery rate; scipy's ``false_discovery_control``), in
+    the input order; NaN stays NaN and is not counted in the family."""
+    ps = [float(p) for p in p_values]
+    idx = [i for i, p in enumerate(ps) if math.isfinite(p)]
+    out = [NAN] * len(ps)
+    if idx:
+        for i, q in zip(idx, sps.false_discovery_control([ps[i] for i in idx]), strict=True):
+            out[i] = float(q)
+    return out
+
+
+def adjust_comparisons(
+    comparisons: Mapping[str, Mapping[str, Paired]], method: str = "holm"
+) -> dict[str, dict[str, float]]:
+    """Adjusted p per ``{cell: {metric: p}}``: one family per metric, over the table's cells."""
+    adjust = {"holm": holm, "bh": benjamini_hochberg}[method]
+    out: dict[str, dict[str, float]] = {cell: {} for cell in comparisons}
+    metrics = sorted({m for by_metric in comparisons.values() for m in by_metric})
+    for m in metrics:
+        cells = [c for c in comparisons if m in comparisons[c]]
+        for cell, p in zip(cells, adjust([comparisons[c][m].p_value for c in cells]), strict=True):
+            out[cell][m] = p
+    return out

@@ -7,6 +7,7 @@ registered for the test in ``TABLES`` like any table; the full four-cell table r
 MLflow UI test.
 """
 
+import json
 from collections import Counter
 
 import pytest
@@ -130,7 +131,11 @@ def test_the_report_of_the_reproduction(resumed):
     assert "paper (CMU-MOSI)" in md and "paper (CMU-MOSEI)" in md and "Paired comparison" in md
     assert "Missing or failed" not in md, "the resumed run filled the gap"
     folder = resumed["out"].parent
-    assert {"metrics.png", "traces_sgm.png", "traces_ipr.png"} <= {
+    assert "| p (Holm) | p (BH) |" in md, "comparisons corrected for multiplicity"
+    assert "## Against the simulation's oracle" in md and "− oracle tav" in md
+    parent = MlflowClient(uri).get_run(second["parent_run_id"])
+    assert "tav" in json.loads(parent.data.tags["msaflow.oracle"]), "the oracle is in MLflow"
+    assert {"metrics.png", "curves.png", "traces_sgm.png", "traces_ipr.png"} <= {
         p.name for p in folder.glob("*.png")
     }
     assert "| full | SGM + IPR + AFM | mae |" in md

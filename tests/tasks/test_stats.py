@@ -98,3 +98,40 @@ def test_cell_tables():
         comps["full"]["acc7"].mean_diff == pytest.approx(0.1)
         and comps["full"]["acc7"].p_value == 0.0
     )
+
+
+def test_holm_step_down_by_hand():
+    from tasks.stats import holm
+
+    # sorted: 0.01 (x4 = 0.04), 0.03 (x3 = 0.09), 0.04 (x2 = 0.08 -> monotone 0.09), 0.2 (x1)
+    assert holm([0.04, 0.01, 0.2, 0.03]) == pytest.approx([0.09, 0.04, 0.2, 0.09])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1
+    out = holm([0.01, float("nan"), 0.02])  # NaN is not counted: m = 2
+    assert out[0] == pytest.approx(0.02) and math.isnan(out[1]) and out[2] == pytest.approx(0.02)
+
+
+def test_benjamini_hochberg_by_hand():
+    from tasks.stats import benjamini_hochberg
+
+    # m = 4: 0.01*4/1 = 0.04; 0.03*4/2 = 0.06, 0.04*4/3 = 0.0533 -> min over later ranks 0.0533
+    assert benjamini_hochberg([0.01, 0.04, 0.03, 0.2]) == pytest.approx(
+        [0.04, 0.05333333, 0.05333333, 0.2]
+    )
+    assert math.isnan(benjamini_hochberg([float("nan"), 0.5])[0])
+
+
+def test_adjusted_p_is_one_family_per_metric_over_the_cells():
+    from tasks.stats import adjust_comparisons
+
+    values = {
+        "base": {1: {"mae": 1.0}, 2: {"mae": 1.1}, 3: {"mae": 0.9}},
+        "a": {1: {"mae": 0.8}, 2: {"mae": 0.95}, 3: {"mae": 0.7}},
+        "b": {1: {"mae": 1.05}, 2: {"mae": 1.0}, 3: {"mae": 0.95}},
+    }
+    comp = compare_to_baseline(values, ["mae"], {"base": "base", "a": "base", "b": "base"})
+    adj = adjust_comparisons(comp)
+    raw = [comp["a"]["mae"].p_value, comp["b"]["mae"].p_value]
+    lo, hi = sorted(raw)
+    expect = {c: (2 * lo if comp[c]["mae"].p_value == lo else max(2 * lo, hi)) for c in ("a", "b")}
+    assert adj["a"]["mae"] == pytest.approx(min(1, expect["a"]))
+    assert adj["b"]["mae"] == pytest.approx(min(1, expect["b"]))

@@ -644,6 +644,10 @@ def to_markdown(blocks: list[Block]) -> str:
             out.append(f"# {block[1]}\n")
         elif kind == "h2":
             out.append(f"## {block[1]}\n")
+        elif kind == "h3":
+            out.append(f"### {block[1]}\n")
+        elif kind == "code":
+            out.append(f"```bash\n{block[1]}\n```\n")
         elif kind == "p":
             out.append(f"{block[1]}\n")
         elif kind == "ul":
@@ -666,8 +670,10 @@ def to_html(blocks: list[Block], figures: dict[str, bytes], title: str) -> str:
     body: list[str] = []
     for block in blocks:
         kind = block[0]
-        if kind in ("h1", "h2", "p"):
+        if kind in ("h1", "h2", "h3", "p"):
             body.append(f"<{kind}>{_inline(block[1])}</{kind}>")
+        elif kind == "code":
+            body.append(f"<pre><code>{html.escape(block[1])}</code></pre>")
         elif kind == "ul":
             body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in block[1]) + "</ul>")
         elif kind == "table":

@@ -1,0 +1,116 @@
+"""The evidence document: a tiny reproduction and a tiny study in real MLflow/Prefect/Optuna, then
+``msaflow report --evidence`` from MLflow alone; and the spec's errors."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.reproduce import TABLES, TableSpec, reproduce
+from flows.tasks import Cell
+from flows.tune import tune
+from msaflow.cli import app
+from tasks.evidence import EvidenceError, read_spec, selection_rows
+
+TINY = TableSpec(
+    model="mmafnet",
+    cells=(Cell("none", "none"), Cell("full", "full")),
+    baseline="none",
+    paper="mmafnet-table2",
+    description="two rows of Table 2",
+)
+
+
+@pytest.fixture(scope="module")
+def evidence(tiny_sim, tmp_path_factory, prefect_harness):
+    tmp = tmp_path_factory.mktemp("evidence")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(TABLES, "tiny-evidence", TINY)
+        reproduce("tiny-evidence", data=str(tiny_sim), seeds=2, epochs=2, tracking_uri=uri,
+                  experiment="ev-t2", out=str(tmp / "r" / "report.md"))
+    tune(data=str(tiny_sim), epochs=2, n_trials=2, storage=f"sqlite:///{tmp / 'optuna.db'}",
+         study="ev", sampler="random", tracking_uri=uri, experiment="ev-tune", eval_seeds=[1, 2],
+         out=str(tmp / "best.yaml"))
+    spec = tmp / "results.yaml"
+    spec.write_text(
+        "title: Evidence test\nintro: Why.\nconclusions: What the numbers say.\n"
+        "setup: [make setup]\nmachine: test\nsections:\n"
+        "  - {experiment: ev-t2, title: Table two, command: msaflow reproduce tiny}\n"
+        "  - {experiment: ev-t2, title: Choosing, kind: select}\n"
+        "  - {experiment: ev-tune, title: Tuning, kind: tune, compare_experiment: ev-t2,"
+        " compare_cell: full}\n",
+        encoding="utf-8",
+    )
+    out = tmp / "docs" / "results.md"
+    result = CliRunner().invoke(app, ["report", "--evidence", str(spec), "--out", str(out),
+                                      "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    return {"md": out.read_text(encoding="utf-8"), "out": out, "uri": uri, "spec": spec}
+
+
+def test_the_document_has_every_part(evidence):
+    md = evidence["md"]
+    for part in ("# Evidence test", "## Headline: each module against its baseline",
+                 "## Conclusions", "## Table two", "### Mechanisms, from the traces",
+                 "### IPR's φ per epoch", "## Tuning", "The tuned params on test",
+                 "## Regenerating this document", "```bash\nmsaflow reproduce tiny\n```",
+                 "p (Holm)", "Against the simulation's oracle", "NOT CMU-MOSI"):
+        assert part in md, part
+    assert "| Table two | sim-mosi-x0.05 (simulation) | full vs none | 2 |" in md
+    assert "| Tuning | sim-mosi-x0.05 | tuned vs paper values | 2 |" in md
+
+
+def test_figures_are_written_beside_it_and_inlined_in_the_html(evidence):
+    folder = evidence["out"].parent / "results"
+    names = {p.name for p in folder.glob("*.png")}
+    assert {"table-two-metrics.png", "table-two-curves.png", "table-two-traces_sgm.png"} <= names
+    assert "](results/table-two-curves.png)" in evidence["md"]
+    assert evidence["md"].count("data:image") == 0
+    assert "data:image/png;base64," in evidence["out"].with_suffix(".html").read_text()
+
+
+def test_the_selection_uses_validation_only(evidence):
+    md = evidence["md"]
+    assert "### The choice, on valid/mae only" in md and "Chosen: **" in md
+
+
+def test_selection_rule_by_hand():
+    from types import SimpleNamespace
+
+    r = SimpleNamespace(curve_metric="valid/mae", cells=["a", "b"],
+                        curves={"a": {0: [1.0, 0.9], 1: [0.8, 1.0]},   # seed bests 0.8, 0.9
+                                "b": {0: [0.7, 1.2], 1: [0.95, 1.1]}})  # seed bests 0.7, 1.1
+    rows, winner = selection_rows(r)
+    assert winner == "a"  # 0.85 < 0.90
+    assert [row["chosen"] for row in rows] == ["←", ""]
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("title: x\n", "'sections'"),
+        ("sections: [{title: no experiment}]\n", "'sections[0].experiment'"),
+        ("sections: [{experiment: e, colour: red}]\n", "'sections[0]'"),
+        ("sections: [{experiment: e, kind: plot}]\n", "'sections[0].kind'"),
+    ],
+)
+def test_a_bad_spec_names_the_file_and_the_field(tmp_path, text, field):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(EvidenceError, match=re.escape(f"{path}: field {field}")):
+        read_spec(path)
+    result = CliRunner().invoke(app, ["report", "--evidence", str(path), "--tracking-uri",
+                                      f"sqlite:///{tmp_path / 'm.db'}"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_an_unknown_experiment_is_a_clear_error(evidence, tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("sections: [{experiment: nowhere, title: Lost}]\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["report", "--evidence", str(path), "--out",
+                                      str(tmp_path / "r.md"), "--tracking-uri", evidence["uri"]])
+    assert result.exit_code == 2 and "nowhere" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "r.md").exists(), "nothing half-written"

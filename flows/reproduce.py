@@ -120,6 +120,15 @@ TABLES["mmafnet-sgd-lr"] = TableSpec(
     paper=None,
     description="MMAFNet `none` under the paper's SGD at several learning rates (preset choice).",
 )
+# Not a paper table either: the modality imbalance itself (docs/results.md). One encoder per
+# modality, alone; on the simulation the text encoder should learn fastest and furthest.
+TABLES["unimodal"] = TableSpec(
+    model="unimodal",
+    cells=tuple(Cell(m, m) for m in ("text", "audio", "vision")),
+    baseline="text",
+    paper=None,
+    description="Each modality alone (the imbalance SGM and IPR address).",
+)
 # MMAFNet's Table 1 compares against other methods, not our variants: no table to run; its
 # MMAFNet row
 # is kept in tasks.paper_results for reference.

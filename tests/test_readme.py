@@ -95,6 +95,13 @@ RULES: list[Rule] = [
          extra=(*TINY, "--seeds", "1")),
     Rule(rf"{MSAFLOW} report --experiment <name>",
          replace=((r"<name>", "readme-report"),)),
+    Rule(rf"{MSAFLOW} reproduce mmafnet-sgd-lr --data sim-mosi --preset paper --seeds 1",
+         extra=("--scale", "0.05", "--epochs", "1")),
+    Rule(rf"{MSAFLOW} reproduce mmafnet-table2 --data sim-mosi --preset paper-fast --seeds 5 --workers 2",
+         extra=("--scale", "0.05", "--epochs", "1"), replace=((r"--seeds 5", "--seeds 2"),)),
+    # the spec is replaced by one naming the experiment the README's `report --experiment` made
+    Rule(rf"{MSAFLOW} report --evidence docs/results\.yaml --out docs/results\.md",
+         replace=((r"docs/results\.yaml", "readme-evidence.yaml"),)),
     Rule(rf"{MSAFLOW} tune --trials 30 --metric valid/mae", extra=(*TINY, "--eval-seeds", "1"),
          replace=((r"--trials 30", "--trials 2"),)),
     Rule(rf"{MSAFLOW} tune --workers 2 --study mystudy", extra=(*TINY, "--trials", "2", "--eval-seeds", "none"),
@@ -287,6 +294,15 @@ def _params():
 def test_readme_command_runs(command, rule, in_world, prefect_harness):
     if rule.needs_shared and not (SHARED / "data").is_dir():
         pytest.skip(f"needs {SHARED / 'data'}")
+    if "report --evidence" in command:  # a one-section spec over a tiny reproduction
+        from msaflow.cli import app
+
+        made = CliRunner().invoke(app, ["reproduce", "mmafnet-table2", "--seeds", "2", *TINY,
+                                        "--experiment", "readme-evidence"])
+        assert made.exit_code == 0, made.output[-3000:]
+        (in_world["workdir"] / "readme-evidence.yaml").write_text(
+            "title: README evidence\nsections:\n  - {experiment: readme-evidence, title: Table 2}\n",
+            encoding="utf-8")
     if "report --experiment" in command:  # the report reads an experiment the README made earlier
         from msaflow.cli import app
 
@@ -306,6 +322,8 @@ def test_readme_command_runs(command, rule, in_world, prefect_harness):
         ingest = next(c for c in readme_commands() if f"--out ~/{store.group(1)}" in c)
         run_readme_command(ingest, in_world)
     run_readme_command(command, in_world)
+    if "report --evidence" in command:
+        assert "## Table 2" in (in_world["workdir"] / "docs" / "results.md").read_text(encoding="utf-8")
     if command.endswith("> summary.json"):
         summary = json.loads((in_world["workdir"] / "summary.json").read_text())
         assert summary["runs"] and all("test" in r for r in summary["runs"])

@@ -468,7 +468,8 @@ def build_evidence(uri: str, spec: EvidenceSpec, out: str | Path) -> Evidence:
         phi = phi_by_epoch(r)
         if phi:
             body += [("h3", "IPR's φ per epoch"), ("table", phi)]
-        headline += headline_rows(section, r)
+        if section.kind != "select":  # a choice of settings, not a module's effect
+            headline += headline_rows(section, r)
         train_s, span = wall_time(uri, r)
         times.append({"section": section.title, "runs": str(sum(len(v) for v in r.values.values())),
                       "training time (sum)": _hms(train_s), "wall (first start → last end)": _hms(span)})

@@ -114,3 +114,31 @@ def test_an_unknown_experiment_is_a_clear_error(evidence, tmp_path):
                                       str(tmp_path / "r.md"), "--tracking-uri", evidence["uri"]])
     assert result.exit_code == 2 and "nowhere" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "r.md").exists(), "nothing half-written"
+
+
+def test_mechanism_summary_by_hand():
+    from types import SimpleNamespace
+
+    from tasks.evidence import mechanism_rows, phi_by_epoch
+
+    traces = {  # key -> cell -> epoch -> [seed values]; a window of 2 epochs, 3 epochs run
+        "sgm/damped_t": {"sgm": {0: [1.0, 0.8], 1: [0.6, 0.6], 2: [0.0, 0.0]}},
+        "sgm/damped_a": {"sgm": {0: [0.0, 0.2], 1: [0.4, 0.4], 2: [0.0, 0.0]}},
+        "sgm/damped_v": {"sgm": {0: [0.0, 0.0], 1: [0.0, 0.0], 2: [0.0, 0.0]}},
+        "sgm/tie_rate": {"sgm": {0: [0.1, 0.1], 1: [0.3, 0.3]}},
+        "probe/epoch_acc_t": {"sgm": {0: [0.9, 0.9], 1: [0.5, 0.5]}},
+        "probe/epoch_acc_a": {"sgm": {0: [0.6, 0.6], 1: [0.7, 0.7]}},
+        "probe/epoch_acc_v": {"sgm": {0: [0.5, 0.5], 1: [0.5, 0.5]}},
+        "ipr/phi_t": {"sgm": {0: [0.7, 0.8], 1: [0.76, 0.76]}},
+        "ipr/dist_t": {"sgm": {0: [1.0, 1.0], 1: [1.0, 1.0]}},
+    }
+    r = SimpleNamespace(cells=["none", "sgm"], traces=traces, windows={"sgm": 2})
+    (row,) = mechanism_rows(r)  # `none` has no traces: no row
+    assert row["cell"] == "sgm"
+    assert row["SGM damps text"] == "75%"  # epochs 0, 1 of the window: (0.9 + 0.6) / 2
+    assert row["SGM damps audio"] == "25%" and row["SGM tie rate"] == "20%"
+    # epoch 0: text damped most and strongest probe; epoch 1: text damped most, audio strongest
+    assert row["damped = strongest probe"] == "50%"
+    assert row["IPR φ / D text"].startswith("0.76 / 1")
+    phi = phi_by_epoch(r)
+    assert [p["epoch"] for p in phi] == ["1", "2"] and phi[0]["φ text"] == "0.750"

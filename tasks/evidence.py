@@ -60,6 +60,9 @@ class Section:
     # tune only: the reproduction experiment and cell the tuned params are compared with
     compare_experiment: str = ""
     compare_cell: str = "full"
+    # why the section may not be in MLflow yet (e.g. compute): rendered as "not run" instead of an
+    # error when neither MLflow nor a snapshot holds it
+    pending: str = ""
 
 
 @dataclass
@@ -404,6 +407,7 @@ class Evidence:
     html: str
     figures: dict[str, bytes]  # path relative to the Markdown file -> PNG
     headline: list[dict[str, str]]
+    snapshots: dict[Path, str] = field(default_factory=dict)  # section snapshots to (re)write
 
     def write(self, out: str | Path) -> dict[str, Path]:
         """``out`` is the Markdown path; the HTML beside it, the PNGs in ``<stem>/``. Each file is
@@ -412,6 +416,7 @@ class Evidence:
         md.parent.mkdir(parents=True, exist_ok=True)
         files = {md: self.markdown.encode(), md.with_suffix(".html"): self.html.encode()}
         files.update({md.parent / name: data for name, data in self.figures.items()})
+        files.update({path: text.encode() for path, text in self.snapshots.items()})
         for path, data in files.items():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -420,67 +425,128 @@ class Evidence:
         return {"markdown": md, "html": md.with_suffix(".html")}
 
 
+@dataclass
+class SectionOut:
+    blocks: list[Block]
+    headline: list[dict[str, str]]
+    times: list[dict[str, str]]
+    figures: dict[str, bytes] = field(default_factory=dict)
+
+
+def build_section(uri: str, section: Section, folder: str) -> SectionOut:
+    """One section from MLflow. Raises ``EvidenceError`` when MLflow lacks its experiment."""
+    slug = _slug(section.title)
+    if section.kind == "tune":
+        blocks, headline = tune_blocks(uri, section)
+        return SectionOut(blocks, headline, [])
+    try:
+        r = build_report(uri, section.experiment)
+    except ReportError as exc:
+        raise EvidenceError(f"section {section.title!r}: {exc}") from exc
+    from tasks.tracking import client
+
+    tags = client(uri).get_run(r.parent_run_id).data.tags
+    body: list[Block] = [("h2", section.title)]
+    if section.text:
+        body.append(("p", section.text))
+    if section.kind == "select":
+        rows, winner = selection_rows(r)
+        body += [("h3", f"The choice, on {r.curve_metric} only"),
+                 ("p", f"Rule: the cell with the best mean {r.curve_metric} at its selected "
+                       f"epoch wins. Chosen: **{winner}**. Test (below) was not used."),
+                 ("table", rows)]
+    body += _demote(render_blocks(r, tags), slug, folder)
+    mech = mechanism_rows(r)
+    if mech:
+        body += [
+            ("h3", "Mechanisms, from the traces"),
+            ("p", "Means over seeds; SGM and IPR over the epochs of the modulation window, AFM "
+                  "and CSD over all epochs. `SGM damps m` = share of modulated steps that "
+                  "scaled modality m's encoder gradient down (eq. 10); `damped = strongest "
+                  "probe` = share of window epochs whose most-damped modality also had the "
+                  "highest probe accuracy; IPR φ = the reset weight of eq. 15 (0 = no reset, "
+                  "1 = back to the initial parameters), D = the eq. 13 distance; AFM gates = "
+                  "eq. 16's mean gate per branch; TV = total-variation distance of each W^c row "
+                  "from uniform (0 = CSD averages all steps alike)."),
+            ("table", mech),
+        ]
+    phi = phi_by_epoch(r)
+    if phi:
+        body += [("h3", "IPR's φ per epoch"),
+                 ("p", "Mean over seeds; epochs 1, 2, every fifth and the last of the window. "
+                       "φ = max(tanh(D), δ) (eq. 14), so D near 1 pins φ near tanh(1) = 0.76."),
+                 ("table", phi)]
+    if section.command:
+        body += [("p", "Regenerate:"), ("code", section.command)]
+    train_s, span = wall_time(uri, r)
+    times = [{"section": section.title, "runs": str(sum(len(v) for v in r.values.values())),
+              "training time (sum)": _hms(train_s), "wall (first start → last end)": _hms(span)}]
+    # a choice of settings is not a module's effect: it stays out of the headline
+    headline = headline_rows(section, r) if section.kind != "select" else []
+    figures = {f"{folder}/{slug}-{name}": data for name, data in r.figures.items()}
+    return SectionOut(body, headline, times, figures)
+
+
+def _snapshot_path(out: str | Path, section: Section) -> Path:
+    return Path(out).parent / Path(out).stem / "sections" / f"{_slug(section.title)}.json"
+
+
+def _missing_experiment(exc: EvidenceError) -> bool:
+    text = str(exc)
+    return "no MLflow experiment" in text or "holds no" in text
+
+
+def _commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True, cwd=Path(__file__).resolve().parent,
+                              timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def build_evidence(uri: str, spec: EvidenceSpec, out: str | Path) -> Evidence:
+    """The whole document. A section whose experiment this MLflow store does not hold comes from
+    its snapshot (``<stem>/sections/<slug>.json``, written whenever the section is built from
+    MLflow; its PNGs are already beside it), marked with the date and commit it was built at: a
+    reproduction too long for one sitting on one machine can be completed on another. A section
+    with neither is an error, unless it is ``pending``: then it says it has not been run, and why."""
     folder = Path(out).stem  # PNGs go to docs/results/ beside docs/results.md
-    blocks: list[Block] = [("h1", spec.title)]
-    if spec.intro:
-        blocks.append(("p", spec.intro))
     body: list[Block] = []
     figures: dict[str, bytes] = {}
     headline: list[dict[str, str]] = []
     times: list[dict[str, str]] = []
+    snapshots: dict[Path, str] = {}
     for section in spec.sections:
-        slug = _slug(section.title)
-        if section.kind == "tune":
-            sblocks, shead = tune_blocks(uri, section)
-            body += sblocks
-            headline += shead
-            continue
+        snap = _snapshot_path(out, section)
         try:
-            r = build_report(uri, section.experiment)
-        except ReportError as exc:
-            raise EvidenceError(f"section {section.title!r}: {exc}") from exc
-        from tasks.tracking import client
-
-        tags = client(uri).get_run(r.parent_run_id).data.tags
-        body += [("h2", section.title)]
-        if section.text:
-            body.append(("p", section.text))
-        if section.kind == "select":
-            rows, winner = selection_rows(r)
-            body += [("h3", f"The choice, on {r.curve_metric} only"),
-                     ("p", f"Rule: the cell with the best mean {r.curve_metric} at its selected "
-                           f"epoch wins. Chosen: **{winner}**. Test (below) was not used."),
-                     ("table", rows)]
-        body += _demote(render_blocks(r, tags), slug, folder)
-        figures.update({f"{folder}/{slug}-{name}": data for name, data in r.figures.items()})
-        mech = mechanism_rows(r)
-        if mech:
-            body += [
-                ("h3", "Mechanisms, from the traces"),
-                ("p", "Means over seeds; SGM and IPR over the epochs of the modulation window, AFM "
-                      "and CSD over all epochs. `SGM damps m` = share of modulated steps that "
-                      "scaled modality m's encoder gradient down (eq. 10); `damped = strongest "
-                      "probe` = share of window epochs whose most-damped modality also had the "
-                      "highest probe accuracy; IPR φ = the reset weight of eq. 15 (0 = no reset, "
-                      "1 = back to the initial parameters), D = the eq. 13 distance; AFM gates = "
-                      "eq. 16's mean gate per branch; TV = total-variation distance of each W^c row "
-                      "from uniform (0 = CSD averages all steps alike)."),
-                ("table", mech),
-            ]
-        phi = phi_by_epoch(r)
-        if phi:
-            body += [("h3", "IPR's φ per epoch"),
-                     ("p", "Mean over seeds; epochs 1, 2, every fifth and the last of the window. "
-                           "φ = max(tanh(D), δ) (eq. 14), so D near 1 pins φ near tanh(1) = 0.76."),
-                     ("table", phi)]
-        if section.kind != "select":  # a choice of settings, not a module's effect
-            headline += headline_rows(section, r)
-        train_s, span = wall_time(uri, r)
-        times.append({"section": section.title, "runs": str(sum(len(v) for v in r.values.values())),
-                      "training time (sum)": _hms(train_s), "wall (first start → last end)": _hms(span)})
-        if section.command:
-            body += [("p", "Regenerate:"), ("code", section.command)]
+            part = build_section(uri, section, folder)
+            snapshots[snap] = json.dumps({
+                "experiment": section.experiment, "title": section.title,
+                "built": _today(), "commit": _commit(), "tracking_uri": _redact(uri),
+                "blocks": part.blocks, "headline": part.headline, "times": part.times,
+            }, indent=1, ensure_ascii=False)
+        except EvidenceError as exc:
+            if not _missing_experiment(exc):
+                raise
+            if snap.is_file():
+                part = _from_snapshot(snap)
+            elif section.pending:
+                part = SectionOut([("h2", section.title),
+                                   ("p", f"**Not run yet.** {section.pending}"),
+                                   *([("p", "Command:"), ("code", section.command)]
+                                     if section.command else [])], [], [])
+            else:
+                raise
+        body += part.blocks
+        headline += part.headline
+        times += part.times
+        figures.update(part.figures)
+    blocks: list[Block] = [("h1", spec.title)]
+    if spec.intro:
+        blocks.append(("p", spec.intro))
     blocks += [
         ("h2", "Headline: each module against its baseline"),
         ("p", "The selection metric on test (mean ± std over seeds), the paired difference with its "
@@ -499,8 +565,39 @@ def build_evidence(uri: str, spec: EvidenceSpec, out: str | Path) -> Evidence:
                    + (f" Machine: {spec.machine}." if spec.machine else "")))
     blocks.append(("table", times))
     md = to_markdown(blocks)
-    html = to_html(blocks, {name: data for name, data in figures.items()}, title=spec.title)
-    return Evidence(markdown=md, html=html, figures=figures, headline=headline)
+    on_disk = {name: (Path(out).parent / name) for name in _images(blocks)}
+    inline = {name: p.read_bytes() for name, p in on_disk.items() if p.is_file()}
+    html = to_html(blocks, {**inline, **figures}, title=spec.title)
+    return Evidence(markdown=md, html=html, figures=figures, headline=headline,
+                    snapshots=snapshots)
+
+
+def _images(blocks: list[Block]) -> list[str]:
+    return [b[1] for b in blocks if b[0] == "img"]
+
+
+def _from_snapshot(path: Path) -> SectionOut:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        blocks = [tuple(b) for b in data["blocks"]]
+        note = ("p", f"*This section was built from MLflow on {data['built']} at commit "
+                     f"{data['commit']} (experiment `{data['experiment']}`); the MLflow store "
+                     "this document was rebuilt from does not hold it, so it comes from its "
+                     f"snapshot `{path.name}`.*")
+        return SectionOut([blocks[0], note, *blocks[1:]], list(data["headline"]),
+                          list(data["times"]))
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise EvidenceError(f"{path}: unreadable section snapshot ({exc})") from exc
+
+
+def _today() -> str:
+    import datetime as dt
+
+    return dt.date.today().isoformat()
+
+
+def _redact(uri: str) -> str:
+    return re.sub(r"//[^@/]*@", "//***@", uri)  # never a password in a committed file
 
 
 def evidence_json(e: Evidence) -> str:

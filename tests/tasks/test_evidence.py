@@ -142,3 +142,28 @@ def test_mechanism_summary_by_hand():
     assert row["IPR φ / D text"].startswith("0.76 / 1")
     phi = phi_by_epoch(r)
     assert [p["epoch"] for p in phi] == ["1", "2"] and phi[0]["φ text"] == "0.750"
+
+
+def test_a_section_missing_from_mlflow_comes_from_its_snapshot_or_says_not_run(evidence, tmp_path):
+    from tasks.evidence import build_evidence
+
+    out = evidence["out"]  # built once from MLflow: its snapshots are beside it
+    snap = out.parent / "results" / "sections" / "table-two.json"
+    assert snap.is_file() and "ev-t2" in snap.read_text(encoding="utf-8")
+    spec = read_spec(evidence["spec"])
+    spec.sections.append(type(spec.sections[0])(experiment="ev-later", title="Later",
+                                                pending="needs a GPU", command="msaflow later"))
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"  # another machine's store: none of it is there
+    with pytest.raises(EvidenceError, match="Tuning"):  # no snapshot for a tune section yet? it has
+        spec_no_tune = type(spec)(spec.title, spec.intro, spec.conclusions,
+                                  [s for s in spec.sections if s.kind != "tune"] + [
+                                      type(spec.sections[0])(experiment="ev-x", title="Tuning 2",
+                                                             kind="tune")])
+        build_evidence(empty, spec_no_tune, out)
+    doc = build_evidence(empty, type(spec)(spec.title, spec.intro, spec.conclusions,
+                                           [s for s in spec.sections if s.kind != "tune"]), out)
+    assert "This section was built from MLflow on" in doc.markdown
+    assert "| Table two | sim-mosi-x0.05 (simulation) | full vs none | 2 |" in doc.markdown
+    assert "**Not run yet.** needs a GPU" in doc.markdown
+    assert "data:image/png;base64," in doc.html, "the snapshot's PNGs are read from disk"
+    assert not doc.snapshots, "nothing rebuilt, nothing to rewrite"

@@ -1,11 +1,12 @@
-"""Extraction speed on CPU: text sentences/s (MiniLM, batch 64) and audio seconds processed per second.
+"""Extraction speed on CPU: text sentences/s (MiniLM, batch 64) and audio seconds processed per \
+second.
 
     .venv/bin/python bench/extract_speed.py [--sentences 512] [--wavs 8] [--threads N]
 
 Text uses the first N real CMU-MOSI transcripts when ../shared/data/mosi_label.csv exists (else
 generated sentences); the model loads and warms up before timing. Audio: synthesised 3-5 s
-harmonic+noise WAVs at 16 kHz, read + full 37-dim frame features, with yin and with pyin (warmed up).
-No cache is involved.
+harmonic+noise WAVs at 16 kHz, read + full 37-dim frame features, with yin and with pyin (warmed
+up). No cache is involved.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/feature_store.py shadows the package
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1])
+)  # bench/feature_store.py shadows the package
 from msaflow.settings import apply_defaults  # noqa: E402
 
 apply_defaults()
@@ -34,8 +37,27 @@ def sentences(n: int) -> tuple[list[list[str]], str]:
         texts = pd.read_csv(SHARED, keep_default_na=False)["text"].astype(str).head(n).tolist()
         return [t.split() for t in texts], f"first {n} CMU-MOSI transcripts"
     rng = np.random.default_rng(0)
-    vocab = ["the", "movie", "was", "really", "good", "bad", "not", "great", "i", "think", "acting", "plot", "story", "so", "boring", "fun"]
-    return [list(rng.choice(vocab, rng.integers(4, 25))) for _ in range(n)], f"{n} generated sentences"
+    vocab = [
+        "the",
+        "movie",
+        "was",
+        "really",
+        "good",
+        "bad",
+        "not",
+        "great",
+        "i",
+        "think",
+        "acting",
+        "plot",
+        "story",
+        "so",
+        "boring",
+        "fun",
+    ]
+    return [
+        list(rng.choice(vocab, rng.integers(4, 25))) for _ in range(n)
+    ], f"{n} generated sentences"
 
 
 def bench_text(n: int) -> dict:
@@ -47,8 +69,14 @@ def bench_text(n: int) -> dict:
     t0 = time.perf_counter()
     enc.encode(words)
     s = time.perf_counter() - t0
-    return {"what": what, "n": n, "seconds": s, "per_s": n / s, "ms_each": 1000 * s / n,
-            "mean_words": float(np.mean([len(w) for w in words]))}
+    return {
+        "what": what,
+        "n": n,
+        "seconds": s,
+        "per_s": n / s,
+        "ms_each": 1000 * s / n,
+        "mean_words": float(np.mean([len(w) for w in words])),
+    }
 
 
 def bench_audio(n: int) -> dict:
@@ -93,14 +121,20 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
-          f"{torch.get_num_threads()}, torch {torch.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+        f"threads {torch.get_num_threads()}, torch {torch.__version__}"
+    )
     t = bench_text(args.sentences)
-    print(f"text  | MiniLM-L6 (384-d), batch 64, {t['what']} (mean {t['mean_words']:.1f} words): "
-          f"{t['per_s']:.0f} sentences/s ({t['ms_each']:.2f} ms/sentence, {t['seconds']:.2f} s)")
+    print(
+        f"text  | MiniLM-L6 (384-d), batch 64, {t['what']} (mean {t['mean_words']:.1f} words): "
+        f"{t['per_s']:.0f} sentences/s ({t['ms_each']:.2f} ms/sentence, {t['seconds']:.2f} s)"
+    )
     for method, r in bench_audio(args.wavs).items():
-        print(f"audio | {method:4s}: {r['audio_s']:.1f} s of audio in {r['seconds']:.2f} s = "
-              f"{r['x_realtime']:.1f} audio-seconds per second")
+        print(
+            f"audio | {method:4s}: {r['audio_s']:.1f} s of audio in {r['seconds']:.2f} s = "
+            f"{r['x_realtime']:.1f} audio-seconds per second"
+        )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DIMS = {"text": 768, "audio": 74, "vision": 35}
 
-CHILD = r"""
+CHILD = (
+    r"""
 import json, pickle, sys, time
 sys.path.insert(0, {root!r})
 kind, path = sys.argv[1], sys.argv[2]
@@ -43,7 +44,8 @@ base = status("VmRSS")
 t = time.perf_counter()
 if kind == "pickle":
     with open(path, "rb") as fh:
-        # the baseline being measured: a pickle this benchmark wrote itself a moment ago (never a user's)
+        # the baseline being measured: a pickle this benchmark wrote itself a moment ago """
+    r"""(never a user's)
         data = pickle.load(fh)
     n = sum(v.nbytes for k, v in data["train"].items() if k in ("text", "audio", "vision"))
 else:
@@ -54,18 +56,25 @@ seconds = time.perf_counter() - t
 peak = status("VmHWM") - base
 print(json.dumps({{"seconds": seconds, "array_bytes": n, "peak_bytes": peak}}))
 """
+)
 
 
 def _child(kind: str, path: Path) -> dict:
     code = CHILD.format(root=str(ROOT))
-    out = subprocess.run([sys.executable, "-c", code, kind, str(path)], check=True, capture_output=True,
-                         text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = subprocess.run(
+        [sys.executable, "-c", code, kind, str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _drop_cache_hint(path: Path) -> None:
-    """Read once so every loader starts from a warm page cache (we measure decoding, not the disk)."""
-    for f in ([path] if path.is_file() else sorted(path.iterdir())):
+    """Read once so every loader starts from a warm page cache (we measure decoding, not the
+    disk)."""
+    for f in [path] if path.is_file() else sorted(path.iterdir()):
         with open(f, "rb") as fh:
             while fh.read(64 << 20):
                 pass
@@ -83,9 +92,13 @@ def main() -> None:
     rng = np.random.default_rng(0)
     n = args.rows
     split = {m: rng.standard_normal((n, 50, d), dtype=np.float32) for m, d in DIMS.items()}
-    split.update({"regression_labels": rng.uniform(-3, 3, n).astype(np.float32),
-                  "id": np.array([f"v{i // 20}$_${i % 20}" for i in range(n)]),
-                  "raw_text": np.array(["some words"] * n)})
+    split.update(
+        {
+            "regression_labels": rng.uniform(-3, 3, n).astype(np.float32),
+            "id": np.array([f"v{i // 20}$_${i % 20}" for i in range(n)]),
+            "raw_text": np.array(["some words"] * n),
+        }
+    )
     small = {k: (v[:8] if isinstance(v, np.ndarray) else v) for k, v in split.items()}
     pkl = work / "aligned_50.pkl"
     with open(pkl, "wb") as fh:
@@ -101,24 +114,40 @@ def main() -> None:
     reingest_s = time.perf_counter() - t
 
     results = {}
-    for kind, path in (("pickle", pkl), ("store", work / "store"), ("store-noverify", work / "store")):
+    for kind, path in (
+        ("pickle", pkl),
+        ("store", work / "store"),
+        ("store-noverify", work / "store"),
+    ):
         _drop_cache_hint(path)
         runs = [_child(kind, path) for _ in range(args.repeat)]
         best = min(runs, key=lambda r: r["seconds"])
-        results[kind] = {"seconds": best["seconds"], "gb_per_s": best["array_bytes"] / 1e9 / best["seconds"],
-                         "peak_x_arrays": max(r["peak_bytes"] for r in runs) / best["array_bytes"]}
+        results[kind] = {
+            "seconds": best["seconds"],
+            "gb_per_s": best["array_bytes"] / 1e9 / best["seconds"],
+            "peak_x_arrays": max(r["peak_bytes"] for r in runs) / best["array_bytes"],
+        }
     cpu = platform.processor() or platform.machine()
     if Path("/proc/cpuinfo").is_file():
-        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                 if ln.startswith("model name")]
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
     print(f"machine: {cpu}, {os.cpu_count()} cores; split {n} x 50 x 877 float32 = {gb:.2f} GB")
-    print(f"ingest (pickle -> Parquet store): {ingest_s:.1f} s; re-ingest unchanged: {reingest_s:.1f} s")
+    print(
+        f"ingest (pickle -> Parquet store): {ingest_s:.1f} s; re-ingest unchanged: "
+        f"{reingest_s:.1f} s"
+    )
     print(f"| loader | seconds (best of {args.repeat}) | GB/s | peak RSS / arrays | vs pickle |")
     print("|---|---|---|---|---|")
     for kind, r in results.items():
         ratio = r["seconds"] / results["pickle"]["seconds"]
-        print(f"| {kind} | {r['seconds']:.2f} | {r['gb_per_s']:.2f} | {r['peak_x_arrays']:.2f}x | {ratio:.2f}x time |")
+        print(
+            f"| {kind} | {r['seconds']:.2f} | {r['gb_per_s']:.2f} | {r['peak_x_arrays']:.2f}x | "
+            f"{ratio:.2f}x time |"
+        )
 
 
 if __name__ == "__main__":

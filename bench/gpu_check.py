@@ -1,25 +1,29 @@
 """GPU check: every model family trains with AMP, a killed run resumes exactly, and throughput.
 
-    .venv/bin/python bench/gpu_check.py                        # on CUDA; prints "no GPU available" without one
-    .venv/bin/python bench/gpu_check.py --device cpu --preset quick --scale 0.05 --steps 5   # same checks, CPU
+    .venv/bin/python bench/gpu_check.py  # on CUDA; prints "no GPU available" without one
+    .venv/bin/python bench/gpu_check.py --device cpu --preset quick --scale 0.05 --steps 5
+        # same checks, CPU
 
-CI has no GPU, so this is the check to run wherever one is available (record the output in BENCHMARKS.md).
-On a small ``sim-mosi`` store (``--scale`` of MOSI's size), for each family (``--families``, default every
-registered one, each in its default variant and ``--preset``):
+CI has no GPU, so this is the check to run wherever one is available (record the output in
+BENCHMARKS.md). On a small ``sim-mosi`` store (``--scale`` of MOSI's size), for each family
+(``--families``, default every registered one, each in its default variant and ``--preset``):
 
-1. **One epoch with AMP** through ``tasks.train.train_model`` (bf16 autocast on CUDA; the engine never
-   uses AMP on the CPU). Reports the engine's samples/s: train rows / epoch wall time, validation included.
-2. **Kill and resume.** A child process trains 2 epochs into a checkpoint dir and SIGKILLs itself right
-   after epoch 0's ``last.pt`` is written (a real kill, at a known point). This process then resumes from
-   that dir and must end where an uninterrupted 2-epoch run ends: same per-epoch train loss and valid
-   metrics and the same test metrics, exactly on the CPU and within ``--resume-tol`` on CUDA (bf16 and
-   atomics). Both runs use ``train.deterministic``. This catches a CUDA resume that cannot restore RNG state.
-3. **Throughput with and without per-step host syncs** (issue 19), on the training step alone, same model,
-   optimiser and batch size. ``synced``: as the engine's loop does it: each batch is copied host-to-device,
-   and each step reads the loss (``isfinite``), its parts (``float``) and the predictions (``.cpu()``).
-   ``sync-free``: the train split is put on the device once, batches are sliced there, and losses and
-   predictions are accumulated on the device and read once at the end. The model's own hooks
-   (``after_backward``, e.g. SGM) run in both. ``--warmup`` + ``--steps`` timed steps, best of ``--repeats``.
+1. **One epoch with AMP** through ``tasks.train.train_model`` (bf16 autocast on CUDA; the engine
+   never uses AMP on the CPU). Reports the engine's samples/s: train rows / epoch wall time,
+   validation included.
+2. **Kill and resume.** A child process trains 2 epochs into a checkpoint dir and SIGKILLs itself
+   right after epoch 0's ``last.pt`` is written (a real kill, at a known point). This process then
+   resumes from that dir and must end where an uninterrupted 2-epoch run ends: same per-epoch train
+   loss and valid metrics and the same test metrics, exactly on the CPU and within ``--resume-tol``
+   on CUDA (bf16 and atomics). Both runs use ``train.deterministic``. This catches a CUDA resume
+   that cannot restore RNG state.
+3. **Throughput with and without per-step host syncs** (issue 19), on the training step alone, same
+   model, optimiser and batch size. ``synced``: as the engine's loop does it: each batch is copied
+   host-to-device, and each step reads the loss (``isfinite``), its parts (``float``) and the
+   predictions (``.cpu()``). ``sync-free``: the train split is put on the device once, batches are
+   sliced there, and losses and predictions are accumulated on the device and read once at the end.
+   The model's own hooks (``after_backward``, e.g. SGM) run in both. ``--warmup`` + ``--steps``
+   timed steps, best of ``--repeats``.
 
 Exit code 0 when every check passed, 1 otherwise (the table says which).
 """
@@ -53,7 +57,7 @@ from tasks.train import _autocast, build_model, build_optimizer, seed_everything
 FAMILIES = ("mmafnet", "mmcl", "unimodal", "earlyfusion")
 
 
-# ---------------------------------------------------------------------------------------------- setup
+# -------------------------------------------------------------------------------------------- setup
 
 
 def make_store(root: Path, scale: float, seed: int) -> Path:
@@ -72,8 +76,14 @@ def make_cfg(family: str, manifest, args: argparse.Namespace, **train: Any) -> R
     overrides: dict[str, Any] = {"device": args.device, "amp": True, "seed": args.seed, **train}
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
-    return resolve_run_config(family, None, args.preset, train_overrides=overrides,
-                              input_spec=manifest.input_spec(), data_task=manifest.task)
+    return resolve_run_config(
+        family,
+        None,
+        args.preset,
+        train_overrides=overrides,
+        input_spec=manifest.input_spec(),
+        data_task=manifest.task,
+    )
 
 
 def sync(device: torch.device) -> None:
@@ -81,7 +91,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-# ---------------------------------------------------------------------------------------------- checks
+# ------------------------------------------------------------------------------------------- checks
 
 
 def check_epoch(family: str, manifest, splits, args) -> dict[str, Any]:
@@ -91,10 +101,17 @@ def check_epoch(family: str, manifest, splits, args) -> dict[str, Any]:
     row = result.history[0]
     finite = all(math.isfinite(v) for k, v in row.items() if k.startswith(("train/loss", "valid/")))
     n_train = len(splits["train"])
-    return {"ok": finite, "variant": cfg.variant, "batch_size": cfg.train.batch_size,
-            "amp": bool(cfg.train.amp and result.device.startswith("cuda")), "device": result.device,
-            "epoch_s": row["time/epoch_s"], "engine_samples_s": n_train / row["time/epoch_s"],
-            "select": cfg.train.select_metric, "select_value": row.get(cfg.train.select_metric, float("nan"))}
+    return {
+        "ok": finite,
+        "variant": cfg.variant,
+        "batch_size": cfg.train.batch_size,
+        "amp": bool(cfg.train.amp and result.device.startswith("cuda")),
+        "device": result.device,
+        "epoch_s": row["time/epoch_s"],
+        "engine_samples_s": n_train / row["time/epoch_s"],
+        "select": cfg.train.select_metric,
+        "select_value": row.get(cfg.train.select_metric, float("nan")),
+    }
 
 
 def child_main(args: argparse.Namespace) -> None:
@@ -107,7 +124,9 @@ def child_main(args: argparse.Namespace) -> None:
             sys.stdout.flush()
             os.kill(os.getpid(), signal.SIGKILL)
 
-    train_model(cfg, splits, task=manifest.task, checkpoint_dir=args.ckpt, callbacks=[kill_after_first])
+    train_model(
+        cfg, splits, task=manifest.task, checkpoint_dir=args.ckpt, callbacks=[kill_after_first]
+    )
     sys.exit("error: the child was not killed after epoch 0")
 
 
@@ -126,15 +145,33 @@ def check_resume(family: str, manifest, splits, args, work: Path) -> dict[str, A
     try:
         return _check_resume(family, manifest, splits, args, work)
     finally:
-        torch.use_deterministic_algorithms(False)  # seed_everything(deterministic=True) set it process-wide
+        torch.use_deterministic_algorithms(
+            False
+        )  # seed_everything(deterministic=True) set it process-wide
 
 
 def _check_resume(family: str, manifest, splits, args, work: Path) -> dict[str, Any]:
     cfg = make_cfg(family, manifest, args, epochs=2, deterministic=True)
-    ref = train_model(cfg, splits, task=manifest.task, checkpoint_dir=work / f"{family}-uninterrupted")
+    ref = train_model(
+        cfg, splits, task=manifest.task, checkpoint_dir=work / f"{family}-uninterrupted"
+    )
     ckpt = work / f"{family}-killed"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", family, "--store", str(args.store),
-           "--ckpt", str(ckpt), "--device", args.device, "--preset", args.preset, "--seed", str(args.seed)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        family,
+        "--store",
+        str(args.store),
+        "--ckpt",
+        str(ckpt),
+        "--device",
+        args.device,
+        "--preset",
+        args.preset,
+        "--seed",
+        str(args.seed),
+    ]
     if args.batch_size:
         cmd += ["--batch-size", str(args.batch_size)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.child_timeout)
@@ -144,10 +181,17 @@ def _check_resume(family: str, manifest, splits, args, work: Path) -> dict[str, 
         out.update(ok=False, error=(proc.stderr.strip().splitlines() or ["no last.pt"])[-1])
         return out
     resumed = train_model(cfg, splits, task=manifest.task, checkpoint_dir=ckpt)
-    diff = max([_diff(a, b) for a, b in zip(ref.history, resumed.history, strict=False)] + [_diff(ref.test, resumed.test)])
+    diff = max(
+        [_diff(a, b) for a, b in zip(ref.history, resumed.history, strict=False)]
+        + [_diff(ref.test, resumed.test)]
+    )
     tol = args.resume_tol if resumed.device.startswith("cuda") else 0.0
-    out.update(resumed_from_epoch=resumed.resumed_from_epoch, max_abs_diff=diff, tol=tol,
-               ok=resumed.resumed_from_epoch == 1 and len(resumed.history) == 2 and diff <= tol)
+    out.update(
+        resumed_from_epoch=resumed.resumed_from_epoch,
+        max_abs_diff=diff,
+        tol=tol,
+        ok=resumed.resumed_from_epoch == 1 and len(resumed.history) == 2 and diff <= tol,
+    )
     return out
 
 
@@ -170,8 +214,11 @@ def _finish(model, opt, own, out, total, batch):
 
 
 def run_synced(model, opt, own, train_t, bsz, device, amp, steps, seed) -> float:
-    """The engine's hot path: H2D copy per batch, isfinite/float/.cpu() per step. Returns samples/s."""
-    batches = _endless(lambda epoch: iterate_batches(train_t, bsz, device, shuffle=True, seed=seed + epoch), bsz)
+    """The engine's hot path: H2D copy per batch, isfinite/float/.cpu() per step. Returns
+    samples/s."""
+    batches = _endless(
+        lambda epoch: iterate_batches(train_t, bsz, device, shuffle=True, seed=seed + epoch), bsz
+    )
     sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
@@ -189,14 +236,15 @@ def run_synced(model, opt, own, train_t, bsz, device, amp, steps, seed) -> float
 
 
 def run_sync_free(model, opt, own, on_device, bsz, device, amp, steps, seed) -> float:
-    """Data on the device once, batches sliced there, one host read at the end. Returns samples/s."""
+    """Data on the device once, batches sliced there, one host read at the end. Returns
+    samples/s."""
     n = int(on_device["label"].shape[0])
     gen = torch.Generator(device=device).manual_seed(seed)
 
     def epoch_batches(_epoch):
         order = torch.randperm(n, generator=gen, device=device)
         for start in range(0, n - bsz + 1, bsz):
-            idx = order[start:start + bsz]
+            idx = order[start : start + bsz]
             yield {k: v.index_select(0, idx) for k, v in on_device.items()}
 
     batches = _endless(epoch_batches, bsz)
@@ -248,12 +296,19 @@ def check_throughput(family: str, manifest, splits, args) -> dict[str, Any]:
             run = run_synced if mode == "synced" else run_sync_free
             data = train_t if mode == "synced" else on_device
             run(model, opt, own, data, bsz, device, amp, args.warmup, args.seed)
-            best[mode] = max(best[mode], run(model, opt, own, data, bsz, device, amp, args.steps, args.seed + 1))
-    return {"ok": True, "batch_size": bsz, "synced_samples_s": best["synced"],
-            "sync_free_samples_s": best["sync_free"], "speedup": best["sync_free"] / best["synced"]}
+            best[mode] = max(
+                best[mode], run(model, opt, own, data, bsz, device, amp, args.steps, args.seed + 1)
+            )
+    return {
+        "ok": True,
+        "batch_size": bsz,
+        "synced_samples_s": best["synced"],
+        "sync_free_samples_s": best["sync_free"],
+        "speedup": best["sync_free"] / best["synced"],
+    }
 
 
-# ---------------------------------------------------------------------------------------------- main
+# --------------------------------------------------------------------------------------------- main
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -267,11 +322,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--resume-tol", type=float, default=1e-3, help="max |difference| after resume on CUDA")
+    ap.add_argument(
+        "--resume-tol", type=float, default=1e-3, help="max |difference| after resume on CUDA"
+    )
     ap.add_argument("--child-timeout", type=float, default=600)
-    ap.add_argument("--work", default="", help="folder for the store and checkpoints (default: a temp dir)")
+    ap.add_argument(
+        "--work", default="", help="folder for the store and checkpoints (default: a temp dir)"
+    )
     ap.add_argument("--json", default="", help="also write the results as JSON to this file")
-    ap.add_argument("--skip", default="", help="comma-separated checks to skip: epoch,resume,throughput")
+    ap.add_argument(
+        "--skip", default="", help="comma-separated checks to skip: epoch,resume,throughput"
+    )
     # internal: the child process of the kill-and-resume check
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     ap.add_argument("--store", default="", help=argparse.SUPPRESS)
@@ -283,8 +344,12 @@ def environment(device: torch.device) -> dict[str, str]:
     info = {"torch": torch.__version__, "device": str(device)}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        info.update(gpu=props.name, gpu_memory_gib=f"{props.total_memory / 2**30:.0f}",
-                    cuda=str(torch.version.cuda), bf16=str(torch.cuda.is_bf16_supported()))
+        info.update(
+            gpu=props.name,
+            gpu_memory_gib=f"{props.total_memory / 2**30:.0f}",
+            cuda=str(torch.version.cuda),
+            bf16=str(torch.cuda.is_bf16_supported()),
+        )
     else:
         info.update(cpu_threads=str(torch.get_num_threads()))
     return info
@@ -303,7 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     families = [f for f in args.families.split(",") if f]
     unknown = [f for f in families if f not in known]
     if unknown:
-        print(f"error: --families: unknown {unknown}; expected some of {sorted(known)}", file=sys.stderr)
+        print(
+            f"error: --families: unknown {unknown}; expected some of {sorted(known)}",
+            file=sys.stderr,
+        )
         return 2
     skip = set(filter(None, args.skip.split(",")))
     t_start = time.perf_counter()
@@ -314,23 +382,32 @@ def main(argv: list[str] | None = None) -> int:
         args.store = str(store)
         manifest, splits = load_splits(store)
         info = environment(device)
-        info.update(store=f"sim-mosi scale {args.scale:g} ({', '.join(f'{k} {len(v)}' for k, v in splits.items())})",
-                    preset=args.preset)
+        info.update(
+            store=(
+                f"sim-mosi scale {args.scale:g} "
+                f"({', '.join(f'{k} {len(v)}' for k, v in splits.items())})"
+            ),
+            preset=args.preset,
+        )
         print("## GPU check\n")
         for k, v in info.items():
             print(f"- {k}: {v}")
         results: dict[str, dict[str, Any]] = {}
         for family in families:
             res: dict[str, Any] = {}
-            for name, fn in (("epoch", lambda f=family: check_epoch(f, manifest, splits, args)),
-                             ("resume", lambda f=family: check_resume(f, manifest, splits, args, work)),
-                             ("throughput", lambda f=family: check_throughput(f, manifest, splits, args))):
+            for name, fn in (
+                ("epoch", lambda f=family: check_epoch(f, manifest, splits, args)),
+                ("resume", lambda f=family: check_resume(f, manifest, splits, args, work)),
+                ("throughput", lambda f=family: check_throughput(f, manifest, splits, args)),
+            ):
                 if name in skip:
                     continue
                 t0 = time.perf_counter()
                 try:
                     res[name] = fn()
-                except Exception as exc:  # a check that crashes is a failed check, reported, not fatal
+                except (
+                    Exception
+                ) as exc:  # a check that crashes is a failed check, reported, not fatal
                     res[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
                 res[name]["seconds"] = time.perf_counter() - t0
                 status = "ok" if res[name]["ok"] else f"FAILED {res[name].get('error', '')}"
@@ -340,35 +417,52 @@ def main(argv: list[str] | None = None) -> int:
         total = time.perf_counter() - t_start
         print(f"\ntotal {total:.0f} s")
         if args.json:
-            Path(args.json).write_text(json.dumps({"environment": info, "results": results, "seconds": total},
-                                                  indent=2, default=float))
+            Path(args.json).write_text(
+                json.dumps(
+                    {"environment": info, "results": results, "seconds": total},
+                    indent=2,
+                    default=float,
+                )
+            )
     return 0 if all(c["ok"] for r in results.values() for c in r.values()) else 1
 
 
 def _fmt(value: Any, spec: str = ".1f") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+    return (
+        format(value, spec)
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+        else str(value)
+    )
 
 
 def report(results: dict[str, dict[str, Any]], device: torch.device) -> None:
-    print("\n| family | variant | batch | AMP | 1 epoch (s) | engine samples/s | kill+resume | max diff "
-          "| synced samples/s | sync-free samples/s | sync-free / synced |")
+    print(
+        "\n| family | variant | batch | AMP | 1 epoch (s) | engine samples/s | kill+resume | max "
+        "diff | synced samples/s | sync-free samples/s | sync-free / synced |"
+    )
     print("| --- | --- | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
     for family, r in results.items():
         e, k, t = r.get("epoch", {}), r.get("resume", {}), r.get("throughput", {})
         resume = "–" if not k else ("ok" if k["ok"] else "FAILED")
         if k and k.get("resumed_from_epoch") is not None:
             resume += f" (killed, resumed at epoch {k['resumed_from_epoch']})"
-        print(f"| {family} | {_fmt(e.get('variant'))} | {_fmt(e.get('batch_size') or t.get('batch_size'), 'd')} "
-              f"| {'bf16' if e.get('amp') else ('off (CPU)' if device.type == 'cpu' else '–')} "
-              f"| {_fmt(e.get('epoch_s'), '.2f')} | {_fmt(e.get('engine_samples_s'))} | {resume} "
-              f"| {_fmt(k.get('max_abs_diff'), '.2g')} | {_fmt(t.get('synced_samples_s'))} "
-              f"| {_fmt(t.get('sync_free_samples_s'))} | {_fmt(t.get('speedup'), '.2f')} |")
+        print(
+            f"| {family} | {_fmt(e.get('variant'))} | "
+            f"{_fmt(e.get('batch_size') or t.get('batch_size'), 'd')} | "
+            f"{'bf16' if e.get('amp') else ('off (CPU)' if device.type == 'cpu' else '–')} | "
+            f"{_fmt(e.get('epoch_s'), '.2f')} | {_fmt(e.get('engine_samples_s'))} | {resume} | "
+            f"{_fmt(k.get('max_abs_diff'), '.2g')} | {_fmt(t.get('synced_samples_s'))} | "
+            f"{_fmt(t.get('sync_free_samples_s'))} | {_fmt(t.get('speedup'), '.2f')} |"
+        )
     for family, r in results.items():
         for name, c in r.items():
             if not c["ok"]:
-                print(f"FAILED {family} {name}: {c.get('error') or {k: v for k, v in c.items() if k != 'ok'}}")
+                print(
+                    f"FAILED {family} {name}: "
+                    f"{c.get('error') or {k: v for k, v in c.items() if k != 'ok'}}"
+                )
 
 
 if __name__ == "__main__":

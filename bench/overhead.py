@@ -1,8 +1,8 @@
 """Overhead of orchestration + tracking: `msaflow run` against the training engine called directly.
 
-Both sides do the same work (same store, variants, seeds, preset, epochs) in a fresh subprocess each,
-so imports and start-up are counted on both sides; the pipeline side additionally pays for Prefect
-(ephemeral server), MLflow logging (metrics, traces, plots, the model) and test evaluation.
+Both sides do the same work (same store, variants, seeds, preset, epochs) in a fresh subprocess
+each, so imports and start-up are counted on both sides; the pipeline side additionally pays for
+Prefect (ephemeral server), MLflow logging (metrics, traces, plots, the model) and test evaluation.
 
     .venv/bin/python bench/overhead.py [--variants none,sgm,sgm_ipr,full] [--epochs N] [--scale F]
 """
@@ -20,7 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-DIRECT = r"""
+DIRECT = (
+    r"""
 import sys, time
 from msaflow.settings import apply_defaults; apply_defaults()
 from feature_store import load_dataset
@@ -29,15 +30,19 @@ from tasks.train import train_model
 store, variants, epochs = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3])
 manifest, splits = load_dataset(store)
 for v in variants:
-    cfg = resolve_run_config("mmafnet", v, "quick", train_overrides={"epochs": epochs} if epochs else {},
+    cfg = resolve_run_config("mmafnet", v, "quick", """
+    r"""train_overrides={"epochs": epochs} if epochs else {},
                              input_spec=manifest.input_spec())
     train_model(cfg, splits, task=manifest.task)
 """
+)
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     return time.perf_counter() - start
 
 
@@ -55,20 +60,60 @@ def main() -> None:
         env.pop("PREFECT_API_URL", None)
         py = sys.executable
         store = Path(home) / "store"
-        subprocess.run([py, "-m", "msaflow.cli", "data", "synth", "--profile", "mosi", "--out", str(store),
-                        "--scale", str(args.scale)], check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                py,
+                "-m",
+                "msaflow.cli",
+                "data",
+                "synth",
+                "--profile",
+                "mosi",
+                "--out",
+                str(store),
+                "--scale",
+                str(args.scale),
+            ],
+            check=True,
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+        )
         direct, piped = [], []
         for r in range(args.repeats):
-            direct.append(timed([py, "-c", DIRECT, str(store), args.variants, str(args.epochs)], env))
-            run = [py, "-m", "msaflow.cli", "run", "--data", str(store), "--variants", args.variants,
-                   "--experiment", f"overhead-{r}", "--json"]
+            direct.append(
+                timed([py, "-c", DIRECT, str(store), args.variants, str(args.epochs)], env)
+            )
+            run = [
+                py,
+                "-m",
+                "msaflow.cli",
+                "run",
+                "--data",
+                str(store),
+                "--variants",
+                args.variants,
+                "--experiment",
+                f"overhead-{r}",
+                "--json",
+            ]
             if args.epochs:
                 run += ["--epochs", str(args.epochs)]
             piped.append(timed(run, env))
         d, p = min(direct), min(piped)
-        print(json.dumps({"variants": args.variants, "epochs": args.epochs or "quick", "scale": args.scale,
-                          "direct_s": round(d, 2), "msaflow_run_s": round(p, 2),
-                          "overhead_pct": round(100 * (p - d) / d, 1)}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "variants": args.variants,
+                    "epochs": args.epochs or "quick",
+                    "scale": args.scale,
+                    "direct_s": round(d, 2),
+                    "msaflow_run_s": round(p, 2),
+                    "overhead_pct": round(100 * (p - d) / d, 1),
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -42,22 +42,39 @@ from tasks.data import iterate_batches
 from tasks.train import build_model, build_optimizer
 
 MOSI_TRAIN = 1284
-SHAPES = {"text_dim": 768, "audio_dim": 74, "vision_dim": 35, "seq_len": 50,
-          "task": "regression", "num_classes": 1}
-VARIANTS = {"mmafnet": ("none", "sgm", "sgm_ipr", "full"),
-            "mmcl": ("full", "no_csd", "no_selfattn", "no_crossattn")}
+SHAPES = {
+    "text_dim": 768,
+    "audio_dim": 74,
+    "vision_dim": 35,
+    "seq_len": 50,
+    "task": "regression",
+    "num_classes": 1,
+}
+VARIANTS = {
+    "mmafnet": ("none", "sgm", "sgm_ipr", "full"),
+    "mmcl": ("full", "no_csd", "no_selfattn", "no_crossattn"),
+}
 
 
 def machine_info() -> dict[str, str]:
     model = platform.processor() or "?"
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines()
-                     if line.startswith("Model name"))
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in out.splitlines()
+            if line.startswith("Model name")
+        )
     except (OSError, subprocess.CalledProcessError, StopIteration):
         pass
-    return {"cpu": model, "nproc": str(os.cpu_count()), "torch": torch.__version__,
-            "threads": f"{torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} inter-op"}
+    return {
+        "cpu": model,
+        "nproc": str(os.cpu_count()),
+        "torch": torch.__version__,
+        "threads": (
+            f"{torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} inter-op"
+        ),
+    }
 
 
 def load1() -> float:
@@ -102,8 +119,9 @@ class Bench:
 
     def __init__(self, model: str, variant: str, bsz: int, data: dict[str, torch.Tensor]) -> None:
         self.model_name, self.variant, self.bsz = model, variant, bsz
-        self.cfg = resolve_run_config(model, variant, "paper", train_overrides={"batch_size": bsz},
-                                      input_spec=SHAPES)
+        self.cfg = resolve_run_config(
+            model, variant, "paper", train_overrides={"batch_size": bsz}, input_spec=SHAPES
+        )
         torch.manual_seed(0)
         self.model = build_model(self.cfg)
         self.own = self.model.own_optimizer()  # MMAFNet's SGM probes train with their own Adam
@@ -188,13 +206,20 @@ def main() -> None:
     load_start = os.getloadavg()
     peak_start = matmul_peak(args.peak_n)
     data = random_split(MOSI_TRAIN)
-    benches = [Bench(m, v, b, data) for m in args.models.split(",") for b in
-               map(int, args.batch_sizes.split(",")) for v in VARIANTS[m]]
+    benches = [
+        Bench(m, v, b, data)
+        for m in args.models.split(",")
+        for b in map(int, args.batch_sizes.split(","))
+        for v in VARIANTS[m]
+    ]
     for r in range(args.repeats):
         for bench in benches:
             bench.run_round(args.warmup, args.steps)
-            print(f"round {r + 1}/{args.repeats} {bench.model_name}/{bench.variant} b={bench.bsz}: "
-                  f"{bench.samples_s:.1f} samples/s (load {load1():.2f})", flush=True)
+            print(
+                f"round {r + 1}/{args.repeats} {bench.model_name}/{bench.variant} b={bench.bsz}: "
+                f"{bench.samples_s:.1f} samples/s (load {load1():.2f})",
+                flush=True,
+            )
     peak_end = matmul_peak(args.peak_n)
     peak = max(peak_start, peak_end)
     load_end = os.getloadavg()
@@ -202,26 +227,38 @@ def main() -> None:
     print("\n## Machine\n")
     for k, v in info.items():
         print(f"- {k}: {v}")
-    print(f"- matmul peak (float32 {args.peak_n}^3 torch.mm, best of 5): start "
-          f"{peak_start / 1e9:.1f} GFLOP/s, end {peak_end / 1e9:.1f} GFLOP/s; using "
-          f"{peak / 1e9:.1f}")
-    print(f"- load average (1/5/15 min): start {'/'.join(f'{x:.2f}' for x in load_start)}, "
-          f"end {'/'.join(f'{x:.2f}' for x in load_end)}")
-    print(f"- timing: {args.warmup} warm-up + {args.steps} timed full-size steps per round, "
-          f"best of {args.repeats} interleaved rounds; epoch = {MOSI_TRAIN} samples extrapolated "
-          "+ one measured on_epoch_end, no validation")
+    print(
+        f"- matmul peak (float32 {args.peak_n}^3 torch.mm, best of 5): start "
+        f"{peak_start / 1e9:.1f} GFLOP/s, end {peak_end / 1e9:.1f} GFLOP/s; using "
+        f"{peak / 1e9:.1f}"
+    )
+    print(
+        f"- load average (1/5/15 min): start {'/'.join(f'{x:.2f}' for x in load_start)}, "
+        f"end {'/'.join(f'{x:.2f}' for x in load_end)}"
+    )
+    print(
+        f"- timing: {args.warmup} warm-up + {args.steps} timed full-size steps per round, "
+        f"best of {args.repeats} interleaved rounds; epoch = {MOSI_TRAIN} samples extrapolated "
+        "+ one measured on_epoch_end, no validation"
+    )
 
     print("\n## Results\n")
-    print("| model | variant | batch | optimizer | samples/s | ms/step | after_backward ms/step | "
-          "on_epoch_end ms | epoch s (1284) | GFLOP/step (fwd+bwd) | GFLOP/s | % of peak | "
-          "load 1-min |")
-    print("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        "| model | variant | batch | optimizer | samples/s | ms/step | after_backward ms/step | "
+        "on_epoch_end ms | epoch s (1284) | GFLOP/step (fwd+bwd) | GFLOP/s | % of peak | "
+        "load 1-min |"
+    )
+    print(
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )
     for b in benches:
         achieved = b.flops / b.step_s
-        print(f"| {b.model_name} | {b.variant} | {b.bsz} | {b.cfg.train.optimizer} "
-              f"| {b.samples_s:.1f} | {1e3 * b.step_s:.1f} | {1e3 * b.after_backward_s:.2f} "
-              f"| {1e3 * b.epoch_end_s:.2f} | {b.epoch_s:.2f} | {b.flops / 1e9:.2f} "
-              f"| {achieved / 1e9:.1f} | {100 * achieved / peak:.1f} | {b.load:.2f} |")
+        print(
+            f"| {b.model_name} | {b.variant} | {b.bsz} | {b.cfg.train.optimizer} "
+            f"| {b.samples_s:.1f} | {1e3 * b.step_s:.1f} | {1e3 * b.after_backward_s:.2f} "
+            f"| {1e3 * b.epoch_end_s:.2f} | {b.epoch_s:.2f} | {b.flops / 1e9:.2f} "
+            f"| {achieved / 1e9:.1f} | {100 * achieved / peak:.1f} | {b.load:.2f} |"
+        )
 
     print("\n## Ratios (same run)\n")
     by = {(b.model_name, b.variant, b.bsz): b for b in benches}
@@ -230,13 +267,17 @@ def main() -> None:
         if full and none:
             ratio = full.epoch_s / none.epoch_s
             verdict = "meets" if ratio <= 1.3 else "MISSES"
-            print(f"- batch {bsz}: MMAFNet full/none per epoch = {ratio:.2f}x "
-                  f"({verdict} the <= 1.3x goal)")
+            print(
+                f"- batch {bsz}: MMAFNet full/none per epoch = {ratio:.2f}x "
+                f"({verdict} the <= 1.3x goal)"
+            )
         mmcl = by.get(("mmcl", "full", bsz))
         if full and mmcl:
-            print(f"- batch {bsz}: MMCL full / MMAFNet full samples/s = "
-                  f"{mmcl.samples_s / full.samples_s:.2f}x "
-                  f"({mmcl.samples_s:.1f} vs {full.samples_s:.1f})")
+            print(
+                f"- batch {bsz}: MMCL full / MMAFNet full samples/s = "
+                f"{mmcl.samples_s / full.samples_s:.2f}x "
+                f"({mmcl.samples_s:.1f} vs {full.samples_s:.1f})"
+            )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Optuna dashboard on $OPTUNA_STORAGE (set by optuna-dashboard.sh), so the DB password is not in argv."""
+"""Optuna dashboard on $OPTUNA_STORAGE (set by optuna-dashboard.sh), so the DB password is not in
+argv."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import sys
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="0.0.0.0")  # inside the container; compose decides what is published
+    parser.add_argument(
+        "--host", default="0.0.0.0"
+    )  # inside the container; compose decides what is published
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args()
     storage = os.environ.pop("OPTUNA_STORAGE", "")

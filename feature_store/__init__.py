@@ -25,8 +25,23 @@ from feature_store.schema import (
 from feature_store.sim import SIM_PROFILES, synthesize
 
 __all__ = [
-    "FORMATS", "MODALITIES", "SIM_PROFILES", "SPLITS", "DataError", "Manifest", "SplitData", "check_splits",
-    "check_target", "clean_stale_temporaries", "ingest",
-    "load_dataset", "load_split", "load_split_shared", "read_manifest", "safe_load_pickle", "synthesize", "validate_dataset",
+    "FORMATS",
+    "MODALITIES",
+    "SIM_PROFILES",
+    "SPLITS",
+    "DataError",
+    "Manifest",
+    "SplitData",
+    "check_splits",
+    "check_target",
+    "clean_stale_temporaries",
+    "ingest",
+    "load_dataset",
+    "load_split",
+    "load_split_shared",
+    "read_manifest",
+    "safe_load_pickle",
+    "synthesize",
+    "validate_dataset",
     "write_dataset",
 ]

@@ -16,13 +16,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-app = typer.Typer(no_args_is_help=True, help="Feature stores: synthesize, ingest, inspect, validate.")
+app = typer.Typer(
+    no_args_is_help=True, help="Feature stores: synthesize, ingest, inspect, validate."
+)
 _err = Console(stderr=True)
 _out = Console()
 
-_FORCE_HELP = ("Write into a non-empty folder that is not an msaflow store, beside what is there; "
-               "refuses if a file there has a store file's name. Never deletes or overwrites a file "
-               "msaflow did not write.")
+_FORCE_HELP = (
+    "Write into a non-empty folder that is not an msaflow store, beside what is there; "
+    "refuses if a file there has a store file's name. Never deletes or overwrites a file "
+    "msaflow did not write."
+)
 
 
 def _fail(exc: Exception) -> None:
@@ -37,9 +41,15 @@ def _print_json(obj: object) -> None:
 
 
 def _summary(manifest) -> dict:
-    return {"name": manifest.name, "source": manifest.source, "task": manifest.task,
-            "label_kind": manifest.label_kind, "splits": manifest.splits, "modalities": manifest.modalities,
-            "content_hash": manifest.content_hash}
+    return {
+        "name": manifest.name,
+        "source": manifest.source,
+        "task": manifest.task,
+        "label_kind": manifest.label_kind,
+        "splits": manifest.splits,
+        "modalities": manifest.modalities,
+        "content_hash": manifest.content_hash,
+    }
 
 
 @app.command()
@@ -47,7 +57,9 @@ def synth(
     profile: Annotated[str, typer.Option(help="mosi | mosei | iemocap | cmdc")] = "mosi",
     out: Annotated[Path, typer.Option(help="Store directory to write.")] = Path("sim-mosi"),
     seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
-    scale: Annotated[float, typer.Option(help="Shrink every split by this fraction (tests).")] = 1.0,
+    scale: Annotated[
+        float, typer.Option(help="Shrink every split by this fraction (tests).")
+    ] = 1.0,
     force: Annotated[bool, typer.Option("--force", help=_FORCE_HELP)] = False,
 ) -> None:
     """Write a simulation benchmark store (a no-op when OUT already holds the same one)."""
@@ -62,14 +74,24 @@ def synth(
 
 @app.command()
 def ingest(
-    path: Annotated[Path, typer.Argument(help="An MMSA (aligned_50.pkl / unaligned_50.pkl) or MulT pickle.")],
+    path: Annotated[
+        Path, typer.Argument(help="An MMSA (aligned_50.pkl / unaligned_50.pkl) or MulT pickle.")
+    ],
     out: Annotated[Path, typer.Option(help="Store directory to write.")],
     fmt: Annotated[str, typer.Option("--format", help="mmsa | mult")] = "mmsa",
-    nonfinite: Annotated[str, typer.Option(help="NaN/inf features: zero (the field's practice) | error")] = "zero",
-    name: Annotated[str | None, typer.Option(help="Dataset name in the manifest (default: from the file).")] = None,
+    nonfinite: Annotated[
+        str, typer.Option(help="NaN/inf features: zero (the field's practice) | error")
+    ] = "zero",
+    name: Annotated[
+        str | None, typer.Option(help="Dataset name in the manifest (default: from the file).")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help=_FORCE_HELP)] = False,
-    task: Annotated[str, typer.Option("--task", help="sentiment | emotion (MulT IEMOCAP, labels N x 4 x 2) "
-                                                     "| depression")] = "sentiment",
+    task: Annotated[
+        str,
+        typer.Option(
+            "--task", help="sentiment | emotion (MulT IEMOCAP, labels N x 4 x 2) | depression"
+        ),
+    ] = "sentiment",
 ) -> None:
     """Ingest a pickle safely (no code runs) into a Parquet store."""
     from feature_store import DataError
@@ -87,7 +109,9 @@ def ingest(
 @app.command()
 def info(
     path: Annotated[Path, typer.Argument(help="Store directory.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the whole manifest as JSON.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the whole manifest as JSON.")
+    ] = False,
 ) -> None:
     """Show a store's manifest."""
     from feature_store import DataError, read_manifest
@@ -100,14 +124,30 @@ def info(
         _print_json({**manifest.to_dict(), "content_hash": manifest.content_hash})
         return
     s = _summary(manifest)
-    _out.print(f"[bold]{escape(str(s['name']))}[/] ({escape(str(s['source']))}) task={escape(str(s['task']))} "
-               f"labels={escape(str(s['label_kind']))} hash={s['content_hash']}", highlight=False, soft_wrap=True)
-    _out.print("splits: " + ", ".join(f"{k}={v}" for k, v in s["splits"].items()),
-               markup=False, highlight=False, soft_wrap=True)
-    _out.print("modalities: " + ", ".join(f"{m} {v['seq_len']}x{v['dim']}" for m, v in s["modalities"].items()),
-               markup=False, highlight=False, soft_wrap=True)
+    _out.print(
+        f"[bold]{escape(str(s['name']))}[/] ({escape(str(s['source']))}) "
+        f"task={escape(str(s['task']))} labels={escape(str(s['label_kind']))} "
+        f"hash={s['content_hash']}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    _out.print(
+        "splits: " + ", ".join(f"{k}={v}" for k, v in s["splits"].items()),
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    _out.print(
+        "modalities: "
+        + ", ".join(f"{m} {v['seq_len']}x{v['dim']}" for m, v in s["modalities"].items()),
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
     if manifest.oracle:
-        _out.print(f"oracle: {json.dumps(manifest.oracle)}", markup=False, highlight=False, soft_wrap=True)
+        _out.print(
+            f"oracle: {json.dumps(manifest.oracle)}", markup=False, highlight=False, soft_wrap=True
+        )
 
 
 @app.command()
@@ -119,5 +159,9 @@ def validate(path: Annotated[Path, typer.Argument(help="Store directory.")]) -> 
         manifest = validate_dataset(path)
     except DataError as exc:
         _fail(exc)
-    _out.print(f"ok: {manifest.name} {manifest.splits} hash={manifest.content_hash}",
-               markup=False, highlight=False, soft_wrap=True)
+    _out.print(
+        f"ok: {manifest.name} {manifest.splits} hash={manifest.content_hash}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )

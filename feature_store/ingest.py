@@ -90,15 +90,49 @@ _DTYPE_KINDS = frozenset("biufcUS")
 # - numeric._frombuffer: protocol 5 arrays, from in-band serialised bytes only.
 # - numpy.dtypes.<X>DType: the DType classes of the admitted kinds, as values, one by one
 #   (numpy pickles them as "numpy.dtypes", "Float32DType"); never the Object/Void/String ones.
-_BUILTIN_TYPES = {"dict": dict, "list": list, "tuple": tuple, "set": set, "frozenset": frozenset,
-                  "str": str, "bytes": bytes, "bytearray": bytearray, "int": int, "float": float,
-                  "complex": complex, "bool": bool}
+_BUILTIN_TYPES = {
+    "dict": dict,
+    "list": list,
+    "tuple": tuple,
+    "set": set,
+    "frozenset": frozenset,
+    "str": str,
+    "bytes": bytes,
+    "bytearray": bytearray,
+    "int": int,
+    "float": float,
+    "complex": complex,
+    "bool": bool,
+}
 _DTYPE_CLASS_NAMES = (
-    "BoolDType", "Int8DType", "Int16DType", "Int32DType", "Int64DType", "UInt8DType", "UInt16DType",
-    "UInt32DType", "UInt64DType", "ByteDType", "ShortDType", "IntDType", "LongDType", "LongLongDType",
-    "UByteDType", "UShortDType", "UIntDType", "ULongDType", "ULongLongDType", "Float16DType",
-    "Float32DType", "Float64DType", "LongDoubleDType", "Complex64DType", "Complex128DType",
-    "CLongDoubleDType", "StrDType", "BytesDType",
+    "BoolDType",
+    "Int8DType",
+    "Int16DType",
+    "Int32DType",
+    "Int64DType",
+    "UInt8DType",
+    "UInt16DType",
+    "UInt32DType",
+    "UInt64DType",
+    "ByteDType",
+    "ShortDType",
+    "IntDType",
+    "LongDType",
+    "LongLongDType",
+    "UByteDType",
+    "UShortDType",
+    "UIntDType",
+    "ULongDType",
+    "ULongLongDType",
+    "Float16DType",
+    "Float32DType",
+    "Float64DType",
+    "LongDoubleDType",
+    "Complex64DType",
+    "Complex128DType",
+    "CLongDoubleDType",
+    "StrDType",
+    "BytesDType",
 )
 _ADMITTED: dict[tuple[str, str], Any] = {
     **{(mod, n): t for mod in ("builtins", "__builtin__") for n, t in _BUILTIN_TYPES.items()},
@@ -106,28 +140,86 @@ _ADMITTED: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): OrderedDict,
     ("numpy", "dtype"): np.dtype,
     ("numpy", "ndarray"): np.ndarray,
-    **{(f"numpy.{core}.multiarray", n): getattr(_multiarray, n)
-       for core in ("core", "_core") for n in ("_reconstruct", "scalar")},
-    **{(f"numpy.{core}.numeric", "_frombuffer"): _numeric._frombuffer for core in ("core", "_core")},
-    **{("numpy.dtypes", n): getattr(np.dtypes, n) for n in _DTYPE_CLASS_NAMES
-       if hasattr(getattr(np, "dtypes", None), n)},
+    **{
+        (f"numpy.{core}.multiarray", n): getattr(_multiarray, n)
+        for core in ("core", "_core")
+        for n in ("_reconstruct", "scalar")
+    },
+    **{
+        (f"numpy.{core}.numeric", "_frombuffer"): _numeric._frombuffer for core in ("core", "_core")
+    },
+    **{
+        ("numpy.dtypes", n): getattr(np.dtypes, n)
+        for n in _DTYPE_CLASS_NAMES
+        if hasattr(getattr(np, "dtypes", None), n)
+    },
 }
 
 # Every opcode a real dict-of-numpy-arrays pickle (protocols 0-5) uses. Refused by omission: INST,
 # OBJ, NEWOBJ, NEWOBJ_EX (build any class), EXT1/2/4 (copyreg's extension registry),
 # PERSID/BINPERSID (persistent ids), NEXT_BUFFER/READONLY_BUFFER (out-of-band buffers).
-_OPCODES = frozenset(op[0] for op in (
-    pickle.PROTO, pickle.FRAME, pickle.STOP, pickle.MARK, pickle.POP, pickle.POP_MARK, pickle.DUP,
-    pickle.NONE, pickle.NEWTRUE, pickle.NEWFALSE, pickle.INT, pickle.BININT, pickle.BININT1,
-    pickle.BININT2, pickle.LONG, pickle.LONG1, pickle.LONG4, pickle.FLOAT, pickle.BINFLOAT,
-    pickle.STRING, pickle.BINSTRING, pickle.SHORT_BINSTRING, pickle.BINBYTES, pickle.SHORT_BINBYTES,
-    pickle.BINBYTES8, pickle.BYTEARRAY8, pickle.UNICODE, pickle.BINUNICODE, pickle.SHORT_BINUNICODE,
-    pickle.BINUNICODE8, pickle.EMPTY_LIST, pickle.APPEND, pickle.APPENDS, pickle.LIST,
-    pickle.EMPTY_TUPLE, pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3, pickle.EMPTY_DICT,
-    pickle.DICT, pickle.SETITEM, pickle.SETITEMS, pickle.EMPTY_SET, pickle.ADDITEMS, pickle.FROZENSET,
-    pickle.GET, pickle.BINGET, pickle.LONG_BINGET, pickle.PUT, pickle.BINPUT, pickle.LONG_BINPUT,
-    pickle.MEMOIZE, pickle.GLOBAL, pickle.STACK_GLOBAL, pickle.REDUCE, pickle.BUILD,
-))
+_OPCODES = frozenset(
+    op[0]
+    for op in (
+        pickle.PROTO,
+        pickle.FRAME,
+        pickle.STOP,
+        pickle.MARK,
+        pickle.POP,
+        pickle.POP_MARK,
+        pickle.DUP,
+        pickle.NONE,
+        pickle.NEWTRUE,
+        pickle.NEWFALSE,
+        pickle.INT,
+        pickle.BININT,
+        pickle.BININT1,
+        pickle.BININT2,
+        pickle.LONG,
+        pickle.LONG1,
+        pickle.LONG4,
+        pickle.FLOAT,
+        pickle.BINFLOAT,
+        pickle.STRING,
+        pickle.BINSTRING,
+        pickle.SHORT_BINSTRING,
+        pickle.BINBYTES,
+        pickle.SHORT_BINBYTES,
+        pickle.BINBYTES8,
+        pickle.BYTEARRAY8,
+        pickle.UNICODE,
+        pickle.BINUNICODE,
+        pickle.SHORT_BINUNICODE,
+        pickle.BINUNICODE8,
+        pickle.EMPTY_LIST,
+        pickle.APPEND,
+        pickle.APPENDS,
+        pickle.LIST,
+        pickle.EMPTY_TUPLE,
+        pickle.TUPLE,
+        pickle.TUPLE1,
+        pickle.TUPLE2,
+        pickle.TUPLE3,
+        pickle.EMPTY_DICT,
+        pickle.DICT,
+        pickle.SETITEM,
+        pickle.SETITEMS,
+        pickle.EMPTY_SET,
+        pickle.ADDITEMS,
+        pickle.FROZENSET,
+        pickle.GET,
+        pickle.BINGET,
+        pickle.LONG_BINGET,
+        pickle.PUT,
+        pickle.BINPUT,
+        pickle.LONG_BINPUT,
+        pickle.MEMOIZE,
+        pickle.GLOBAL,
+        pickle.STACK_GLOBAL,
+        pickle.REDUCE,
+        pickle.BUILD,
+    )
+)
 
 
 class _Refused(Exception):
@@ -149,7 +241,9 @@ class _BoundedFile:
 
     def read(self, n: int) -> bytes:
         if n > self._left:
-            raise _Refused(f"a length field declares {n} bytes, but only {self._left} are left in the file")
+            raise _Refused(
+                f"a length field declares {n} bytes, but only {self._left} are left in the file"
+            )
         data = self._fh.read(n)
         self._left -= len(data)
         return data
@@ -167,8 +261,13 @@ def _shape(x: Any) -> tuple[int, ...]:
 
 
 def _plain_dtype(x: Any) -> np.dtype:
-    if not isinstance(x, np.dtype) or x.hasobject or x.kind not in _DTYPE_KINDS or x.fields is not None \
-            or x.subdtype is not None:
+    if (
+        not isinstance(x, np.dtype)
+        or x.hasobject
+        or x.kind not in _DTYPE_KINDS
+        or x.fields is not None
+        or x.subdtype is not None
+    ):
         raise _Refused(f"a numeric, str or bytes dtype (no object arrays), got {_show(x)}")
     return x
 
@@ -199,19 +298,25 @@ class _SafeUnpickler(pickle._Unpickler):
         self.made = 0  # bytes made by calls and BUILDs so far
         self.pending: dict[int, tuple[str, Any, Any]] = {}  # id -> (kind, obj, dtype string)
         self._calls = {
-            id(_multiarray._reconstruct): self._reconstruct, id(np.dtype): self._dtype,
-            id(_multiarray.scalar): self._scalar, id(_numeric._frombuffer): self._frombuffer,
-            id(codecs.encode): self._encode, id(OrderedDict): self._odict,
-            id(set): lambda *a: self._set(set, *a), id(frozenset): lambda *a: self._set(frozenset, *a),
-            id(bytearray): self._bytearray, id(bytes): self._bytes,
+            id(_multiarray._reconstruct): self._reconstruct,
+            id(np.dtype): self._dtype,
+            id(_multiarray.scalar): self._scalar,
+            id(_numeric._frombuffer): self._frombuffer,
+            id(codecs.encode): self._encode,
+            id(OrderedDict): self._odict,
+            id(set): lambda *a: self._set(set, *a),
+            id(frozenset): lambda *a: self._set(frozenset, *a),
+            id(bytearray): self._bytearray,
+            id(bytes): self._bytes,
         }
         self._names = {id(v): f"{m}.{n}" for (m, n), v in reversed(_ADMITTED.items())}
 
     def _spend(self, n: int) -> None:
         self.made += n
         if self.made > self.budget:
-            raise _Refused(f"at most {self.budget} bytes of data (budget for the file's size); "
-                           f"it makes more")
+            raise _Refused(
+                f"at most {self.budget} bytes of data (budget for the file's size); it makes more"
+            )
 
     # -- globals and opcodes --
     def find_class(self, module: str, name: str) -> Any:
@@ -220,11 +325,15 @@ class _SafeUnpickler(pickle._Unpickler):
         try:
             return _ADMITTED[(module, name)]
         except KeyError:
-            raise _Refused("only numpy arrays, numbers, strings and containers; "
-                           f"refused class {_show(module)}.{_show(name)}") from None
+            raise _Refused(
+                "only numpy arrays, numbers, strings and containers; "
+                f"refused class {_show(module)}.{_show(name)}"
+            ) from None
 
     def _refuse_opcode(self, code: int) -> None:
-        name = next((op.name for op in pickletools.opcodes if op.code == chr(code)), f"0x{code:02x}")
+        name = next(
+            (op.name for op in pickletools.opcodes if op.code == chr(code)), f"0x{code:02x}"
+        )
         raise _Refused(f"plain data opcodes; refused opcode {name}")
 
     def load_reduce(self) -> None:
@@ -232,8 +341,10 @@ class _SafeUnpickler(pickle._Unpickler):
         func = self.stack[-1]
         call = self._calls.get(id(func))
         if call is None:
-            raise _Refused(f"only numpy's array and dtype constructors called; refused calling "
-                           f"{self._names.get(id(func)) or type(func).__name__}")
+            raise _Refused(
+                f"only numpy's array and dtype constructors called; refused calling "
+                f"{self._names.get(id(func)) or type(func).__name__}"
+            )
         if type(args) is not tuple:
             raise _Refused("a tuple of call arguments")
         self.stack[-1] = call(*args)
@@ -243,8 +354,10 @@ class _SafeUnpickler(pickle._Unpickler):
         inst = self.stack[-1]
         kind, obj, dstr = self.pending.pop(id(inst), (None, None, None))
         if obj is not inst:
-            raise _Refused(f"state only for an array or dtype being built; refused BUILD on "
-                           f"{type(inst).__name__}")
+            raise _Refused(
+                f"state only for an array or dtype being built; refused BUILD on "
+                f"{type(inst).__name__}"
+            )
         (self._build_array if kind == "array" else self._build_dtype)(inst, state, dstr)
 
     def load_append(self) -> None:
@@ -278,37 +391,68 @@ class _SafeUnpickler(pickle._Unpickler):
         self.stack[-1].update(items)
 
     # -- the admitted calls, each checking its arguments --
-    def _reconstruct(self, cls: Any = None, shape: Any = None, order: Any = None, *extra: Any) -> np.ndarray:
-        if cls is not np.ndarray or type(shape) is not tuple or shape != (0,) or order not in (b"b", "b") or extra:
-            raise _Refused(f"_reconstruct(numpy.ndarray, (0,), b'b') as numpy writes it, got class "
-                           f"{self._names.get(id(cls)) or type(cls).__name__}, shape {_show(shape)}")
+    def _reconstruct(
+        self, cls: Any = None, shape: Any = None, order: Any = None, *extra: Any
+    ) -> np.ndarray:
+        if (
+            cls is not np.ndarray
+            or type(shape) is not tuple
+            or shape != (0,)
+            or order not in (b"b", "b")
+            or extra
+        ):
+            raise _Refused(
+                f"_reconstruct(numpy.ndarray, (0,), b'b') as numpy writes it, got class "
+                f"{self._names.get(id(cls)) or type(cls).__name__}, shape {_show(shape)}"
+            )
         arr = _multiarray._reconstruct(np.ndarray, (0,), b"b")
         self.pending[id(arr)] = ("array", arr, None)
         return arr
 
     def _build_array(self, arr: np.ndarray, state: Any, _: Any) -> None:
-        if type(state) is not tuple or len(state) != 5 or state[0] != 1 or type(state[3]) is not bool:
+        if (
+            type(state) is not tuple
+            or len(state) != 5
+            or state[0] != 1
+            or type(state[3]) is not bool
+        ):
             raise _Refused("array state (1, shape, dtype, is_fortran, bytes)")
         shape, dtype, raw = _shape(state[1]), _plain_dtype(state[2]), _raw(state[4])
         nbytes = math.prod(shape) * dtype.itemsize
         if nbytes != len(raw):
-            raise _Refused(f"array bytes matching shape {shape} x {dtype.itemsize}; got {len(raw)} bytes")
+            raise _Refused(
+                f"array bytes matching shape {shape} x {dtype.itemsize}; got {len(raw)} bytes"
+            )
         self._spend(nbytes)
         _check_text(dtype, raw)
         arr.__setstate__((1, shape, dtype, state[3], raw))
 
-    def _dtype(self, spec: Any = None, align: Any = False, copy: Any = True, *extra: Any) -> np.dtype:
-        if type(spec) is not str or not _DTYPE_STR.fullmatch(spec) or type(align) is not bool \
-                or type(copy) is not bool or extra:
-            raise _Refused(f"a numeric, str or bytes dtype (no object arrays), got dtype({_show(spec)})")
+    def _dtype(
+        self, spec: Any = None, align: Any = False, copy: Any = True, *extra: Any
+    ) -> np.dtype:
+        if (
+            type(spec) is not str
+            or not _DTYPE_STR.fullmatch(spec)
+            or type(align) is not bool
+            or type(copy) is not bool
+            or extra
+        ):
+            raise _Refused(
+                f"a numeric, str or bytes dtype (no object arrays), got dtype({_show(spec)})"
+            )
         dt = np.dtype(spec, align, True)  # always a fresh copy: BUILD must never touch numpy's own
         self.pending[id(dt)] = ("dtype", dt, spec)
         return dt
 
     def _build_dtype(self, dt: np.dtype, state: Any, spec: str) -> None:
-        if type(state) is not tuple or len(state) not in (8, 9) or state[0] not in (3, 4) \
-                or state[1] not in ("<", ">", "|", "=") or any(s is not None for s in state[2:5]) \
-                or (len(state) == 9 and state[8] is not None):
+        if (
+            type(state) is not tuple
+            or len(state) not in (8, 9)
+            or state[0] not in (3, 4)
+            or state[1] not in ("<", ">", "|", "=")
+            or any(s is not None for s in state[2:5])
+            or (len(state) == 9 and state[8] is not None)
+        ):
             raise _Refused(f"a plain dtype state (no fields or subarrays), got {_show(state)}")
         # Only the byte order is taken from the file; size, alignment and flags are numpy's own for
         # this dtype string (a forged flags field could mark plain bytes as object pointers).
@@ -327,11 +471,14 @@ class _SafeUnpickler(pickle._Unpickler):
         _check_text(dtype, data)
         return _multiarray.scalar(dtype, data)
 
-    def _frombuffer(self, buf: Any = None, dtype: Any = None, shape: Any = None, order: Any = "C",
-                    *extra: Any) -> np.ndarray:
+    def _frombuffer(
+        self, buf: Any = None, dtype: Any = None, shape: Any = None, order: Any = "C", *extra: Any
+    ) -> np.ndarray:
         buf, dtype, shape = _raw(buf), _plain_dtype(dtype), _shape(shape)
         if math.prod(shape) * dtype.itemsize != len(buf) or order not in ("C", "F") or extra:
-            raise _Refused(f"array bytes matching shape {shape} x {dtype.itemsize}; got {len(buf)} bytes")
+            raise _Refused(
+                f"array bytes matching shape {shape} x {dtype.itemsize}; got {len(buf)} bytes"
+            )
         self._spend(len(buf))
         _check_text(dtype, buf)
         arr = np.frombuffer(buf, dtype=dtype).reshape(shape, order=order)
@@ -377,12 +524,16 @@ class _SafeUnpickler(pickle._Unpickler):
 for _code in range(256):
     if _code not in _OPCODES:
         _SafeUnpickler.dispatch[_code] = lambda self, _c=_code: self._refuse_opcode(_c)
-for _op, _fn in ((pickle.REDUCE, _SafeUnpickler.load_reduce), (pickle.BUILD, _SafeUnpickler.load_build),
-                 (pickle.APPEND, _SafeUnpickler.load_append), (pickle.APPENDS, _SafeUnpickler.load_appends),
-                 (pickle.SETITEM, _SafeUnpickler.load_setitem),
-                 (pickle.SETITEMS, _SafeUnpickler.load_setitems),
-                 (pickle.ADDITEMS, _SafeUnpickler.load_additems),
-                 (pickle.BYTEARRAY8, _SafeUnpickler.load_bytearray8)):
+for _op, _fn in (
+    (pickle.REDUCE, _SafeUnpickler.load_reduce),
+    (pickle.BUILD, _SafeUnpickler.load_build),
+    (pickle.APPEND, _SafeUnpickler.load_append),
+    (pickle.APPENDS, _SafeUnpickler.load_appends),
+    (pickle.SETITEM, _SafeUnpickler.load_setitem),
+    (pickle.SETITEMS, _SafeUnpickler.load_setitems),
+    (pickle.ADDITEMS, _SafeUnpickler.load_additems),
+    (pickle.BYTEARRAY8, _SafeUnpickler.load_bytearray8),
+):
     _SafeUnpickler.dispatch[_op[0]] = _fn
 
 
@@ -413,11 +564,18 @@ def _reached_bytes(root: Any, limit: int) -> int:
             todo.extend((k, False) for k in kids)
             continue
         else:
-            sizes[oid] = obj.nbytes if isinstance(obj, np.ndarray) else \
-                len(obj) if isinstance(obj, (str, bytes, bytearray)) else 0
+            sizes[oid] = (
+                obj.nbytes
+                if isinstance(obj, np.ndarray)
+                else len(obj)
+                if isinstance(obj, (str, bytes, bytearray))
+                else 0
+            )
         if sizes[oid] > limit:
-            raise _Refused(f"at most {limit} bytes of data (budget for the file's size); its result "
-                           f"reaches more (memo references counted each time)")
+            raise _Refused(
+                f"at most {limit} bytes of data (budget for the file's size); its result "
+                f"reaches more (memo references counted each time)"
+            )
     return sizes[id(root)]
 
 
@@ -491,16 +649,26 @@ def _clean(path: Path, split: str, m: str, x: np.ndarray, policy: str, counts: d
     counts.setdefault("nonfinite", {}).setdefault(split, {})[m] = n_bad
     if n_bad:
         if policy == "error":
-            raise DataError(path, f"{split}.{m}", f"finite features; found {n_bad} NaN/inf (use nonfinite=zero)")
+            raise DataError(
+                path, f"{split}.{m}", f"finite features; found {n_bad} NaN/inf (use nonfinite=zero)"
+            )
         x = np.where(bad, np.float32(0), x)
     return x
 
 
 def _split_ids(path: Path, ids: Any, field: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ids = _array(path, ids, field)
-    if ids.ndim not in (1, 2) or (ids.ndim == 2 and ids.shape[1] == 0) or ids.dtype.kind not in "USiu":
-        raise DataError(path, field, f"ids as a rank-1 array (or MulT rows of [video, clip, ...]) of "
-                        f"strings or integers, got shape {ids.shape} dtype {_show(str(ids.dtype))}")
+    if (
+        ids.ndim not in (1, 2)
+        or (ids.ndim == 2 and ids.shape[1] == 0)
+        or ids.dtype.kind not in "USiu"
+    ):
+        raise DataError(
+            path,
+            field,
+            f"ids as a rank-1 array (or MulT rows of [video, clip, ...]) of "
+            f"strings or integers, got shape {ids.shape} dtype {_show(str(ids.dtype))}",
+        )
     if ids.dtype.kind == "S":  # numpy decodes bytes as ASCII
         try:
             ids = ids.astype(str)
@@ -522,22 +690,35 @@ def _mmsa_split(path: Path, name: str, d: dict, policy: str, counts: dict) -> Sp
         raise DataError(path, name, f"a dict of arrays, got {type(d).__name__}")
     for key in ("text", "audio", "vision", "regression_labels", "id"):
         if key not in d:
-            raise DataError(path, f"{name}.{key}", "an MMSA split field (text, audio, vision, regression_labels, id)")
-    feats = {m: _clean(path, name, m, _numbers(path, d[m], f"{name}.{m}", 3), policy, counts) for m in MODALITIES}
+            raise DataError(
+                path,
+                f"{name}.{key}",
+                "an MMSA split field (text, audio, vision, regression_labels, id)",
+            )
+    feats = {
+        m: _clean(path, name, m, _numbers(path, d[m], f"{name}.{m}", 3), policy, counts)
+        for m in MODALITIES
+    }
     n = len(feats["text"])
     for m, x in feats.items():
         if len(x) != n:
             raise DataError(path, f"{name}.{m}", f"N={n} rows like text, got {len(x)}")
-    labels = _floats(path, _numbers(path, d["regression_labels"], f"{name}.regression_labels").reshape(-1),
-                     f"{name}.regression_labels")
+    labels = _floats(
+        path,
+        _numbers(path, d["regression_labels"], f"{name}.regression_labels").reshape(-1),
+        f"{name}.regression_labels",
+    )
     if len(labels) != n:
         raise DataError(path, f"{name}.regression_labels", f"N={n} labels, got {len(labels)}")
     t_text = feats["text"].shape[1]
     if "text_bert" in d:
         tb = _numbers(path, d["text_bert"], f"{name}.text_bert", 3)
         if tb.shape[0] != n or tb.shape[1] < 2:
-            raise DataError(path, f"{name}.text_bert", f"shape (N={n}, 3, T): ids, attention mask, segments; "
-                            f"got {tb.shape}")
+            raise DataError(
+                path,
+                f"{name}.text_bert",
+                f"shape (N={n}, 3, T): ids, attention mask, segments; got {tb.shape}",
+            )
         text_len = _counts(path, tb[:, 1, :].astype(np.float64).sum(1), f"{name}.text_bert", n)
     else:
         text_len = np.full(n, t_text, np.int64)
@@ -562,17 +743,31 @@ def _mmsa_split(path: Path, name: str, d: dict, policy: str, counts: dict) -> Sp
         if len(texts) != n or texts.dtype.kind != "U":
             raise DataError(path, f"{name}.raw_text", f"N={n} strings")
         texts = texts.astype(str)
-    return SplitData(ids=full, labels=labels, features=feats, lengths=lengths, video_ids=video,
-                     clip_ids=clip, texts=texts)
+    return SplitData(
+        ids=full,
+        labels=labels,
+        features=feats,
+        lengths=lengths,
+        video_ids=video,
+        clip_ids=clip,
+        texts=texts,
+    )
 
 
-def _mult_split(path: Path, name: str, d: dict, policy: str, counts: dict, emotion: bool = False) -> SplitData:
+def _mult_split(
+    path: Path, name: str, d: dict, policy: str, counts: dict, emotion: bool = False
+) -> SplitData:
     if not isinstance(d, dict):
         raise DataError(path, name, f"a dict of arrays, got {type(d).__name__}")
     for key in ("text", "audio", "vision", "labels"):
         if key not in d:
-            raise DataError(path, f"{name}.{key}", "a MulT split field (text, audio, vision, labels, id)")
-    feats = {m: _clean(path, name, m, _numbers(path, d[m], f"{name}.{m}", 3), policy, counts) for m in MODALITIES}
+            raise DataError(
+                path, f"{name}.{key}", "a MulT split field (text, audio, vision, labels, id)"
+            )
+    feats = {
+        m: _clean(path, name, m, _numbers(path, d[m], f"{name}.{m}", 3), policy, counts)
+        for m in MODALITIES
+    }
     n = len(feats["text"])
     for m, x in feats.items():
         if len(x) != n:
@@ -583,17 +778,27 @@ def _mult_split(path: Path, name: str, d: dict, policy: str, counts: dict, emoti
         class_labels = mult_emotion_classes(path, f"{name}.labels", labels, n)
         labels = class_labels.astype(np.float32)
     elif labels.size != n:
-        raise DataError(path, f"{name}.labels", f"one sentiment score per row, shape (N, 1, 1); got {labels.shape}")
+        raise DataError(
+            path,
+            f"{name}.labels",
+            f"one sentiment score per row, shape (N, 1, 1); got {labels.shape}",
+        )
     ids = d.get("id", np.array([f"{name}{i}" for i in range(n)]))
     full, video, clip = _split_ids(path, ids, f"{name}.id")
     if len(full) != n:
         raise DataError(path, f"{name}.id", f"N={n} ids, got {len(full)}")
-    return SplitData(ids=full, labels=_floats(path, labels.reshape(-1), f"{name}.labels"), features=feats,
-                     lengths={m: np.full(n, feats[m].shape[1], np.int64) for m in MODALITIES},
-                     video_ids=video, clip_ids=clip, class_labels=class_labels)
+    return SplitData(
+        ids=full,
+        labels=_floats(path, labels.reshape(-1), f"{name}.labels"),
+        features=feats,
+        lengths={m: np.full(n, feats[m].shape[1], np.int64) for m in MODALITIES},
+        video_ids=video,
+        clip_ids=clip,
+        class_labels=class_labels,
+    )
 
 
-# --- MulT's IEMOCAP labels (ingest --task emotion) -------------------------------------------------
+# --- MulT's IEMOCAP labels (ingest --task emotion) ------------------------------------------------
 # MulT's iemocap_data.pkl: labels (N, 4, 2), one [not-emotion, emotion] pair per emotion in this
 # order (MulT's eval_iemocap). The 4-class setting has exactly one positive emotion per row; a row
 # with none or several has no single class, so ingest refuses (counting them) rather than guess.
@@ -602,26 +807,44 @@ TASK_LABEL_RANGES = {"sentiment": (-3.0, 3.0), "emotion": (0.0, 3.0), "depressio
 
 
 def mult_emotion_classes(path: Path, field: str, labels: np.ndarray, n: int) -> np.ndarray:
-    """(N, 4, 2) pairs -> (N,) int64 class ids: the one emotion whose positive logit wins its pair."""
+    """(N, 4, 2) pairs -> (N,) int64 class ids: the one emotion whose positive logit wins its
+    pair."""
     k = len(MULT_IEMOCAP_CLASSES)
     if labels.shape != (n, k, 2):
-        raise DataError(path, field, f"MulT's IEMOCAP labels, shape (N={n}, {k}, 2): one [not-emotion, emotion] "
-                        f"pair per emotion ({', '.join(MULT_IEMOCAP_CLASSES)}); got {labels.shape}")
+        raise DataError(
+            path,
+            field,
+            f"MulT's IEMOCAP labels, shape (N={n}, {k}, 2): one [not-emotion, emotion] "
+            f"pair per emotion ({', '.join(MULT_IEMOCAP_CLASSES)}); got {labels.shape}",
+        )
     labels = _floats(path, labels, field)
     if not np.isfinite(labels).all():
-        raise DataError(path, field, f"finite labels; {int((~np.isfinite(labels)).sum())} are NaN/inf")
+        raise DataError(
+            path, field, f"finite labels; {int((~np.isfinite(labels)).sum())} are NaN/inf"
+        )
     positive = labels[:, :, 1] > labels[:, :, 0]  # (N, 4)
     per_row = positive.sum(axis=1)
     if (per_row != 1).any():
-        raise DataError(path, field, f"exactly one positive emotion per row (the 4-class setting); "
-                        f"{int((per_row == 0).sum())} of {n} rows have none and {int((per_row > 1).sum())} "
-                        f"have several")
+        raise DataError(
+            path,
+            field,
+            f"exactly one positive emotion per row (the 4-class setting); "
+            f"{int((per_row == 0).sum())} of {n} rows have none and {int((per_row > 1).sum())} "
+            f"have several",
+        )
     return positive.argmax(axis=1).astype(np.int64)
 
 
-def ingest(fmt: str, path: str | Path, out_dir: str | Path, nonfinite: str = "zero",
-           label_range: tuple[float, float] | None = None, name: str | None = None,
-           force: bool = False, task: str = "sentiment") -> Manifest:
+def ingest(
+    fmt: str,
+    path: str | Path,
+    out_dir: str | Path,
+    nonfinite: str = "zero",
+    label_range: tuple[float, float] | None = None,
+    name: str | None = None,
+    force: bool = False,
+    task: str = "sentiment",
+) -> Manifest:
     """Ingest an MMSA or MulT pickle into a store at ``out_dir`` (a no-op when unchanged).
 
     ``task``: sentiment (regression, default range [-3, 3]), depression (regression, [0, 27]) or
@@ -640,8 +863,12 @@ def ingest(fmt: str, path: str | Path, out_dir: str | Path, nonfinite: str = "ze
     if task not in TASK_LABEL_RANGES:
         raise DataError(src, "task", f"one of {', '.join(TASK_LABEL_RANGES)}, got {task!r}")
     if task == "emotion" and fmt != "mult":
-        raise DataError(src, "task", "emotion only with --format mult (MulT's IEMOCAP labels, N x 4 x 2); "
-                        "MMSA pickles hold sentiment scores")
+        raise DataError(
+            src,
+            "task",
+            "emotion only with --format mult (MulT's IEMOCAP labels, N x 4 x 2); "
+            "MMSA pickles hold sentiment scores",
+        )
     emotion = task == "emotion"
     label_range = TASK_LABEL_RANGES[task] if emotion or label_range is None else tuple(label_range)
     sha = file_sha256(src)
@@ -657,13 +884,17 @@ def ingest(fmt: str, path: str | Path, out_dir: str | Path, nonfinite: str = "ze
             pass
     data = safe_load_pickle(src)
     if not isinstance(data, dict):
-        raise DataError(src, "top level", f"a dict with train/valid/test, got {type(data).__name__}")
+        raise DataError(
+            src, "top level", f"a dict with train/valid/test, got {type(data).__name__}"
+        )
     keys = {"valid": ("valid", "dev", "val")}
     splits_raw = {}
     for split in ("train", "valid", "test"):
         found = next((k for k in keys.get(split, (split,)) if k in data), None)
         if found is None:
-            raise DataError(src, split, f"a {split!r} split (top-level keys {sorted(map(str, data))})")
+            raise DataError(
+                src, split, f"a {split!r} split (top-level keys {sorted(map(str, data))})"
+            )
         splits_raw[split] = data[found]
     counts: dict[str, Any] = {}
     reader = _mmsa_split if fmt == "mmsa" else _mult_split
@@ -674,14 +905,28 @@ def ingest(fmt: str, path: str | Path, out_dir: str | Path, nonfinite: str = "ze
         if len(sh) != 1:
             raise DataError(src, m, f"one (T, d) shape across splits, got {sorted(sh)}")
     for split, d in splits.items():  # errors name the source file, not the store
-        check_split(split, d, src, "classification" if emotion else "regression", label_range,
-                    len(MULT_IEMOCAP_CLASSES) if emotion else 1)
+        check_split(
+            split,
+            d,
+            src,
+            "classification" if emotion else "regression",
+            label_range,
+            len(MULT_IEMOCAP_CLASSES) if emotion else 1,
+        )
     check_splits(splits, src)  # duplicate ids and train/test leakage, named against the source
     counts["nonfinite_policy"] = nonfinite
     return write_dataset(
-        out, splits, name=name or default_name(src), source=f"{fmt}:{src.name}", task=task,
-        label_kind="classification" if emotion else "regression", label_range=label_range, source_sha256=sha,
-        config=config, cleaning=counts, force=force, num_classes=len(MULT_IEMOCAP_CLASSES) if emotion else 1,
+        out,
+        splits,
+        name=name or default_name(src),
+        source=f"{fmt}:{src.name}",
+        task=task,
+        label_kind="classification" if emotion else "regression",
+        label_range=label_range,
+        source_sha256=sha,
+        config=config,
+        cleaning=counts,
+        force=force,
+        num_classes=len(MULT_IEMOCAP_CLASSES) if emotion else 1,
         class_names=MULT_IEMOCAP_CLASSES if emotion else None,
     )
-

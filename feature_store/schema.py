@@ -43,9 +43,9 @@ TASKS = ("sentiment", "emotion", "depression")
 LABEL_KINDS = ("regression", "classification")
 MANIFEST = "manifest.json"
 ROW_GROUP_BYTES = 64 << 20  # per modality column; bounds the loader's transient memory
-# Largest |feature| accepted. Real features (BERT, COVAREP, FACET, OpenFace) stay below ~1e4; float32
-# squares overflow near 1.8e19, so a value like 3e38 is finite yet turns standardisation and the
-# first loss into nan. 1e15 leaves six orders of magnitude of headroom on both sides.
+# Largest |feature| accepted. Real features (BERT, COVAREP, FACET, OpenFace) stay below ~1e4;
+# float32 squares overflow near 1.8e19, so a value like 3e38 is finite yet turns standardisation and
+# the first loss into nan. 1e15 leaves six orders of magnitude of headroom on both sides.
 FEATURE_ABS_MAX = 1e15
 # Split names become file names: plain names only, so nothing is written outside the store.
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -103,11 +103,15 @@ class SplitData:
         """Rows ``index`` of this split (for subject folds); arrays are copied."""
         pick = lambda a: None if a is None else a[index]  # noqa: E731
         return SplitData(
-            ids=self.ids[index], labels=self.labels[index],
+            ids=self.ids[index],
+            labels=self.labels[index],
             features={m: v[index] for m, v in self.features.items()},
             lengths={m: v[index] for m, v in self.lengths.items()},
-            class_labels=pick(self.class_labels), video_ids=pick(self.video_ids),
-            clip_ids=pick(self.clip_ids), texts=pick(self.texts), subjects=pick(self.subjects),
+            class_labels=pick(self.class_labels),
+            video_ids=pick(self.video_ids),
+            clip_ids=pick(self.clip_ids),
+            texts=pick(self.texts),
+            subjects=pick(self.subjects),
         )
 
 
@@ -120,7 +124,9 @@ class Manifest:
     label_range: tuple[float, float]
     modalities: dict[str, dict[str, int]]  # {"text": {"dim": 768, "seq_len": 50}, ...}
     splits: dict[str, int]
-    files: dict[str, dict[str, Any]]  # {"train": {"file": "train.parquet", "sha256": ..., "bytes": ...}}
+    files: dict[
+        str, dict[str, Any]
+    ]  # {"train": {"file": "train.parquet", "sha256": ..., "bytes": ...}}
     source_sha256: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     cleaning: dict[str, Any] = field(default_factory=dict)
@@ -131,74 +137,152 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "schema_version": self.schema_version, "name": self.name, "source": self.source,
-            "source_sha256": self.source_sha256, "task": self.task, "label_kind": self.label_kind,
-            "label_range": list(self.label_range), "num_classes": self.num_classes,
-            "class_names": self.class_names, "modalities": self.modalities, "splits": self.splits,
-            "cleaning": self.cleaning, "config": self.config, "oracle": self.oracle, "files": self.files,
+            "schema_version": self.schema_version,
+            "name": self.name,
+            "source": self.source,
+            "source_sha256": self.source_sha256,
+            "task": self.task,
+            "label_kind": self.label_kind,
+            "label_range": list(self.label_range),
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "modalities": self.modalities,
+            "splits": self.splits,
+            "cleaning": self.cleaning,
+            "config": self.config,
+            "oracle": self.oracle,
+            "files": self.files,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], path: Path | None = None) -> Manifest:
-        # Every field is type-checked here: the loaders index, unpack and compare these values, and a
-        # manifest is user-supplied bytes (issue 20's fuzzing found each unchecked field crashing).
+        # Every field is type-checked here: the loaders index, unpack and compare these values, and
+        # a manifest is user-supplied bytes (issue 20's fuzzing found each unchecked field
+        # crashing).
         if not isinstance(d, Mapping):
             raise DataError(path, "json", f"a JSON object (the manifest), got {type(d).__name__}")
-        required = ("name", "source", "task", "label_kind", "label_range", "modalities", "splits", "files")
+        required = (
+            "name",
+            "source",
+            "task",
+            "label_kind",
+            "label_range",
+            "modalities",
+            "splits",
+            "files",
+        )
         for key in required:
             if key not in d:
-                raise DataError(path, key, f"a manifest field {key!r} (schema version {SCHEMA_VERSION})")
+                raise DataError(
+                    path, key, f"a manifest field {key!r} (schema version {SCHEMA_VERSION})"
+                )
         version = d.get("schema_version")
         if version != SCHEMA_VERSION or isinstance(version, bool):
-            raise DataError(path, "schema_version",
-                            f"{SCHEMA_VERSION}, got {_brief(version)}: re-create the store with this msaflow "
-                            "(msaflow data synth / ingest; sources are never modified)")
+            raise DataError(
+                path,
+                "schema_version",
+                f"{SCHEMA_VERSION}, got {_brief(version)}: re-create the store with this msaflow "
+                "(msaflow data synth / ingest; sources are never modified)",
+            )
         for key in ("name", "source", "task"):
             if not isinstance(d[key], str):
                 raise DataError(path, key, f"a string, got {_brief(d[key])}")
         if d["label_kind"] not in LABEL_KINDS:
-            raise DataError(path, "label_kind", f"one of {LABEL_KINDS}, got {_brief(d['label_kind'])}")
+            raise DataError(
+                path, "label_kind", f"one of {LABEL_KINDS}, got {_brief(d['label_kind'])}"
+            )
         lr = d["label_range"]
-        if not (isinstance(lr, list) and len(lr) == 2 and all(_is_finite(v) for v in lr)
-                and lr[0] <= lr[1]):
-            raise DataError(path, "label_range", f"[low, high], two finite numbers, got {_brief(lr)}")
+        if not (
+            isinstance(lr, list)
+            and len(lr) == 2
+            and all(_is_finite(v) for v in lr)
+            and lr[0] <= lr[1]
+        ):
+            raise DataError(
+                path, "label_range", f"[low, high], two finite numbers, got {_brief(lr)}"
+            )
         mods = d["modalities"]
-        if not isinstance(mods, dict) or not mods or not set(mods) <= set(MODALITIES) or not all(
-                isinstance(v, dict) and all(_is_int(v.get(k)) and v[k] > 0 for k in ("dim", "seq_len"))
-                for v in mods.values()):
-            raise DataError(path, "modalities", 'an object like {"text": {"dim": 768, "seq_len": 50}} '
-                            f"with modalities among {MODALITIES}")
-        if not isinstance(d["splits"], dict) or not all(_is_int(v) and v >= 0 for v in d["splits"].values()):
+        if (
+            not isinstance(mods, dict)
+            or not mods
+            or not set(mods) <= set(MODALITIES)
+            or not all(
+                isinstance(v, dict)
+                and all(_is_int(v.get(k)) and v[k] > 0 for k in ("dim", "seq_len"))
+                for v in mods.values()
+            )
+        ):
+            raise DataError(
+                path,
+                "modalities",
+                'an object like {"text": {"dim": 768, "seq_len": 50}} '
+                f"with modalities among {MODALITIES}",
+            )
+        if not isinstance(d["splits"], dict) or not all(
+            _is_int(v) and v >= 0 for v in d["splits"].values()
+        ):
             raise DataError(path, "splits", "an object mapping split names to row counts")
         files = d["files"]
         if not isinstance(files, dict):
             raise DataError(path, "files", "an object mapping split names to their files")
         for split, entry in files.items():
             fname = entry.get("file") if isinstance(entry, dict) else None
-            # Confined to the store: a plain file name, so no absolute path and no '..' can escape it.
+            # Confined to the store: a plain file name, so no absolute path and no '..' can escape
+            # it.
             if not isinstance(fname, str) or not _PLAIN_NAME.fullmatch(fname):
-                raise DataError(path, f"files.{split}.file",
-                                f"a plain file name inside the store directory, got {_brief(fname)}")
-            for key, ok in (("sha256", lambda v: isinstance(v, str)), ("crc32", lambda v: isinstance(v, str)),
-                            ("bytes", lambda v: _is_int(v) and v >= 0)):
+                raise DataError(
+                    path,
+                    f"files.{split}.file",
+                    f"a plain file name inside the store directory, got {_brief(fname)}",
+                )
+            for key, ok in (
+                ("sha256", lambda v: isinstance(v, str)),
+                ("crc32", lambda v: isinstance(v, str)),
+                ("bytes", lambda v: _is_int(v) and v >= 0),
+            ):
                 if key in entry and not ok(entry[key]):
-                    raise DataError(path, f"files.{split}.{key}", f"a {'size in bytes' if key == 'bytes' else 'hex digest'}, "
-                                    f"got {_brief(entry[key])}")
-        for key, types in (("config", dict), ("cleaning", dict), ("oracle", dict), ("source_sha256", str)):
+                    raise DataError(
+                        path,
+                        f"files.{split}.{key}",
+                        f"a {'size in bytes' if key == 'bytes' else 'hex digest'}, "
+                        f"got {_brief(entry[key])}",
+                    )
+        for key, types in (
+            ("config", dict),
+            ("cleaning", dict),
+            ("oracle", dict),
+            ("source_sha256", str),
+        ):
             if d.get(key) is not None and not isinstance(d[key], types):
-                raise DataError(path, key, f"{'an object' if types is dict else 'a string'} or null, got {_brief(d[key])}")
+                raise DataError(
+                    path,
+                    key,
+                    f"{'an object' if types is dict else 'a string'} or null, got {_brief(d[key])}",
+                )
         num_classes = d.get("num_classes", 1)
         if not _is_int(num_classes) or num_classes < 1:
             raise DataError(path, "num_classes", f"an integer >= 1, got {_brief(num_classes)}")
         names = d.get("class_names")
-        if names is not None and not (isinstance(names, list) and all(isinstance(c, str) for c in names)):
+        if names is not None and not (
+            isinstance(names, list) and all(isinstance(c, str) for c in names)
+        ):
             raise DataError(path, "class_names", f"a list of strings or null, got {_brief(names)}")
         return cls(
-            name=d["name"], source=d["source"], task=d["task"], label_kind=d["label_kind"],
-            label_range=(float(lr[0]), float(lr[1])), modalities=mods, splits=d["splits"],
-            files=files, source_sha256=d.get("source_sha256"), config=d.get("config") or {},
-            cleaning=d.get("cleaning") or {}, num_classes=num_classes,
-            class_names=names, oracle=d.get("oracle"), schema_version=version,
+            name=d["name"],
+            source=d["source"],
+            task=d["task"],
+            label_kind=d["label_kind"],
+            label_range=(float(lr[0]), float(lr[1])),
+            modalities=mods,
+            splits=d["splits"],
+            files=files,
+            source_sha256=d.get("source_sha256"),
+            config=d.get("config") or {},
+            cleaning=d.get("cleaning") or {},
+            num_classes=num_classes,
+            class_names=names,
+            oracle=d.get("oracle"),
+            schema_version=version,
         )
 
     @property
@@ -211,15 +295,27 @@ class Manifest:
         """The model-facing shape of the data (``models.base.InputSpec`` fields)."""
         dims = {m: int(self.modalities.get(m, {}).get("dim", 0)) for m in MODALITIES}
         seq = max((int(v["seq_len"]) for v in self.modalities.values()), default=0)
-        return {"text_dim": dims["text"], "audio_dim": dims["audio"], "vision_dim": dims["vision"],
-                "seq_len": seq, "task": self.label_kind, "num_classes": int(self.num_classes)}
+        return {
+            "text_dim": dims["text"],
+            "audio_dim": dims["audio"],
+            "vision_dim": dims["vision"],
+            "seq_len": seq,
+            "task": self.label_kind,
+            "num_classes": int(self.num_classes),
+        }
 
 
 # --------------------------------------------------------------------------------------------------
 # Validation of in-memory splits (before anything is written)
 # --------------------------------------------------------------------------------------------------
-def check_split(name: str, split: SplitData, where: str | Path, label_kind: str,
-                label_range: tuple[float, float], num_classes: int) -> None:
+def check_split(
+    name: str,
+    split: SplitData,
+    where: str | Path,
+    label_kind: str,
+    label_range: tuple[float, float],
+    num_classes: int,
+) -> None:
     n = len(split.ids)
     if n == 0:
         raise DataError(where, f"{name}", "a non-empty split (0 rows)")
@@ -240,13 +336,22 @@ def check_split(name: str, split: SplitData, where: str | Path, label_kind: str,
         check_finite(name, m, x, where)
     labels = np.asarray(split.labels)
     if labels.shape != (n,):
-        raise DataError(where, f"{name}.label", f"one label per row ({n},), got shape {labels.shape}")
+        raise DataError(
+            where, f"{name}.label", f"one label per row ({n},), got shape {labels.shape}"
+        )
     if not np.isfinite(labels).all():
-        raise DataError(where, f"{name}.label", f"finite labels; {int((~np.isfinite(labels)).sum())} are NaN/inf")
+        raise DataError(
+            where,
+            f"{name}.label",
+            f"finite labels; {int((~np.isfinite(labels)).sum())} are NaN/inf",
+        )
     lo, hi = label_range
     if labels.min() < lo or labels.max() > hi:
-        raise DataError(where, f"{name}.label",
-                        f"labels in [{lo}, {hi}], got [{labels.min():.3g}, {labels.max():.3g}]")
+        raise DataError(
+            where,
+            f"{name}.label",
+            f"labels in [{lo}, {hi}], got [{labels.min():.3g}, {labels.max():.3g}]",
+        )
     if label_kind == "classification":
         cl = split.class_labels
         if cl is None or cl.shape != (n,):
@@ -265,7 +370,7 @@ def check_finite(name: str, modality: str, x: np.ndarray, where: str | Path) -> 
     step = max(1, (16 << 20) // max(flat.shape[1], 1))  # ~16M values at a time: bounded temporaries
     nonfinite = extreme = 0
     for start in range(0, flat.shape[0], step):
-        chunk = flat[start:start + step]
+        chunk = flat[start : start + step]
         if chunk.size == 0:
             continue
         peak = np.max(np.abs(chunk))  # nan propagates: one pass on the (usual) clean path
@@ -275,13 +380,17 @@ def check_finite(name: str, modality: str, x: np.ndarray, where: str | Path) -> 
         nonfinite += int(chunk.size - np.count_nonzero(finite))
         extreme += int(np.count_nonzero(np.abs(np.where(finite, chunk, 0)) > FEATURE_ABS_MAX))
     if nonfinite or extreme:
-        raise DataError(where, f"{name}.{modality}_feat",
-                        f"finite features with |x| <= {FEATURE_ABS_MAX:g}; {nonfinite} are NaN/inf and "
-                        f"{extreme} exceed the bound (of {x.size})")
+        raise DataError(
+            where,
+            f"{name}.{modality}_feat",
+            f"finite features with |x| <= {FEATURE_ABS_MAX:g}; {nonfinite} are NaN/inf and "
+            f"{extreme} exceed the bound (of {x.size})",
+        )
 
 
-def check_splits(splits: Mapping[str, SplitData], where: str | Path, *,
-                 allow_duplicate_ids: bool = False) -> None:
+def check_splits(
+    splits: Mapping[str, SplitData], where: str | Path, *, allow_duplicate_ids: bool = False
+) -> None:
     """Ids unique within each split and no id in two splits (the same utterance in train and test
     leaks the test set). ``allow_duplicate_ids`` is the explicit opt-out for sources known to
     repeat ids; it is recorded in the manifest (``cleaning.allow_duplicate_ids``)."""
@@ -293,15 +402,21 @@ def check_splits(splits: Mapping[str, SplitData], where: str | Path, *,
         uniq, counts = np.unique(ids, return_counts=True)
         dup = uniq[counts > 1]
         if len(dup):
-            raise DataError(where, f"{name}.id",
-                            f"unique ids within the split; {len(dup)} ids occur more than once, "
-                            f"e.g. {str(dup[0])!r}")
+            raise DataError(
+                where,
+                f"{name}.id",
+                f"unique ids within the split; {len(dup)} ids occur more than once, "
+                f"e.g. {str(dup[0])!r}",
+            )
         for other, other_ids in seen.items():
             both = np.intersect1d(uniq, other_ids, assume_unique=True)
             if len(both):
-                raise DataError(where, f"{name}.id",
-                                f"ids not also in split {other!r} (leakage); {len(both)} ids are in "
-                                f"both {other} and {name}, e.g. {str(both[0])!r}")
+                raise DataError(
+                    where,
+                    f"{name}.id",
+                    f"ids not also in split {other!r} (leakage); {len(both)} ids are in "
+                    f"both {other} and {name}, e.g. {str(both[0])!r}",
+                )
         seen[name] = uniq
 
 
@@ -336,7 +451,8 @@ def _write_split(path: Path, split: SplitData) -> None:
         for start in range(0, n, step):
             sl = slice(start, min(n, start + step))
             cols: dict[str, pa.Array] = {
-                "id": _strings(split.ids[sl], 0), "video_id": _strings(np.asarray(video)[sl], 0),
+                "id": _strings(split.ids[sl], 0),
+                "video_id": _strings(np.asarray(video)[sl], 0),
                 "clip_id": _strings(np.asarray(clip)[sl], 0),
                 "label": pa.array(np.asarray(split.labels[sl], dtype=np.float32)),
             }
@@ -356,15 +472,22 @@ def _write_split(path: Path, split: SplitData) -> None:
                 if m in split.features:
                     i = table.schema.get_field_index(f"{m}_feat")
                     shape = ",".join(map(str, split.features[m].shape[1:]))
-                    table = table.set_column(i, table.schema.field(i).with_metadata(
-                        {"shape": shape, "dtype": "<f4"}), table.column(i))
+                    table = table.set_column(
+                        i,
+                        table.schema.field(i).with_metadata({"shape": shape, "dtype": "<f4"}),
+                        table.column(i),
+                    )
             if writer is None:
                 # Float sequences barely compress; plain, uncompressed pages decode at memcpy speed.
                 feat_cols = [c for c in table.column_names if c.endswith("_feat")]
                 writer = pq.ParquetWriter(
-                    path, table.schema, compression={c: ("NONE" if c in feat_cols else "ZSTD")
-                                                     for c in table.column_names},
-                    use_dictionary=["id", "video_id", "clip_id", "subject"], write_statistics=False,
+                    path,
+                    table.schema,
+                    compression={
+                        c: ("NONE" if c in feat_cols else "ZSTD") for c in table.column_names
+                    },
+                    use_dictionary=["id", "video_id", "clip_id", "subject"],
+                    write_statistics=False,
                 )
             writer.write_table(table, row_group_size=step)
     finally:
@@ -421,10 +544,11 @@ def write_dataset(
     """Validate ``splits`` and write the store atomically; the old store survives any failure.
 
     ``out_dir`` may be new, empty, or a store msaflow wrote (replaced; anything else in that folder
-    is kept). Any other non-empty directory is refused unless ``force``, which adds the store's files
-    beside what is there and refuses if one of their names is taken: msaflow deletes and overwrites
-    only files it recognises as a store's (``manifest.json`` and the split files it lists). Stale
-    temporary directories of earlier killed writes to ``out_dir`` are cleaned up first.
+    is kept). Any other non-empty directory is refused unless ``force``, which adds the store's
+    files beside what is there and refuses if one of their names is taken: msaflow deletes and
+    overwrites only files it recognises as a store's (``manifest.json`` and the split files it
+    lists). Stale temporary directories of earlier killed writes to ``out_dir`` are cleaned up
+    first.
     """
     out = Path(os.path.abspath(out_dir))
     if out.is_symlink():
@@ -437,12 +561,16 @@ def write_dataset(
         raise DataError(out, "splits", "at least one split")
     for split_name in splits:
         if not _PLAIN_NAME.fullmatch(str(split_name)):
-            raise DataError(out, "splits", f"plain split names (letters, digits, _ . -), got {split_name!r}")
+            raise DataError(
+                out, "splits", f"plain split names (letters, digits, _ . -), got {split_name!r}"
+            )
     mods = set(next(iter(splits.values())).features)
     for split_name, split in splits.items():
         check_split(split_name, split, out, label_kind, label_range, num_classes)
         if set(split.features) != mods:
-            raise DataError(out, f"{split_name}.features", f"the same modalities in every split {sorted(mods)}")
+            raise DataError(
+                out, f"{split_name}.features", f"the same modalities in every split {sorted(mods)}"
+            )
     check_splits(splits, out, allow_duplicate_ids=allow_duplicate_ids)
     cleaning = dict(cleaning or {})
     if allow_duplicate_ids:
@@ -468,13 +596,25 @@ def write_dataset(
         for split_name, split in splits.items():
             fname = f"{split_name}.parquet"
             _write_split(tmp / fname, split)
-            files[split_name] = {"file": fname, "sha256": file_sha256(tmp / fname),
-                                 "crc32": file_crc32(tmp / fname), "bytes": (tmp / fname).stat().st_size}
+            files[split_name] = {
+                "file": fname,
+                "sha256": file_sha256(tmp / fname),
+                "crc32": file_crc32(tmp / fname),
+                "bytes": (tmp / fname).stat().st_size,
+            }
         manifest = Manifest(
-            name=name, source=source, task=task, label_kind=label_kind,
-            label_range=(float(label_range[0]), float(label_range[1])), modalities=modalities,
-            splits={k: len(v) for k, v in splits.items()}, files=files, source_sha256=source_sha256,
-            config=dict(config or {}), cleaning=cleaning, num_classes=int(num_classes),
+            name=name,
+            source=source,
+            task=task,
+            label_kind=label_kind,
+            label_range=(float(label_range[0]), float(label_range[1])),
+            modalities=modalities,
+            splits={k: len(v) for k, v in splits.items()},
+            files=files,
+            source_sha256=source_sha256,
+            config=dict(config or {}),
+            cleaning=cleaning,
+            num_classes=int(num_classes),
             class_names=list(class_names) if class_names else None,
             oracle=dict(oracle) if oracle else None,
         )
@@ -511,8 +651,8 @@ def _writer_tag() -> str:
 
 
 def store_file_names(directory: str | Path) -> set[str] | None:
-    """The names in ``directory`` that make up a store msaflow wrote there (``manifest.json`` and the
-    split files it lists, each a regular file), or None when it holds no manifest of ours.
+    """The names in ``directory`` that make up a store msaflow wrote there (``manifest.json`` and
+    the split files it lists, each a regular file), or None when it holds no manifest of ours.
 
     Ours means: valid JSON, an object with every field msaflow writes, an integer ``schema_version``
     (old versions count: they are replaced) and plain file names under ``files``."""
@@ -524,10 +664,24 @@ def store_file_names(directory: str | Path) -> set[str] | None:
         d = json.loads(mpath.read_text())
     except (OSError, ValueError):
         return None
-    required = ("schema_version", "name", "source", "task", "label_kind", "label_range", "modalities",
-                "splits", "files")
-    if not isinstance(d, dict) or any(k not in d for k in required) or not isinstance(d["files"], dict) \
-            or not isinstance(d["schema_version"], int) or isinstance(d["schema_version"], bool):
+    required = (
+        "schema_version",
+        "name",
+        "source",
+        "task",
+        "label_kind",
+        "label_range",
+        "modalities",
+        "splits",
+        "files",
+    )
+    if (
+        not isinstance(d, dict)
+        or any(k not in d for k in required)
+        or not isinstance(d["files"], dict)
+        or not isinstance(d["schema_version"], int)
+        or isinstance(d["schema_version"], bool)
+    ):
         return None
     names = {MANIFEST}
     for entry in d["files"].values():
@@ -540,17 +694,22 @@ def store_file_names(directory: str | Path) -> set[str] | None:
     return names
 
 
-def check_target(out_dir: str | Path, split_names: Iterable[str] = SPLITS, *, force: bool = False) -> None:
+def check_target(
+    out_dir: str | Path, split_names: Iterable[str] = SPLITS, *, force: bool = False
+) -> None:
     """Raise the DataError ``write_dataset`` would raise for this target, before the costly work."""
     _plan(Path(os.path.abspath(out_dir)), {MANIFEST, *(f"{s}.parquet" for s in split_names)}, force)
 
 
 def _plan(out: Path, new_names: set[str], force: bool) -> tuple[str, set[str]]:
-    """How to write ``out``: ``("new" | "store" | "into", recognised store files)``, or DataError."""
+    """How to write ``out``: ``("new" | "store" | "into", recognised store files)``, or
+    DataError."""
     if not os.path.lexists(out):
         return "new", set()
     if not out.is_dir():
-        raise DataError(out, "out", "a directory for the store (this path is a file); choose a fresh path")
+        raise DataError(
+            out, "out", "a directory for the store (this path is a file); choose a fresh path"
+        )
     entries = set(os.listdir(out))
     if not entries:
         return "new", set()  # an empty directory is replaced by the new one
@@ -558,18 +717,30 @@ def _plan(out: Path, new_names: set[str], force: bool) -> tuple[str, set[str]]:
     if ours is not None:
         taken = sorted((entries - ours) & new_names)
         if taken:
-            raise DataError(out, "out", f"room for the new store's files; {taken[0]!r} there is not the "
-                            "old store's and is never overwritten: move it, or choose a fresh path")
+            raise DataError(
+                out,
+                "out",
+                f"room for the new store's files; {taken[0]!r} there is not the "
+                "old store's and is never overwritten: move it, or choose a fresh path",
+            )
         return "store", ours
     if not force:
         example = sorted(entries)[0]
-        raise DataError(out, "out", f"an empty directory or a store msaflow wrote; it holds {len(entries)} "
-                        f"entries (e.g. {example!r}) and no msaflow manifest.json: choose a fresh path, or "
-                        "pass --force to add the store's files beside them (nothing is deleted)")
+        raise DataError(
+            out,
+            "out",
+            f"an empty directory or a store msaflow wrote; it holds {len(entries)} "
+            f"entries (e.g. {example!r}) and no msaflow manifest.json: choose a fresh path, or "
+            "pass --force to add the store's files beside them (nothing is deleted)",
+        )
     taken = sorted(entries & new_names)
     if taken:
-        raise DataError(out, "out", f"--force adds files but never overwrites; {taken[0]!r} exists there "
-                        "and is not an msaflow store's: choose a fresh path")
+        raise DataError(
+            out,
+            "out",
+            f"--force adds files but never overwrites; {taken[0]!r} exists there "
+            "and is not an msaflow store's: choose a fresh path",
+        )
     return "into", set()
 
 
@@ -582,7 +753,11 @@ def _remove_store_files(directory: Path, names: set[str] | None) -> None:
         return
     for entry in entries:
         p = directory / entry
-        mine = entry in names if names is not None else (entry == MANIFEST or entry.endswith(".parquet"))
+        mine = (
+            entry in names
+            if names is not None
+            else (entry == MANIFEST or entry.endswith(".parquet"))
+        )
         if mine and p.is_file() and not p.is_symlink():
             p.unlink()
     with contextlib.suppress(OSError):  # something else is in there: not ours to delete
@@ -590,22 +765,29 @@ def _remove_store_files(directory: Path, names: set[str] | None) -> None:
 
 
 def _move_new(src: Path, dst: Path) -> None:
-    """Move without ever overwriting: a hard link fails if ``dst`` exists (rename would replace it)."""
+    """Move without ever overwriting: a hard link fails if ``dst`` exists (rename would replace
+    it)."""
     try:
         os.link(src, dst, follow_symlinks=False)
     except FileExistsError:
-        raise DataError(dst.parent, "out", f"{dst.name!r} to be free (it appeared during the write); "
-                        "nothing was overwritten") from None
+        raise DataError(
+            dst.parent,
+            "out",
+            f"{dst.name!r} to be free (it appeared during the write); nothing was overwritten",
+        ) from None
     except OSError:  # no hard links on this filesystem
         if os.path.lexists(dst):
-            raise DataError(dst.parent, "out", f"{dst.name!r} to be free; nothing was overwritten") from None
+            raise DataError(
+                dst.parent, "out", f"{dst.name!r} to be free; nothing was overwritten"
+            ) from None
         os.rename(src, dst)
         return
     src.unlink()
 
 
 def _carry_over(old: Path, out: Path, recognised: set[str]) -> None:
-    """Move everything in ``old`` that is not the old store's into the new store directory ``out``."""
+    """Move everything in ``old`` that is not the old store's into the new store directory
+    ``out``."""
     for entry in os.listdir(old):
         if entry in recognised or os.path.lexists(out / entry):
             continue
@@ -727,7 +909,8 @@ def read_manifest(path: str | Path) -> Manifest:
 
 
 class _Hasher(threading.Thread):
-    """A file's checksum in a background thread (zlib and hashlib release the GIL on large blocks)."""
+    """A file's checksum in a background thread (zlib and hashlib release the GIL on large
+    blocks)."""
 
     def __init__(self, path: Path, kind: str):
         super().__init__(daemon=True)
@@ -748,15 +931,21 @@ def _column_to_numpy(chunked: pa.ChunkedArray, out: np.ndarray, start: int) -> i
         if chunk.null_count:
             raise ValueError("null sequences")
         if chunk.type.byte_width != per_row * 4:
-            raise ValueError(f"values of {chunk.type.byte_width} bytes, expected {per_row * 4} for {out.shape[1:]}")
-        flat = np.frombuffer(chunk.buffers()[1], dtype="<f4", count=n * per_row, offset=chunk.offset * per_row * 4)
-        out[row:row + n] = flat.reshape((n, *out.shape[1:]))
+            raise ValueError(
+                f"values of {chunk.type.byte_width} bytes, expected {per_row * 4} for "
+                f"{out.shape[1:]}"
+            )
+        flat = np.frombuffer(
+            chunk.buffers()[1], dtype="<f4", count=n * per_row, offset=chunk.offset * per_row * 4
+        )
+        out[row : row + n] = flat.reshape((n, *out.shape[1:]))
         row += n
     return row
 
 
-def _check_columns(schema: pa.Schema, manifest: Manifest, mods: list[str], fpath: Path, split: str,
-                   n: int) -> None:
+def _check_columns(
+    schema: pa.Schema, manifest: Manifest, mods: list[str], fpath: Path, split: str, n: int
+) -> None:
     """The split file's columns are the msaflow schema's, before anything is allocated or decoded:
     one column per name, the feature columns fixed-size binary of T*d*4 bytes stored in the file
     (msaflow writes them uncompressed, so N*T*d*4 bytes cannot exceed the file: no decompression
@@ -764,7 +953,9 @@ def _check_columns(schema: pa.Schema, manifest: Manifest, mods: list[str], fpath
     names = schema.names
     dup = sorted({c for c in names if names.count(c) > 1})
     if dup:
-        raise DataError(fpath, split, f"one column per name; {dup[0]!r} occurs {names.count(dup[0])} times")
+        raise DataError(
+            fpath, split, f"one column per name; {dup[0]!r} occurs {names.count(dup[0])} times"
+        )
     types = {f.name: f.type for f in schema}
     size = fpath.stat().st_size
 
@@ -776,11 +967,18 @@ def _check_columns(schema: pa.Schema, manifest: Manifest, mods: list[str], fpath
 
     for m in mods:
         width = manifest.modalities[m]["seq_len"] * manifest.modalities[m]["dim"] * 4
-        need(f"{m}_feat", lambda t, w=width: pa.types.is_fixed_size_binary(t) and t.byte_width == w,
-             f"fixed-size binary of T*d*4 = {width} bytes per row, as the manifest's modalities say")
+        need(
+            f"{m}_feat",
+            lambda t, w=width: pa.types.is_fixed_size_binary(t) and t.byte_width == w,
+            f"fixed-size binary of T*d*4 = {width} bytes per row, as the manifest's modalities say",
+        )
         if n * width > size:
-            raise DataError(fpath, f"{split}.{m}_feat", f"{n} rows x {width} bytes stored in the file "
-                            f"({size} bytes): features are written uncompressed")
+            raise DataError(
+                fpath,
+                f"{split}.{m}_feat",
+                f"{n} rows x {width} bytes stored in the file "
+                f"({size} bytes): features are written uncompressed",
+            )
         need(f"{m}_len", pa.types.is_integer, "integer lengths")
     need("id", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t), "string ids")
     need("label", lambda t: pa.types.is_floating(t) or pa.types.is_integer(t), "numeric labels")
@@ -788,7 +986,9 @@ def _check_columns(schema: pa.Schema, manifest: Manifest, mods: list[str], fpath
         if c in types and not (pa.types.is_string(types[c]) or pa.types.is_large_string(types[c])):
             raise DataError(fpath, f"{split}.{c}", f"strings, got {types[c]}")
     if "class_label" in types and not pa.types.is_integer(types["class_label"]):
-        raise DataError(fpath, f"{split}.class_label", f"integer classes, got {types['class_label']}")
+        raise DataError(
+            fpath, f"{split}.class_label", f"integer classes, got {types['class_label']}"
+        )
 
 
 def _check_digest(hasher: _Hasher | None, fpath: Path, entry: Mapping[str, Any]) -> None:
@@ -796,12 +996,21 @@ def _check_digest(hasher: _Hasher | None, fpath: Path, entry: Mapping[str, Any])
         return
     hasher.join()
     if hasher.digest != entry.get(hasher.kind):
-        raise DataError(fpath, hasher.kind,
-                        f"{entry.get(hasher.kind)} from the manifest (file changed after writing)")
+        raise DataError(
+            fpath,
+            hasher.kind,
+            f"{entry.get(hasher.kind)} from the manifest (file changed after writing)",
+        )
 
 
-def load_split(path: str | Path, split: str, *, verify: bool | str = True,
-               modalities: Iterable[str] | None = None, manifest: Manifest | None = None) -> SplitData:
+def load_split(
+    path: str | Path,
+    split: str,
+    *,
+    verify: bool | str = True,
+    modalities: Iterable[str] | None = None,
+    manifest: Manifest | None = None,
+) -> SplitData:
     """Load one split as numpy arrays.
 
     ``verify``: ``True``/``"crc32"`` checks the file against the manifest's CRC-32 while decoding,
@@ -810,17 +1019,28 @@ def load_split(path: str | Path, split: str, *, verify: bool | str = True,
     root = Path(path)
     manifest = manifest or read_manifest(root)
     if split not in manifest.files:
-        raise DataError(root / MANIFEST, f"files.{split}", f"a split named {split!r}; have {sorted(manifest.files)}")
+        raise DataError(
+            root / MANIFEST,
+            f"files.{split}",
+            f"a split named {split!r}; have {sorted(manifest.files)}",
+        )
     entry = manifest.files[split]
     fpath = root / entry["file"]
     real_root = os.path.realpath(root)
     if os.path.commonpath([os.path.realpath(fpath), real_root]) != real_root:
-        raise DataError(root / MANIFEST, f"files.{split}.file",
-                        "a file inside the store directory (it links to a path outside)")
+        raise DataError(
+            root / MANIFEST,
+            f"files.{split}.file",
+            "a file inside the store directory (it links to a path outside)",
+        )
     if not fpath.is_file():
         raise DataError(fpath, split, "the split's Parquet file listed in the manifest")
     if fpath.stat().st_size != entry.get("bytes", fpath.stat().st_size):
-        raise DataError(fpath, "bytes", "the file the manifest was written with (size differs: changed after writing)")
+        raise DataError(
+            fpath,
+            "bytes",
+            "the file the manifest was written with (size differs: changed after writing)",
+        )
     kind = "sha256" if verify == "sha256" or "crc32" not in entry else "crc32"
     hasher = _Hasher(fpath, kind) if verify else None
     if hasher:
@@ -830,17 +1050,36 @@ def load_split(path: str | Path, split: str, *, verify: bool | str = True,
         pf = pq.ParquetFile(fpath, memory_map=False)  # mapped pages would count as resident memory
         n = pf.metadata.num_rows
         _check_columns(pf.schema_arrow, manifest, mods, fpath, split, n)
-        feats = {m: np.empty((n, manifest.modalities[m]["seq_len"], manifest.modalities[m]["dim"]),
-                             dtype=np.float32) for m in mods}
+        feats = {
+            m: np.empty(
+                (n, manifest.modalities[m]["seq_len"], manifest.modalities[m]["dim"]),
+                dtype=np.float32,
+            )
+            for m in mods
+        }
         for m in mods:
             row = 0
             for g in range(pf.num_row_groups):
-                row = _column_to_numpy(pf.read_row_group(g, columns=[f"{m}_feat"]).column(0), feats[m], row)
+                row = _column_to_numpy(
+                    pf.read_row_group(g, columns=[f"{m}_feat"]).column(0), feats[m], row
+                )
             if row != n:
                 raise ValueError(f"{m}_feat: {row} rows, expected {n}")
         names = set(pf.schema_arrow.names)
-        small = [c for c in ("id", "video_id", "clip_id", "text", "subject", "label", "class_label",
-                             *(f"{m}_len" for m in mods)) if c in names]
+        small = [
+            c
+            for c in (
+                "id",
+                "video_id",
+                "clip_id",
+                "text",
+                "subject",
+                "label",
+                "class_label",
+                *(f"{m}_len" for m in mods),
+            )
+            if c in names
+        ]
         meta = pf.read(columns=small)
         if meta.num_rows != n:
             raise ValueError(f"{meta.num_rows} rows in the small columns, expected {n}")
@@ -852,10 +1091,15 @@ def load_split(path: str | Path, split: str, *, verify: bool | str = True,
             return arr.astype(dtype) if dtype is not None else arr.astype(str)
 
         data = SplitData(
-            ids=col("id"), labels=col("label", np.float32), features=feats,
+            ids=col("id"),
+            labels=col("label", np.float32),
+            features=feats,
             lengths={m: col(f"{m}_len", np.int64) for m in mods},
-            class_labels=col("class_label", np.int64), video_ids=col("video_id"), clip_ids=col("clip_id"),
-            texts=col("text"), subjects=col("subject"),
+            class_labels=col("class_label", np.int64),
+            video_ids=col("video_id"),
+            clip_ids=col("clip_id"),
+            texts=col("text"),
+            subjects=col("subject"),
         )
     except DataError:
         _check_digest(hasher, fpath, entry)
@@ -863,15 +1107,22 @@ def load_split(path: str | Path, split: str, *, verify: bool | str = True,
     except (pa.ArrowException, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
         _check_digest(hasher, fpath, entry)  # a changed file explains a parse failure best
         msg = " ".join(str(exc).split())[:200]
-        raise DataError(fpath, split, f"a readable Parquet split of the msaflow schema ({msg})") from None
+        raise DataError(
+            fpath, split, f"a readable Parquet split of the msaflow schema ({msg})"
+        ) from None
     _check_digest(hasher, fpath, entry)
     if n != manifest.splits.get(split, n):
         raise DataError(fpath, split, f"{manifest.splits[split]} rows as in the manifest, got {n}")
     return data
 
 
-def load_dataset(path: str | Path, splits: Iterable[str] | None = None, *, verify: bool = True,
-                 shared: bool = False) -> tuple[Manifest, dict[str, SplitData]]:
+def load_dataset(
+    path: str | Path,
+    splits: Iterable[str] | None = None,
+    *,
+    verify: bool = True,
+    shared: bool = False,
+) -> tuple[Manifest, dict[str, SplitData]]:
     """The manifest and the named splits (default: all). ``shared``: see ``load_split_shared``."""
     manifest = read_manifest(path)
     names = list(splits) if splits is not None else list(manifest.files)
@@ -884,14 +1135,16 @@ _SHARED: dict[tuple[str, str, str], SplitData] = {}  # (store, split, checksum:m
 _SHARED_LOCK = threading.Lock()
 
 
-def load_split_shared(path: str | Path, split: str, *, manifest: Manifest | None = None) -> SplitData:
+def load_split_shared(
+    path: str | Path, split: str, *, manifest: Manifest | None = None
+) -> SplitData:
     """``load_split`` (verified), kept for the next caller in this process.
 
-    The tasks of one pipeline (train, then evaluate, for every variant and seed) read the same store;
-    loading and checking it once per process instead of once per task saves ~2 s a run on sim-mosi.
-    Entries are keyed by the file's checksum, mtime and size, so a changed file is read (and checked)
-    again, and only the most recently used store is kept (a MOSEI-sized split is GBs). The arrays
-    are shared between callers:
+    The tasks of one pipeline (train, then evaluate, for every variant and seed) read the same
+    store; loading and checking it once per process instead of once per task saves ~2 s a run on
+    sim-mosi. Entries are keyed by the file's checksum, mtime and size, so a changed file is read
+    (and checked) again, and only the most recently used store is kept (a MOSEI-sized split is GBs).
+    The arrays are shared between callers:
     treat them as read-only (the engine only reads them, batches are copies).
     """
     root = Path(path).resolve()
@@ -899,7 +1152,11 @@ def load_split_shared(path: str | Path, split: str, *, manifest: Manifest | None
     entry = manifest.files.get(split, {})
     fpath = root / str(entry.get("file", ""))
     stamp = (fpath.stat().st_mtime_ns, fpath.stat().st_size) if fpath.is_file() else None
-    key = (str(root), split, f"{entry.get('sha256') or entry.get('crc32')}:{stamp}")  # changed file -> reload
+    key = (
+        str(root),
+        split,
+        f"{entry.get('sha256') or entry.get('crc32')}:{stamp}",
+    )  # changed file -> reload
     with _SHARED_LOCK:
         if key not in _SHARED:
             data = load_split(root, split, manifest=manifest)
@@ -917,10 +1174,19 @@ def validate_dataset(path: str | Path) -> Manifest:
     ids = {}
     for split in manifest.files:
         data = load_split(path, split, manifest=manifest, verify="sha256")
-        check_split(split, data, Path(path) / manifest.files[split]["file"], manifest.label_kind,
-                    manifest.label_range, manifest.num_classes)
+        check_split(
+            split,
+            data,
+            Path(path) / manifest.files[split]["file"],
+            manifest.label_kind,
+            manifest.label_range,
+            manifest.num_classes,
+        )
         ids[split] = SplitData(ids=data.ids, labels=data.labels[:0], features={}, lengths={})
         del data  # one split's features in memory at a time
-    check_splits(ids, Path(path) / MANIFEST,
-                 allow_duplicate_ids=bool(manifest.cleaning.get("allow_duplicate_ids")))
+    check_splits(
+        ids,
+        Path(path) / MANIFEST,
+        allow_duplicate_ids=bool(manifest.cleaning.get("allow_duplicate_ids")),
+    )
     return manifest

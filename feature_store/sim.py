@@ -76,8 +76,15 @@ class SimProfile:
 SIM_PROFILES: dict[str, SimProfile] = {
     "mosi": SimProfile("mosi", "sentiment", (1284, 229, 686)),
     "mosei": SimProfile("mosei", "sentiment", (16326, 1871, 4659)),
-    "iemocap": SimProfile("iemocap", "emotion", (2717, 798, 938), sigma_w=0.0, text_noise=0.25,
-                          weak_u_noise=1.5, weak_w_noise=0.5),
+    "iemocap": SimProfile(
+        "iemocap",
+        "emotion",
+        (2717, 798, 938),
+        sigma_w=0.0,
+        text_noise=0.25,
+        weak_u_noise=1.5,
+        weak_w_noise=0.5,
+    ),
     "cmdc": SimProfile("cmdc", "depression", (0, 0, 0), subjects=78, sigma_w=0.7),
 }
 CHUNK = 1024  # rows generated per RNG stream: fixed, so output never depends on memory settings
@@ -109,33 +116,47 @@ def _latents(p: SimProfile, rng: np.random.Generator, n: int, label=None):
     return np.asarray(y, np.float32), u, w, None
 
 
-def _observe(p: SimProfile, rng: np.random.Generator, u: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
+def _observe(
+    p: SimProfile, rng: np.random.Generator, u: np.ndarray, w: np.ndarray
+) -> dict[str, np.ndarray]:
     """Utterance-level latent observations per modality: text (n, 1), audio/vision (n, 2)."""
     n = len(u)
     obs = {"text": (u + rng.normal(0, p.text_noise, n))[:, None]}
     for m in ("audio", "vision"):
-        obs[m] = np.stack([u + rng.normal(0, p.weak_u_noise, n), w + rng.normal(0, p.weak_w_noise, n)], 1)
+        obs[m] = np.stack(
+            [u + rng.normal(0, p.weak_u_noise, n), w + rng.normal(0, p.weak_w_noise, n)], 1
+        )
     return obs
 
 
 def _directions(p: SimProfile, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng([seed, 7])
     out = {}
-    for m, d, k, norm in zip(("text", "audio", "vision"), p.dims, (1, 2, 2), p.signal_norm, strict=True):
+    for m, d, k, norm in zip(
+        ("text", "audio", "vision"), p.dims, (1, 2, 2), p.signal_norm, strict=True
+    ):
         a = rng.standard_normal((k, d))
         q, _ = np.linalg.qr(a.T)  # orthonormal directions, (d, k)
         out[m] = (q.T * norm).astype(np.float32)  # (k, d)
     return out
 
 
-def _sequences(p: SimProfile, rng: np.random.Generator, obs: dict[str, np.ndarray], lengths: np.ndarray,
-               speaker: dict[str, np.ndarray], dirs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _sequences(
+    p: SimProfile,
+    rng: np.random.Generator,
+    obs: dict[str, np.ndarray],
+    lengths: np.ndarray,
+    speaker: dict[str, np.ndarray],
+    dirs: dict[str, np.ndarray],
+) -> dict[str, np.ndarray]:
     n, t = len(lengths), p.seq_len
     valid = (np.arange(t)[None, :] < lengths[:, None]).astype(np.float32)  # (n, T)
     out = {}
     for m, d in zip(("text", "audio", "vision"), p.dims, strict=True):
         o = obs[m].astype(np.float32)  # (n, k)
-        word = o[:, None, :] + p.word_jitter * rng.standard_normal((n, t, o.shape[1]), dtype=np.float32)
+        word = o[:, None, :] + p.word_jitter * rng.standard_normal(
+            (n, t, o.shape[1]), dtype=np.float32
+        )
         x = rng.standard_normal((n, t, d), dtype=np.float32)
         x *= p.frame_noise
         x += word @ dirs[m]  # (n, T, d)
@@ -145,23 +166,37 @@ def _sequences(p: SimProfile, rng: np.random.Generator, obs: dict[str, np.ndarra
     return out
 
 
-def _generate_split(p: SimProfile, seed: int, split: str, n: int, dirs, labels=None, subjects=None,
-                    video_offset: int = 0) -> SplitData:
+def _generate_split(
+    p: SimProfile,
+    seed: int,
+    split: str,
+    n: int,
+    dirs,
+    labels=None,
+    subjects=None,
+    video_offset: int = 0,
+) -> SplitData:
     feats: dict[str, list] = {m: [] for m in ("text", "audio", "vision")}
     ys, lens, cls_all = [], [], []
     split_no = ("train", "valid", "test").index(split)
     n_videos = max(1, -(-n // p.clips_per_video)) if subjects is None else int(subjects.max()) + 1
     vrng = np.random.default_rng([seed, 11, split_no])
-    speaker_tab = {m: (p.speaker_noise * vrng.standard_normal((n_videos, d))).astype(np.float32)
-                   for m, d in zip(("text", "audio", "vision"), p.dims, strict=True)}
-    video_of = (np.arange(n) if subjects is None else subjects) // (p.clips_per_video if subjects is None else 1)
+    speaker_tab = {
+        m: (p.speaker_noise * vrng.standard_normal((n_videos, d))).astype(np.float32)
+        for m, d in zip(("text", "audio", "vision"), p.dims, strict=True)
+    }
+    video_of = (np.arange(n) if subjects is None else subjects) // (
+        p.clips_per_video if subjects is None else 1
+    )
     for c, start in enumerate(range(0, n, CHUNK)):
         rng = np.random.default_rng([seed, 13, split_no, c])
         sl = slice(start, min(n, start + CHUNK))
         m_n = sl.stop - sl.start
         y, u, w, cls = _latents(p, rng, m_n, None if labels is None else labels[sl])
         obs = _observe(p, rng, u, w)
-        length = np.clip(np.round(rng.lognormal(np.log(p.mean_words), 0.6, m_n)), 2, p.seq_len).astype(np.int64)
+        length = np.clip(
+            np.round(rng.lognormal(np.log(p.mean_words), 0.6, m_n)), 2, p.seq_len
+        ).astype(np.int64)
         spk = {m: speaker_tab[m][video_of[sl] % n_videos] for m in speaker_tab}
         seqs = _sequences(p, rng, obs, length, spk, dirs)
         for m in feats:
@@ -183,13 +218,15 @@ def _generate_split(p: SimProfile, seed: int, split: str, n: int, dirs, labels=N
         features={m: np.concatenate(v) for m, v in feats.items()},
         lengths={m: length.copy() for m in feats},
         class_labels=np.concatenate(cls_all).astype(np.int64) if cls_all else None,
-        video_ids=video_ids, clip_ids=clip.astype(str),
+        video_ids=video_ids,
+        clip_ids=clip.astype(str),
         subjects=None if subjects is None else np.array([f"subject{s:03d}" for s in vid]),
     )
 
 
 def _cmdc_subjects(p: SimProfile, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """78 subjects, a third depressed (PHQ-9 >= 10); 12 utterances each; splits by subject 60/20/20."""
+    """78 subjects, a third depressed (PHQ-9 >= 10); 12 utterances each; splits by subject
+    60/20/20."""
     rng = np.random.default_rng([seed, 17])
     k = p.subjects
     depressed = rng.random(k) < 1 / 3
@@ -216,8 +253,13 @@ def _oracle(p: SimProfile, seed: int, n: int = 50_000) -> dict[str, dict[str, fl
     for m in obs:
         obs[m] = obs[m] + rng.normal(0, p.word_jitter / np.sqrt(mean_len), obs[m].shape)
     out = {}
-    subsets = {"t": ["text"], "a": ["audio"], "v": ["vision"], "av": ["audio", "vision"],
-               "tav": ["text", "audio", "vision"]}
+    subsets = {
+        "t": ["text"],
+        "a": ["audio"],
+        "v": ["vision"],
+        "av": ["audio", "vision"],
+        "tav": ["text", "audio", "vision"],
+    }
     for key, mods in subsets.items():
         x = np.concatenate([obs[m] for m in mods], 1)
         feats = np.concatenate([np.ones((2 * n, 1)), x, x**2, np.abs(x)], 1)
@@ -246,12 +288,19 @@ def _scaled(n: int, scale: float) -> int:
 
 def generator_config(profile: str, seed: int, scale: float) -> dict:
     p = SIM_PROFILES[profile]
-    return {"generator": "msaflow.sim", "version": 1, "profile": profile, "seed": seed, "scale": scale,
-            "params": asdict(p)}
+    return {
+        "generator": "msaflow.sim",
+        "version": 1,
+        "profile": profile,
+        "seed": seed,
+        "scale": scale,
+        "params": asdict(p),
+    }
 
 
-def synthesize(profile: str, out_dir: str | Path, seed: int = 0, scale: float = 1.0,
-               force: bool = False) -> Manifest:
+def synthesize(
+    profile: str, out_dir: str | Path, seed: int = 0, scale: float = 1.0, force: bool = False
+) -> Manifest:
     """Write the ``sim-<profile>`` store; a no-op when ``out_dir`` already holds the same one.
 
     ``force``: write into a non-empty folder that is not a store (see ``write_dataset``)."""
@@ -265,8 +314,9 @@ def synthesize(profile: str, out_dir: str | Path, seed: int = 0, scale: float = 
         try:
             existing = read_manifest(out)
             if existing.config == json.loads(json.dumps(config)) and all(
-                    (out / f["file"]).is_file() and (out / f["file"]).stat().st_size == f["bytes"]
-                    for f in existing.files.values()):
+                (out / f["file"]).is_file() and (out / f["file"]).stat().st_size == f["bytes"]
+                for f in existing.files.values()
+            ):
                 return existing
         except DataError:
             pass  # unreadable: regenerate (write_dataset decides whether it may replace it)
@@ -277,22 +327,41 @@ def synthesize(profile: str, out_dir: str | Path, seed: int = 0, scale: float = 
     if p.task == "depression":
         groups = _cmdc_subjects(p, seed)
         if scale != 1.0:  # keep whole subjects
-            groups = {s: (r[: max(12, int(len(r) * scale) // 12 * 12)], y[: max(12, int(len(y) * scale) // 12 * 12)])
-                      for s, (r, y) in groups.items()}
+            groups = {
+                s: (
+                    r[: max(12, int(len(r) * scale) // 12 * 12)],
+                    y[: max(12, int(len(y) * scale) // 12 * 12)],
+                )
+                for s, (r, y) in groups.items()
+            }
         for split, (rows, phq) in groups.items():
-            splits[split] = _generate_split(p, seed, split, len(rows), dirs, labels=phq, subjects=rows)
+            splits[split] = _generate_split(
+                p, seed, split, len(rows), dirs, labels=phq, subjects=rows
+            )
     else:
         offset = 0
         for split, n in zip(("train", "valid", "test"), p.counts, strict=True):
-            splits[split] = _generate_split(p, seed, split, _scaled(n, scale), dirs, video_offset=offset)
+            splits[split] = _generate_split(
+                p, seed, split, _scaled(n, scale), dirs, video_offset=offset
+            )
             offset += 10_000
     kind = "classification" if p.task == "emotion" else "regression"
-    label_range = {"sentiment": (-3.0, 3.0), "emotion": (0.0, 3.0), "depression": (0.0, 27.0)}[p.task]
+    label_range = {"sentiment": (-3.0, 3.0), "emotion": (0.0, 3.0), "depression": (0.0, 27.0)}[
+        p.task
+    ]
     source_sha = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
     return write_dataset(
-        out, splits, name=f"sim-{profile}" + ("" if scale == 1.0 else f"-x{scale:g}"), source="simulation",
-        task=p.task, label_kind=kind, label_range=label_range, source_sha256=source_sha, config=config,
+        out,
+        splits,
+        name=f"sim-{profile}" + ("" if scale == 1.0 else f"-x{scale:g}"),
+        source="simulation",
+        task=p.task,
+        label_kind=kind,
+        label_range=label_range,
+        source_sha256=source_sha,
+        config=config,
         num_classes=len(IEMOCAP_CLASSES) if kind == "classification" else 1,
-        class_names=IEMOCAP_CLASSES if kind == "classification" else None, oracle=_oracle(p, seed),
+        class_names=IEMOCAP_CLASSES if kind == "classification" else None,
+        oracle=_oracle(p, seed),
         force=force,
     )

@@ -36,11 +36,12 @@ class QuietUserErrors(logging.Filter):
         if exc is not None:
             return not is_user_error(exc)
         if record.levelno >= logging.ERROR:
-            # A task's "Finished in state Failed('Task run encountered an exception DataError: ...')":
-            # the record holds only the text.
+            # A task's "Finished in state Failed('Task run encountered an exception DataError:
+            # ...')": the record holds only the text.
             text = record.getMessage()
             if "Finished in state Failed" in text and any(
-                    f"exception {cls.__name__}:" in text for cls in USER_ERRORS):
+                f"exception {cls.__name__}:" in text for cls in USER_ERRORS
+            ):
                 return False
         return True
 
@@ -49,7 +50,8 @@ _FILTER = QuietUserErrors()
 
 
 def quiet_user_errors() -> None:
-    """Install the filter once per process (idempotent; Prefect's dictConfig keeps logger filters)."""
+    """Install the filter once per process (idempotent; Prefect's dictConfig keeps logger
+    filters)."""
     for name in _LOGGERS:
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:

@@ -1,4 +1,5 @@
-"""The ``pipeline`` flow: features -> one training task per (model, cell, seed) -> evaluation -> summary.
+"""The ``pipeline`` flow: features -> one training task per (model, cell, seed) -> evaluation
+-> summary.
 
 Flows only wire tasks. The tasks live in ``flows/tasks.py`` and call the Prefect-free building
 blocks in ``tasks/``. A *cell* is one column of a results table: an ablation variant plus optional
@@ -41,7 +42,10 @@ def model_spec(model: str):
 def check_preset(model: str, preset: str) -> None:
     spec = model_spec(model)
     if preset not in spec.presets:
-        raise ConfigError(f"--preset: model {model!r} has no preset {preset!r}; expected one of {list(spec.presets)}")
+        raise ConfigError(
+            f"--preset: model {model!r} has no preset {preset!r}; expected one of "
+            f"{list(spec.presets)}"
+        )
 
 
 def load_params_file(path: str | None, model: str, preset: str) -> dict[str, Any]:
@@ -50,8 +54,13 @@ def load_params_file(path: str | None, model: str, preset: str) -> dict[str, Any
         return {}
     overrides = load_overrides_file(path)
     try:
-        resolve_run_config(model, None, preset, model_overrides=overrides.get("model"),
-                           train_overrides=overrides.get("train"))
+        resolve_run_config(
+            model,
+            None,
+            preset,
+            model_overrides=overrides.get("model"),
+            train_overrides=overrides.get("train"),
+        )
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     return overrides
@@ -64,8 +73,10 @@ def resolve_cells(model: str, variants: list[str] | None, cells: list[dict] | No
     names = variants or list(spec.variants)
     unknown = [v for v in names if v not in spec.variants]
     if unknown:
-        raise ConfigError(f"--variants: model {model!r} has no variant(s) {unknown}; "
-                          f"expected some of {list(spec.variants)}")
+        raise ConfigError(
+            f"--variants: model {model!r} has no variant(s) {unknown}; "
+            f"expected some of {list(spec.variants)}"
+        )
     return [Cell(name=v, variant=v) for v in names]
 
 
@@ -106,42 +117,68 @@ def check_pipeline_inputs(
         raise ConfigError(f"--folds: expected 0 (no cross-validation) or k >= 2, got {folds}")
     for cell in cell_list:
         resolve_run_config(
-            model, cell.variant, preset,
+            model,
+            cell.variant,
+            preset,
             model_overrides={**model_overrides, **cell.overrides.get("model", {})},
-            train_overrides={**train_overrides, **cell.overrides.get("train", {}), "seed": seeds[0]},
+            train_overrides={
+                **train_overrides,
+                **cell.overrides.get("train", {}),
+                "seed": seeds[0],
+            },
         )
-    return {"model_overrides": model_overrides, "train_overrides": train_overrides, "cells": cell_list,
-            "seeds": seeds}
+    return {
+        "model_overrides": model_overrides,
+        "train_overrides": train_overrides,
+        "cells": cell_list,
+        "seeds": seeds,
+    }
 
 
-def _submit_train(cfg, cell: Cell, data_ref: dict[str, Any], tracking: dict[str, str],
-                  parent_run_id: str, refresh: bool):
+def _submit_train(
+    cfg,
+    cell: Cell,
+    data_ref: dict[str, Any],
+    tracking: dict[str, str],
+    parent_run_id: str,
+    refresh: bool,
+):
     """``refresh`` bypasses (and rewrites) Prefect's cache."""
     opts: dict[str, Any] = {"refresh_cache": True} if refresh else {}
     return train_task.with_options(task_run_name=f"train-{_task_name(cfg, cell)}", **opts).submit(
-        cfg, cell.name, data_ref, tracking, parent_run_id, fresh=refresh)
+        cfg, cell.name, data_ref, tracking, parent_run_id, fresh=refresh
+    )
 
 
-def _submit_evaluate(trained, cfg, cell: Cell, data_ref: dict[str, Any], tracking: dict[str, str],
-                     refresh: bool):
+def _submit_evaluate(
+    trained, cfg, cell: Cell, data_ref: dict[str, Any], tracking: dict[str, str], refresh: bool
+):
     opts: dict[str, Any] = {"refresh_cache": True} if refresh else {}
-    return evaluate_task.with_options(task_run_name=f"evaluate-{_task_name(cfg, cell)}", **opts).submit(
-        trained, cfg, cell.name, data_ref, tracking)
+    return evaluate_task.with_options(
+        task_run_name=f"evaluate-{_task_name(cfg, cell)}", **opts
+    ).submit(trained, cfg, cell.name, data_ref, tracking)
 
 
 def _task_name(cfg, cell: Cell) -> str:
     return f"{cfg.model}-{cell.name}-seed{cfg.train.seed}"
 
 
-def _submit(cfg, cell: Cell, data_ref: dict[str, Any], tracking: dict[str, str], parent_run_id: str,
-            refresh: bool):
+def _submit(
+    cfg,
+    cell: Cell,
+    data_ref: dict[str, Any],
+    tracking: dict[str, str],
+    parent_run_id: str,
+    refresh: bool,
+):
     """train -> evaluate for one config."""
     trained = _submit_train(cfg, cell, data_ref, tracking, parent_run_id, refresh)
     return trained, _submit_evaluate(trained, cfg, cell, data_ref, tracking, refresh)
 
 
 def _cached_run_gone(trained, tracking: dict[str, str]) -> bool:
-    """A cache hit whose MLflow run was deleted since (e.g. in the UI): the result must be redone."""
+    """A cache hit whose MLflow run was deleted since (e.g. in the UI): the result must be
+    redone."""
     if trained.state.name != "Cached" or not trained.state.is_completed():
         return False
     return not tr.run_is_active(tracking["uri"], trained.result()["run_id"])
@@ -173,13 +210,22 @@ def run_grid(
     for cell in cells:
         for seed in seeds:
             cfg = resolve_run_config(
-                model, cell.variant, preset,
+                model,
+                cell.variant,
+                preset,
                 model_overrides={**model_overrides, **cell.overrides.get("model", {})},
-                train_overrides={**train_overrides, **cell.overrides.get("train", {}), "seed": seed},
-                input_spec=data_ref["input_spec"], data_task=data_ref["task"],
+                train_overrides={
+                    **train_overrides,
+                    **cell.overrides.get("train", {}),
+                    "seed": seed,
+                },
+                input_spec=data_ref["input_spec"],
+                data_task=data_ref["task"],
                 class_names=data_ref["class_names"],
             )
-            jobs.append([cfg, cell, _submit_train(cfg, cell, data_ref, tracking, parent_run_id, force)])
+            jobs.append(
+                [cfg, cell, _submit_train(cfg, cell, data_ref, tracking, parent_run_id, force)]
+            )
     # Every train before any evaluate: a submitted task holds a pool thread while it waits for its
     # inputs, so train1, evaluate1, train2, ... with two workers would run one training at a time.
     for job in jobs:
@@ -198,8 +244,9 @@ def run_grid(
             row = dict(evaluated.result())
             row["cached"] = trained.state.name == "Cached" and state.name == "Cached"
             if row["cached"] and link_cached:
-                row["linked_run_id"] = tr.link_cached_run(tracking["uri"], tracking["experiment_id"],
-                                                          parent_run_id, row["run_id"])
+                row["linked_run_id"] = tr.link_cached_run(
+                    tracking["uri"], tracking["experiment_id"], parent_run_id, row["run_id"]
+                )
             rows.append(row)
         else:
             failed = trained.state if trained.state.is_failed() else state
@@ -208,8 +255,14 @@ def run_grid(
                 message = failed.message or failed.name
             except BaseException as exc:  # noqa: BLE001 - we report, not handle
                 message = f"{type(exc).__name__}: {exc}"
-            failures.append({"run_name": cfg.run_name.replace(f"/{cfg.variant}/", f"/{cell.name}/"),
-                             "cell": cell.name, "seed": cfg.train.seed, "error": message[:500]})
+            failures.append(
+                {
+                    "run_name": cfg.run_name.replace(f"/{cfg.variant}/", f"/{cell.name}/"),
+                    "cell": cell.name,
+                    "seed": cfg.train.seed,
+                    "error": message[:500],
+                }
+            )
     return rows, failures
 
 
@@ -243,9 +296,20 @@ def pipeline(
     Returns ``{"parent_run_id", "experiment_id", "tracking_uri", "dataset", "rows", "failures"}``.
     """
     inputs = check_pipeline_inputs(
-        data=data, model=model, variants=variants, seeds=seeds, preset=preset, epochs=epochs,
-        params_file=params_file, model_overrides=model_overrides, train_overrides=train_overrides,
-        cells=cells, scale=scale, data_format=data_format, folds=folds)
+        data=data,
+        model=model,
+        variants=variants,
+        seeds=seeds,
+        preset=preset,
+        epochs=epochs,
+        params_file=params_file,
+        model_overrides=model_overrides,
+        train_overrides=train_overrides,
+        cells=cells,
+        scale=scale,
+        data_format=data_format,
+        folds=folds,
+    )
     cell_list, seeds = inputs["cells"], inputs["seeds"]
     tracking_uri = tracking_uri or default_tracking_uri()
     check_tracking(tracking_uri)
@@ -258,12 +322,26 @@ def pipeline(
     try:
         rows, failures = [], []
         for ref in fold_refs:
-            fold_cells = [Cell(name=f"{c.name}/fold{ref['fold']}" if folds else c.name, variant=c.variant,
-                               overrides=c.overrides) for c in cell_list]
+            fold_cells = [
+                Cell(
+                    name=f"{c.name}/fold{ref['fold']}" if folds else c.name,
+                    variant=c.variant,
+                    overrides=c.overrides,
+                )
+                for c in cell_list
+            ]
             got, failed = run_grid(
-                data_ref=ref, model=model, cells=fold_cells, seeds=seeds, preset=preset,
-                model_overrides=inputs["model_overrides"], train_overrides=inputs["train_overrides"],
-                tracking=tracking, parent_run_id=parent_run_id, force=force, link_cached=True,
+                data_ref=ref,
+                model=model,
+                cells=fold_cells,
+                seeds=seeds,
+                preset=preset,
+                model_overrides=inputs["model_overrides"],
+                train_overrides=inputs["train_overrides"],
+                tracking=tracking,
+                parent_run_id=parent_run_id,
+                force=force,
+                link_cached=True,
             )
             rows += got
             failures += failed
@@ -272,6 +350,11 @@ def pipeline(
         tr.fail_run(tracking_uri, parent_run_id, exc)
         raise
     return {
-        "parent_run_id": parent_run_id, "experiment_id": experiment_id, "tracking_uri": tracking_uri,
-        "experiment": experiment, "dataset": data_ref, "rows": rows, "failures": failures,
+        "parent_run_id": parent_run_id,
+        "experiment_id": experiment_id,
+        "tracking_uri": tracking_uri,
+        "experiment": experiment,
+        "dataset": data_ref,
+        "rows": rows,
+        "failures": failures,
     }

@@ -1,17 +1,18 @@
-"""Scheduled runs and scale-out: serve a flow on a cron, set up the ``gpu`` work pool, pick a task runner.
+"""Scheduled runs and scale-out: serve a flow on a cron, set up the ``gpu`` work pool, pick a task
+runner.
 
-* ``serve_flow`` wraps ``Flow.serve``: one process that creates a deployment (optionally on a cron) and
-  runs its scheduled runs itself. Good for one machine.
-* ``setup_pool`` creates/updates the ``gpu`` work pool (type ``process``) with a concurrency limit equal to
-  the GPU count (at least 1). Deployments declared in ``prefect.yaml`` target it; any number of
-  ``prefect worker start --pool gpu`` processes, on any number of machines, take its runs.
-* ``task_runner_for`` gives the pipeline a Dask task runner (a local cluster or a remote scheduler), so the
-  training tasks of *one* flow run spread over several cores or machines.
+* ``serve_flow`` wraps ``Flow.serve``: one process that creates a deployment (optionally on a cron)
+  and runs its scheduled runs itself. Good for one machine.
+* ``setup_pool`` creates/updates the ``gpu`` work pool (type ``process``) with a concurrency limit
+  equal to the GPU count (at least 1). Deployments declared in ``prefect.yaml`` target it; any
+  number of ``prefect worker start --pool gpu`` processes, on any number of machines, take its runs.
+* ``task_runner_for`` gives the pipeline a Dask task runner (a local cluster or a remote scheduler),
+  so the training tasks of *one* flow run spread over several cores or machines.
 
-Flows are referenced by *module* entrypoint (``flows.reproduce:reproduce_flow``), not by file path: Prefect loads
-a file-path entrypoint (``flows/pipeline.py:pipeline``) with ``flows/`` first on ``sys.path``, where
-``flows/tasks.py`` shadows the ``tasks`` package and the import fails (circular import). A flow whose
-file is not in this checkout is reported as missing, never imported eagerly.
+Flows are referenced by *module* entrypoint (``flows.reproduce:reproduce_flow``), not by file path:
+Prefect loads a file-path entrypoint (``flows/pipeline.py:pipeline``) with ``flows/`` first on
+``sys.path``, where ``flows/tasks.py`` shadows the ``tasks`` package and the import fails (circular
+import). A flow whose file is not in this checkout is reported as missing, never imported eagerly.
 """
 
 from __future__ import annotations
@@ -28,17 +29,20 @@ POOL = "gpu"
 # name -> module entrypoint (module : flow function), importable from the project root
 ENTRYPOINTS: dict[str, str] = {
     "pipeline": "flows.pipeline:pipeline",
-    "reproduce": "flows.reproduce:reproduce_flow",  # `reproduce` is the plain-Python wrapper, not the @flow
+    # `reproduce` is the plain-Python wrapper, not the @flow
+    "reproduce": "flows.reproduce:reproduce_flow",
     "tune": "flows.tune:tune",
 }
 
 
 class ServeError(ValueError):
-    """A serve/deploy request that cannot be carried out (unknown flow, bad parameter, missing file)."""
+    """A serve/deploy request that cannot be carried out (unknown flow, bad parameter, missing
+    file)."""
 
 
 def not_a_flow(obj: Any, entrypoint: str) -> str | None:
-    """Why ``obj`` (loaded from ``entrypoint``) cannot be served or deployed, or None if it is a Prefect flow."""
+    """Why ``obj`` (loaded from ``entrypoint``) cannot be served or deployed, or None if it is a
+    Prefect flow."""
     from prefect import Flow
 
     if isinstance(obj, Flow):
@@ -54,7 +58,8 @@ def not_a_flow(obj: Any, entrypoint: str) -> str | None:
 
 
 def entrypoint_file(entrypoint: str, root: Path = ROOT) -> Path:
-    """``flows.pipeline:pipeline`` or ``flows/pipeline.py:pipeline`` -> ``<root>/flows/pipeline.py``."""
+    """``flows.pipeline:pipeline`` or ``flows/pipeline.py:pipeline``
+    -> ``<root>/flows/pipeline.py``."""
     target = entrypoint.rsplit(":", 1)[0]
     return root / (target if target.endswith(".py") else target.replace(".", "/") + ".py")
 
@@ -88,7 +93,8 @@ def load_flow(name: str):
 
 
 def parse_params(items: list[str] | None) -> dict[str, Any]:
-    """``["variants=[none,full]", "epochs=3"]`` -> ``{"variants": ["none", "full"], "epochs": 3}`` (YAML values)."""
+    """``["variants=[none,full]", "epochs=3"]`` -> ``{"variants": ["none", "full"], "epochs": 3}``
+    (YAML values)."""
     params: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -102,29 +108,40 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
 
 
 def check_params(flow: Any, params: dict[str, Any], require: bool = False) -> None:
-    """Unknown parameters fail; with ``require``, so do required ones (no default) left unset: every run of
-    such a deployment would fail at start."""
+    """Unknown parameters fail; with ``require``, so do required ones (no default) left unset: every
+    run of such a deployment would fail at start."""
     import inspect
 
     signature = inspect.signature(flow.fn).parameters
     names = set(signature)
     unknown = sorted(set(params) - names)
     if unknown:
-        raise ServeError(f"flow {flow.name!r} has no parameter(s) {unknown}; expected some of {sorted(names)}")
-    missing = [n for n, p in signature.items() if p.default is inspect.Parameter.empty and n not in params
-               and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        raise ServeError(
+            f"flow {flow.name!r} has no parameter(s) {unknown}; expected some of {sorted(names)}"
+        )
+    missing = [
+        n
+        for n, p in signature.items()
+        if p.default is inspect.Parameter.empty
+        and n not in params
+        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
     if require and missing:
         raise ServeError(f"flow {flow.name!r} needs parameter(s) {missing} (no default); set them")
 
 
-def task_runner_for(kind: str = "thread", workers: int | None = None, address: str | None = None,
-                    processes: bool = True):
+def task_runner_for(
+    kind: str = "thread",
+    workers: int | None = None,
+    address: str | None = None,
+    processes: bool = True,
+):
     """The task runner for the pipeline's training tasks.
 
-    ``kind``: ``thread`` (default: ``workers`` threads, 1 if unset) or ``dask``: a remote scheduler when
-    ``address`` (``tcp://host:8786``) is given, else a local cluster of ``workers`` processes (default 2)
-    with one thread each (``processes=False``: threads in this process, quicker to start, for tests).
-    ``kind="auto"`` picks dask when an address or workers are given.
+    ``kind``: ``thread`` (default: ``workers`` threads, 1 if unset) or ``dask``: a remote scheduler
+    when ``address`` (``tcp://host:8786``) is given, else a local cluster of ``workers`` processes
+    (default 2) with one thread each (``processes=False``: threads in this process, quicker to
+    start, for tests). ``kind="auto"`` picks dask when an address or workers are given.
     """
     if kind == "auto":
         kind = "dask" if (address or workers) else "thread"
@@ -137,13 +154,20 @@ def task_runner_for(kind: str = "thread", workers: int | None = None, address: s
 
         if address:
             return DaskTaskRunner(address=address)
-        return DaskTaskRunner(cluster_kwargs={"n_workers": max(1, workers or 2), "threads_per_worker": 1,
-                                              "processes": processes, "dashboard_address": None})
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": max(1, workers or 2),
+                "threads_per_worker": 1,
+                "processes": processes,
+                "dashboard_address": None,
+            }
+        )
     raise ServeError(f"task runner kind must be thread | dask | auto, got {kind!r}")
 
 
 def gpu_count() -> int:
-    """Number of visible CUDA devices, at least 1 (a CPU-only machine runs one training at a time)."""
+    """Number of visible CUDA devices, at least 1 (a CPU-only machine runs one training at a
+    time)."""
     try:
         import torch
 
@@ -153,7 +177,8 @@ def gpu_count() -> int:
 
 
 def setup_pool(name: str = POOL, concurrency: int | None = None) -> dict[str, Any]:
-    """Create (or update) the process-type work pool ``name`` with ``concurrency`` (default: GPU count).
+    """Create (or update) the process-type work pool ``name`` with ``concurrency`` (default: GPU
+    count).
 
     Needs ``PREFECT_API_URL`` (a real server); against the ephemeral server the pool would vanish.
     """
@@ -167,34 +192,60 @@ def setup_pool(name: str = POOL, concurrency: int | None = None) -> dict[str, An
         try:
             pool = client.read_work_pool(name)
             if pool.type != "process":
-                raise ServeError(f"work pool {name!r} exists with type {pool.type!r}, expected 'process'")
+                raise ServeError(
+                    f"work pool {name!r} exists with type {pool.type!r}, expected 'process'"
+                )
             client.update_work_pool(name, WorkPoolUpdate(concurrency_limit=limit))
             created = False
         except ObjectNotFound:
-            client.create_work_pool(WorkPoolCreate(
-                name=name, type="process", concurrency_limit=limit,
-                base_job_template=ProcessWorker.get_default_base_job_template(),
-                description="msaflow training: one slot per GPU"))
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=name,
+                    type="process",
+                    concurrency_limit=limit,
+                    base_job_template=ProcessWorker.get_default_base_job_template(),
+                    description="msaflow training: one slot per GPU",
+                )
+            )
             created = True
         pool = client.read_work_pool(name)
-    return {"name": pool.name, "type": pool.type, "concurrency_limit": pool.concurrency_limit, "created": created}
+    return {
+        "name": pool.name,
+        "type": pool.type,
+        "concurrency_limit": pool.concurrency_limit,
+        "created": created,
+    }
 
 
 def with_runner(flow: Any, runner: Any) -> Any:
     return flow.with_options(task_runner=runner) if runner is not None else flow
 
 
-def serve_flow(name: str = "pipeline", *, deployment: str | None = None, cron: str | None = None,
-               parameters: dict[str, Any] | None = None, task_runner: Any = None, limit: int | None = None) -> None:
-    """Create a deployment for flow ``name`` (optionally on ``cron``) and run its runs in this process."""
+def serve_flow(
+    name: str = "pipeline",
+    *,
+    deployment: str | None = None,
+    cron: str | None = None,
+    parameters: dict[str, Any] | None = None,
+    task_runner: Any = None,
+    limit: int | None = None,
+) -> None:
+    """Create a deployment for flow ``name`` (optionally on ``cron``) and run its runs in this
+    process."""
     flow = load_flow(name)
     parameters = dict(parameters or {})
     check_params(flow, parameters, require=True)
     from prefect.deployments.runner import EntrypointType
 
     flow = with_runner(flow, task_runner)
-    flow.serve(name=deployment or f"{name}-served", cron=cron, parameters=parameters, limit=limit,
-               tags=["msaflow", name], entrypoint_type=EntrypointType.MODULE_PATH)
+    flow.serve(
+        name=deployment or f"{name}-served",
+        cron=cron,
+        parameters=parameters,
+        limit=limit,
+        tags=["msaflow", name],
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
 
 
 def read_prefect_yaml(path: Path = ROOT / "prefect.yaml") -> dict[str, Any]:
@@ -207,20 +258,33 @@ def _schedules(dep: dict[str, Any]) -> list[Any]:
     out = []
     for sched in dep.get("schedules") or []:
         if "cron" not in sched:
-            raise ServeError(f"deployment {dep['name']!r}: only cron schedules are supported here, got {sched}")
-        out.append(Cron(sched["cron"], timezone=sched.get("timezone"), active=sched.get("active", True),
-                        parameters=sched.get("parameters")))
+            raise ServeError(
+                f"deployment {dep['name']!r}: only cron schedules are supported here, got {sched}"
+            )
+        out.append(
+            Cron(
+                sched["cron"],
+                timezone=sched.get("timezone"),
+                active=sched.get("active", True),
+                parameters=sched.get("parameters"),
+            )
+        )
     return out
 
 
-def deploy_from_yaml(names: list[str] | None = None, path: Path = ROOT / "prefect.yaml",
-                     work_pool: str | None = None, source: Path | None = None) -> list[dict[str, Any]]:
-    """Register ``prefect.yaml``'s deployments (all, or ``names``) whose entrypoint exists; skip the rest.
+def deploy_from_yaml(
+    names: list[str] | None = None,
+    path: Path = ROOT / "prefect.yaml",
+    work_pool: str | None = None,
+    source: Path | None = None,
+) -> list[dict[str, Any]]:
+    """Register ``prefect.yaml``'s deployments (all, or ``names``) whose entrypoint exists; skip the
+    rest.
 
-    Same result as ``prefect deploy --all`` run in ``source`` (default: the file's folder): workers ``cd``
-    there and import the flow's module. Goes through ``RunnerDeployment.apply`` because Prefect 3.8.8's
-    ``prefect deploy`` / ``flow.deploy`` end in a 422 from ``/work_pools/<pool>/workers/filter``
-    (a null ``limit``) after registering.
+    Same result as ``prefect deploy --all`` run in ``source`` (default: the file's folder): workers
+    ``cd`` there and import the flow's module. Goes through ``RunnerDeployment.apply`` because
+    Prefect 3.8.8's ``prefect deploy`` / ``flow.deploy`` end in a 422 from
+    ``/work_pools/<pool>/workers/filter`` (a null ``limit``) after registering.
     """
     import importlib
 
@@ -234,12 +298,20 @@ def deploy_from_yaml(names: list[str] | None = None, path: Path = ROOT / "prefec
         if names and dep["name"] not in names:
             continue
         if not entrypoint_exists(dep["entrypoint"], root):
-            report.append({"name": dep["name"], "status": "skipped", "reason": f"{dep['entrypoint']} not present"})
+            report.append(
+                {
+                    "name": dep["name"],
+                    "status": "skipped",
+                    "reason": f"{dep['entrypoint']} not present",
+                }
+            )
             continue
         pool = dep.get("work_pool") or {}
         module, _, func = dep["entrypoint"].partition(":")
         if module.endswith(".py"):
-            raise ServeError(f"deployment {dep['name']!r}: use a module entrypoint (flows.x:y), not {module!r}")
+            raise ServeError(
+                f"deployment {dep['name']!r}: use a module entrypoint (flows.x:y), not {module!r}"
+            )
         if str(root) not in sys.path:
             sys.path.insert(0, str(root))
         flow = getattr(importlib.import_module(module), func)
@@ -254,13 +326,25 @@ def deploy_from_yaml(names: list[str] | None = None, path: Path = ROOT / "prefec
             report.append({"name": dep["name"], "status": "skipped", "reason": str(exc)})
             continue
         deployment = flow.to_deployment(
-            name=dep["name"], description=dep.get("description"), tags=dep.get("tags"), parameters=parameters,
-            schedules=_schedules(dep), work_pool_name=work_pool or pool.get("name", POOL),
-            work_queue_name=pool.get("work_queue_name"), job_variables=pool.get("job_variables") or None,
+            name=dep["name"],
+            description=dep.get("description"),
+            tags=dep.get("tags"),
+            parameters=parameters,
+            schedules=_schedules(dep),
+            work_pool_name=work_pool or pool.get("name", POOL),
+            work_queue_name=pool.get("work_queue_name"),
+            job_variables=pool.get("job_variables") or None,
             entrypoint_type=EntrypointType.MODULE_PATH,
         )
         deployment.storage = LocalStorage(path=str(root))  # pull step: set_working_directory <root>
         deployment_id = deployment.apply()
-        report.append({"name": dep["name"], "status": "deployed", "entrypoint": dep["entrypoint"],
-                       "flow": flow.name, "id": str(deployment_id)})
+        report.append(
+            {
+                "name": dep["name"],
+                "status": "deployed",
+                "entrypoint": dep["entrypoint"],
+                "flow": flow.name,
+                "id": str(deployment_id),
+            }
+        )
     return report

@@ -1,4 +1,5 @@
-"""Model families. Each model file defines its config, modules and a ``SPEC``; this is the only list."""
+"""Model families. Each model file defines its config, modules and a ``SPEC``; this is the only
+list."""
 
 from __future__ import annotations
 
@@ -19,4 +20,12 @@ def get_spec(name: str) -> ModelSpec:
     return specs[name]
 
 
-__all__ = ["MODALITIES", "InputSpec", "ModelOutput", "ModelSpec", "MSAModel", "registry", "get_spec"]
+__all__ = [
+    "MODALITIES",
+    "InputSpec",
+    "ModelOutput",
+    "ModelSpec",
+    "MSAModel",
+    "registry",
+    "get_spec",
+]

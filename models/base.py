@@ -35,9 +35,14 @@ SHORT = {"text": "t", "audio": "a", "vision": "v"}
 # "label" float32 (B,) always present (regression target, or the class id as float);
 # "class_label" int64 (B,) present for classification datasets.
 BATCH_KEYS = (
-    "text", "audio", "vision",
-    "text_len", "audio_len", "vision_len",
-    "label", "class_label",
+    "text",
+    "audio",
+    "vision",
+    "text_len",
+    "audio_len",
+    "vision_len",
+    "label",
+    "class_label",
 )
 
 TaskKind = Literal["regression", "classification"]
@@ -64,10 +69,14 @@ class ModelOutput:
 class MSAModel(nn.Module):
     """Base class: default hooks do nothing."""
 
-    def loss(self, out: ModelOutput, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, out: ModelOutput, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
-    def after_backward(self, out: ModelOutput, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, float]:
+    def after_backward(
+        self, out: ModelOutput, batch: dict[str, torch.Tensor], epoch: int
+    ) -> dict[str, float]:
         return {}
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:

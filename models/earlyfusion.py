@@ -1,9 +1,10 @@
 """Early-fusion baseline: pooled features of every modality, concatenated, then an MLP.
 
-What a fusion method has to beat. Each modality present in the dataset (``*_dim > 0``) is pooled over
-its valid frames -- the mean over a sample's length, so padding never counts -- and the pooled vectors
-are concatenated in the order text, audio, vision, (B, d_t + d_a + d_v). The features it sees are the
-pipeline's train-fit standardised ones (``train.standardize``), so no modality dominates by scale.
+What a fusion method has to beat. Each modality present in the dataset (``*_dim > 0``) is pooled
+over its valid frames -- the mean over a sample's length, so padding never counts -- and the pooled
+vectors are concatenated in the order text, audio, vision, (B, d_t + d_a + d_v). The features it
+sees are the pipeline's train-fit standardised ones (``train.standardize``), so no modality
+dominates by scale.
 
 MLP: ``layers`` x (Linear -> ReLU -> Dropout) of width ``hidden``; head: Linear to one score
 (regression) or ``num_classes`` logits (classification). Loss: the task loss alone
@@ -33,7 +34,9 @@ def masked_mean(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
     a row with length 0 pools to zeros."""
     if lengths is None:
         return x.mean(dim=1)
-    mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths.reshape(-1, 1)).unsqueeze(-1)
+    mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths.reshape(-1, 1)).unsqueeze(
+        -1
+    )
     m = mask.to(x.dtype)
     return (x * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
 
@@ -44,7 +47,9 @@ class EarlyFusion(MSAModel):
     def __init__(self, cfg: EarlyFusionConfig):
         super().__init__()
         if cfg.task == "classification" and cfg.num_classes < 2:
-            raise ValueError(f"earlyfusion: classification needs num_classes >= 2, got {cfg.num_classes}")
+            raise ValueError(
+                f"earlyfusion: classification needs num_classes >= 2, got {cfg.num_classes}"
+            )
         if cfg.layers < 1:
             raise ValueError(f"earlyfusion: layers must be >= 1, got {cfg.layers}")
         if cfg.hidden < 1:
@@ -56,7 +61,11 @@ class EarlyFusion(MSAModel):
         d_in = sum(getattr(cfg, f"{m}_dim") for m in self.modalities)
         blocks: list[nn.Module] = []
         for i in range(cfg.layers):
-            blocks += [nn.Linear(d_in if i == 0 else cfg.hidden, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout)]
+            blocks += [
+                nn.Linear(d_in if i == 0 else cfg.hidden, cfg.hidden),
+                nn.ReLU(),
+                nn.Dropout(cfg.dropout),
+            ]
         self.mlp = nn.Sequential(*blocks)
         self.head = nn.Linear(cfg.hidden, cfg.num_classes if cfg.task == "classification" else 1)
 
@@ -64,15 +73,22 @@ class EarlyFusion(MSAModel):
         """The early-fused input: [mean_t; mean_a; mean_v], (B, sum of dims)."""
         missing = [m for m in self.modalities if m not in batch]
         if missing:
-            raise ValueError(f"earlyfusion: the batch lacks {missing} (the config has dims for {list(self.modalities)})")
-        return torch.cat([masked_mean(batch[m], batch.get(f"{m}_len")) for m in self.modalities], dim=-1)
+            raise ValueError(
+                f"earlyfusion: the batch lacks {missing} (the config has dims for "
+                f"{list(self.modalities)})"
+            )
+        return torch.cat(
+            [masked_mean(batch[m], batch.get(f"{m}_len")) for m in self.modalities], dim=-1
+        )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
         y = self.head(self.mlp(self.fuse(batch)))
         return ModelOutput(pred=y.squeeze(-1) if self.cfg.task == "regression" else y)
 
     # Copied from models.unimodal.Unimodal.loss
-    def loss(self, out: ModelOutput, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, out: ModelOutput, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         total = task_loss(out.pred, batch, self.cfg.task)
         value = float(total.detach())
         return total, {"loss/task": value, "loss/total": value}
@@ -86,10 +102,14 @@ SPEC = ModelSpec(
     presets={
         # not from a paper: the same optimiser and budget as unimodal's "paper" preset, so the
         # baseline rows of a benchmark table are trained alike
-        "paper": {"model": {},
-                  "train": {"optimizer": "adam", "lr": 1e-3, "epochs": 30, "batch_size": 32}},
-        "quick": {"model": {"hidden": 32},
-                  "train": {"optimizer": "adam", "lr": 1e-3, "epochs": 4, "batch_size": 32}},
+        "paper": {
+            "model": {},
+            "train": {"optimizer": "adam", "lr": 1e-3, "epochs": 30, "batch_size": 32},
+        },
+        "quick": {
+            "model": {"hidden": 32},
+            "train": {"optimizer": "adam", "lr": 1e-3, "epochs": 4, "batch_size": 32},
+        },
     },
     default_variant="default",
 )

@@ -182,10 +182,14 @@ def validate_config(cfg: MMAFNetConfig) -> None:
     """Raise ``ConfigError`` naming the field for values the model cannot be built with."""
     for name, allowed in _CHOICES.items():
         if getattr(cfg, name) not in allowed:
-            raise ConfigError(f"mmafnet.{name}: expected one of {allowed}, got {getattr(cfg, name)!r}")
+            raise ConfigError(
+                f"mmafnet.{name}: expected one of {allowed}, got {getattr(cfg, name)!r}"
+            )
     if cfg.hidden < 1 or cfg.hidden % cfg.attn_heads:
-        raise ConfigError(f"mmafnet.hidden: expected a positive multiple of attn_heads="
-                          f"{cfg.attn_heads}, got {cfg.hidden}")
+        raise ConfigError(
+            f"mmafnet.hidden: expected a positive multiple of attn_heads="
+            f"{cfg.attn_heads}, got {cfg.hidden}"
+        )
     if cfg.conv_kernel < 1 or cfg.conv_kernel % 2 == 0:
         raise ConfigError(f"mmafnet.conv_kernel: expected an odd size >= 1, got {cfg.conv_kernel}")
     if cfg.cmd_moments < 1:
@@ -243,7 +247,8 @@ def _matchnorm(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def cmd(x: torch.Tensor, y: torch.Tensor, k: int = 5) -> torch.Tensor:
-    """eq. 2's CMD (Zellinger et al., MISA's form): ||E x - E y|| + sum_{j=2..k} ||c_j(x) - c_j(y)||.
+    """eq. 2's CMD (Zellinger et al., MISA's form): ||E x - E y|| + sum_{j=2..k} ||c_j(x) -
+    c_j(y)||.
 
     x (N, d), y (M, d): samples of two distributions; c_j is the j-th central moment per dimension.
     """
@@ -279,8 +284,9 @@ def diff_loss(a: torch.Tensor, b: torch.Tensor, detach_norm: bool = False) -> to
     return (a.t() @ b).pow(2).mean()
 
 
-def difference_loss(inv: Mapping[str, torch.Tensor], spec: Mapping[str, torch.Tensor],
-                    detach_norm: bool = False) -> torch.Tensor:
+def difference_loss(
+    inv: Mapping[str, torch.Tensor], spec: Mapping[str, torch.Tensor], detach_norm: bool = False
+) -> torch.Tensor:
     """eq. 3: L_diff = sum_m <X_m^c, X_m^s> + sum over (a,v), (a,t), (v,t) of <X_m1^s, X_m2^s>."""
     intra = sum(diff_loss(inv[m], spec[m], detach_norm) for m in MODS)
     inter = sum(diff_loss(spec[m1], spec[m2], detach_norm) for m1, m2 in PAIRS)
@@ -328,8 +334,9 @@ def modulation_ratios(acc: Mapping[str, float]) -> dict[str, float]:
     return {m: r / total for m, r in acc.items()}
 
 
-def sgm_coefficients(omega: Mapping[str, float], alpha: float,
-                     tie: Literal["none", "pair", "all"] = "none") -> dict[str, float]:
+def sgm_coefficients(
+    omega: Mapping[str, float], alpha: float, tie: Literal["none", "pair", "all"] = "none"
+) -> dict[str, float]:
     """eq. 9: phi_m = 1 - tanh(alpha * omega_m) where omega_m is the maximum, else 1.
 
     ``tie`` says what a maximum shared by several modalities damps (``sgm_tie``): "all" eq. 9 as
@@ -421,8 +428,9 @@ def ipr_weights(D: torch.Tensor, delta: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def blend_(module_params: Iterable[torch.Tensor], init_params: Iterable[torch.Tensor],
-           phi: float) -> None:
+def blend_(
+    module_params: Iterable[torch.Tensor], init_params: Iterable[torch.Tensor], phi: float
+) -> None:
     """eq. 15 in place: theta <- phi * theta_init + (1 - phi) * theta_cur (exact at phi 0 and 1)."""
     for p, p0 in zip(module_params, init_params, strict=True):
         p.mul_(1.0 - phi).add_(p0.to(p.dtype), alpha=phi)
@@ -496,8 +504,9 @@ class MMAFNet(MSAModel):
         self.attn = nn.ModuleDict({m: SelfAttention(d, cfg.attn_heads, cfg.dropout) for m in MODS})
         self.inv_proj = nn.Linear(3 * d, d) if cfg.invariant_fusion == "concat" else None
         self.afm = AdaptiveFusion(d, cfg.afm_attention, cfg.afm_rescale)
-        self.head = nn.Sequential(nn.Linear(4 * d, d), nn.ReLU(), nn.Dropout(cfg.dropout),
-                                  nn.Linear(d, out_dim))
+        self.head = nn.Sequential(
+            nn.Linear(4 * d, d), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(d, out_dim)
+        )
         # theta_init of eq. 15, captured now, before any step
         self.ipr_init = nn.ModuleDict({m: ParamSnapshot(self.attn[m]) for m in MODS})
         # eq. 15 weights decided at an epoch's end, applied by the next before_epoch: persistent,
@@ -515,7 +524,8 @@ class MMAFNet(MSAModel):
         self.ipr_pooled_n = 0
 
     def _probe(self, d: int, out_dim: int) -> nn.Module:
-        """eq. 5's linear layer, on standardised features with ``probe_norm`` (still linear in z)."""
+        """eq. 5's linear layer, on standardised features with ``probe_norm`` (still linear in
+        z)."""
         linear = nn.Linear(d, out_dim)
         if not self.cfg.probe_norm:
             return linear
@@ -574,8 +584,12 @@ class MMAFNet(MSAModel):
             z_c = self.inv_proj(torch.cat([zc[m] for m in MODS], dim=-1))
 
         feats = torch.stack([z_s["t"], z_s["a"], z_s["v"], z_c], dim=1)  # (B, 4, d)
-        extras = {"loss_sim": loss_sim, "loss_diff": loss_diff,
-                  **{f"probe_{m}": probes[m] for m in MODS}, **{f"zc_{m}": zc_seq[m] for m in MODS}}
+        extras = {
+            "loss_sim": loss_sim,
+            "loss_diff": loss_diff,
+            **{f"probe_{m}": probes[m] for m in MODS},
+            **{f"zc_{m}": zc_seq[m] for m in MODS},
+        }
         if cfg.afm:
             fused, g = self.afm(feats)  # eqs. 16-17, (B, 4d), (B, 4)
             extras["afm_gates"] = g
@@ -589,8 +603,12 @@ class MMAFNet(MSAModel):
         return ModelOutput(pred=pred if self.classify else pred.squeeze(-1), extras=extras)
 
     @torch.no_grad()
-    def _accumulate_distances(self, zc_seq: dict[str, torch.Tensor], zc: dict[str, torch.Tensor],
-                              masks: dict[str, torch.Tensor]) -> None:
+    def _accumulate_distances(
+        self,
+        zc_seq: dict[str, torch.Tensor],
+        zc: dict[str, torch.Tensor],
+        masks: dict[str, torch.Tensor],
+    ) -> None:
         """eqs. 12-13 on this batch, summed into the epoch's accumulators (detached)."""
         valid = masks["t"].any(1) & masks["a"].any(1) & masks["v"].any(1)  # (B,)
         aligned = len({zc_seq[m].shape[1] for m in MODS}) == 1
@@ -609,16 +627,22 @@ class MMAFNet(MSAModel):
     def _target(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return batch["class_label"] if self.classify else batch["label"]
 
-    def loss(self, out: ModelOutput, batch: dict[str, torch.Tensor]
-             ) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, out: ModelOutput, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """eq. 18: L_task + lambda1 L_sim + lambda2 L_diff, plus the probes' loss (docstring)."""
         cfg = self.cfg
         l_task = task_loss(out.pred.float(), batch, cfg.task)
         l_probe = sum(task_loss(out.extras[f"probe_{m}"].float(), batch, cfg.task) for m in MODS)
         l_sim, l_diff = out.extras["loss_sim"], out.extras["loss_diff"]
         total = l_task + cfg.lambda1 * l_sim + cfg.lambda2 * l_diff + cfg.probe_weight * l_probe
-        parts = {"loss/task": l_task, "loss/sim": l_sim, "loss/diff": l_diff,
-                 "loss/probe": l_probe, "loss/total": total}
+        parts = {
+            "loss/task": l_task,
+            "loss/sim": l_sim,
+            "loss/diff": l_diff,
+            "loss/probe": l_probe,
+            "loss/total": total,
+        }
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
     # -- SGM: after backward, before the optimiser step ------------------------------------------
@@ -630,8 +654,9 @@ class MMAFNet(MSAModel):
             params += list(self.align[m].parameters())
         return params
 
-    def after_backward(self, out: ModelOutput, batch: dict[str, torch.Tensor],
-                       epoch: int) -> dict[str, float]:
+    def after_backward(
+        self, out: ModelOutput, batch: dict[str, torch.Tensor], epoch: int
+    ) -> dict[str, float]:
         """eqs. 6-10: probe accuracies -> omega -> phi; scale the dominant E_m's gradients."""
         cfg = self.cfg
         mode: ProbeMode = "class" if self.classify else cfg.probe_accuracy
@@ -734,25 +759,33 @@ SPEC = ModelSpec(
     presets={
         # Section 3.1: SGD, lr 1e-4, 50 epochs, modulation in the first 25; batch size and momentum
         # are not stated (engine defaults 32 and 0.9)
-        "paper": {"model": dict(_PAPER),
-                  "train": {"optimizer": "sgd", "lr": 1e-4, "epochs": 50, "batch_size": 32}},
+        "paper": {
+            "model": dict(_PAPER),
+            "train": {"optimizer": "sgd", "lr": 1e-4, "epochs": 50, "batch_size": 32},
+        },
         # the paper's settings with one change, SGD lr 3e-3: at 1e-4 the encoders learn almost
         # nothing inside the 25-epoch modulation window (valid MAE stays near the constant
         # predictor's 1.4 until epoch ~15). Chosen once, by the best valid MAE of the `none`
         # variant over `reproduce mmafnet-sgd-lr` (sim-mosi, seed 1; test not read), and used for
         # every variant: lr 1e-4 0.509, 1e-3 0.478, 3e-3 0.460, 1e-2 0.483, 3e-2 0.466.
         # docs/results.md has the curves.
-        "paper-fast": {"model": dict(_PAPER),
-                       "train": {"optimizer": "sgd", "lr": 3e-3, "epochs": 50, "batch_size": 32}},
-        # paper hyper-parameters with Adam, which trains this small model in far fewer steps. Caveat:
-        # Adam divides each parameter's step by its running gradient scale, so SGM's eq. 10 factor
-        # (nearly constant over steps) is largely normalised away; the paper's SGD keeps it whole.
-        # Compare SGM variants under `paper` before drawing conclusions from `adam`/`quick`.
-        "adam": {"model": dict(_PAPER),
-                 "train": {"optimizer": "adam", "lr": 1e-3, "epochs": 50, "batch_size": 32}},
+        "paper-fast": {
+            "model": dict(_PAPER),
+            "train": {"optimizer": "sgd", "lr": 3e-3, "epochs": 50, "batch_size": 32},
+        },
+        # paper hyper-parameters with Adam, which trains this small model in far fewer steps.
+        # Caveat: Adam divides each parameter's step by its running gradient scale, so SGM's eq. 10
+        # factor (nearly constant over steps) is largely normalised away; the paper's SGD keeps it
+        # whole. Compare SGM variants under `paper` before drawing conclusions from `adam`/`quick`.
+        "adam": {
+            "model": dict(_PAPER),
+            "train": {"optimizer": "adam", "lr": 1e-3, "epochs": 50, "batch_size": 32},
+        },
         # smoke runs and tests: small width, modulation in the first 2 of 4 epochs
-        "quick": {"model": {"hidden": 32, "modulation_epochs": 2},
-                  "train": {"epochs": 4, "batch_size": 32, "optimizer": "adam", "lr": 1e-3}},
+        "quick": {
+            "model": {"hidden": 32, "modulation_epochs": 2},
+            "train": {"epochs": 4, "batch_size": 32, "optimizer": "adam", "lr": 1e-3},
+        },
     },
     default_variant="full",
 )

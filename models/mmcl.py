@@ -112,8 +112,9 @@ class MMCLConfig(InputSpec):
 # --------------------------------------------------------------------------------------------
 
 
-def length_mask(lengths: torch.Tensor | None, batch: int, steps: int,
-                device: torch.device | None = None) -> torch.Tensor:
+def length_mask(
+    lengths: torch.Tensor | None, batch: int, steps: int, device: torch.device | None = None
+) -> torch.Tensor:
     """(B, T) bool, True on real time steps; no lengths means every step is real."""
     if lengths is None:
         return torch.ones(batch, steps, dtype=torch.bool, device=device)
@@ -128,8 +129,9 @@ def key_padding_mask(mask: torch.Tensor) -> torch.Tensor:
     return kpm
 
 
-def aligned_inputs(batch: dict[str, torch.Tensor], modalities: tuple[str, ...],
-                   align: str = "error") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | None]]:
+def aligned_inputs(
+    batch: dict[str, torch.Tensor], modalities: tuple[str, ...], align: str = "error"
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | None]]:
     """The modalities' features with one shared T, and their lengths.
 
     CSD compares step i of one modality with step j of another, so all T must match.
@@ -155,8 +157,9 @@ def aligned_inputs(batch: dict[str, torch.Tensor], modalities: tuple[str, ...],
         if steps[m] == target:
             continue
         # (B, T_m, d) -> (B, d, T_m) -> (B, d, T) -> (B, T, d)
-        feats[m] = F.interpolate(x.transpose(1, 2), size=target, mode="linear",
-                                 align_corners=False).transpose(1, 2)
+        feats[m] = F.interpolate(
+            x.transpose(1, 2), size=target, mode="linear", align_corners=False
+        ).transpose(1, 2)
         if lengths[m] is not None:
             scaled = torch.ceil(lengths[m].double() * target / steps[m]).long()
             lengths[m] = scaled.clamp(max=target)
@@ -177,7 +180,9 @@ def masked_pool(x: torch.Tensor, mask: torch.Tensor, how: str = "mean") -> torch
 def sinusoidal_positions(steps: int, d: int, device: torch.device | None = None) -> torch.Tensor:
     """(L, d) fixed sinusoidal encoding (Vaswani et al.), used only with ``positional=True``."""
     pos = torch.arange(steps, device=device, dtype=torch.float32)[:, None]
-    freq = torch.exp(torch.arange(0, d, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d))
+    freq = torch.exp(
+        torch.arange(0, d, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d)
+    )
     pe = torch.zeros(steps, d, device=device)
     pe[:, 0::2] = torch.sin(pos * freq)
     pe[:, 1::2] = torch.cos(pos * freq)[:, : d // 2]
@@ -211,8 +216,12 @@ def raw_common_weights(z: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def normalise_weights(raw: torch.Tensor, key_mask: torch.Tensor | None = None, norm: str = "softmax",
-                      temperature: float = 1.0) -> torch.Tensor:
+def normalise_weights(
+    raw: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    norm: str = "softmax",
+    temperature: float = 1.0,
+) -> torch.Tensor:
     """Row-normalise W^c (B, L, L); padded key steps j get weight 0 (an all-padded row is 0)."""
     if norm == "softmax":
         logits = raw / temperature
@@ -228,13 +237,20 @@ def normalise_weights(raw: torch.Tensor, key_mask: torch.Tensor | None = None, n
     return w
 
 
-def common_weights(z: dict[str, torch.Tensor], key_mask: torch.Tensor | None = None,
-                   norm: str = "softmax", temperature: float = 1.0) -> dict[str, torch.Tensor]:
+def common_weights(
+    z: dict[str, torch.Tensor],
+    key_mask: torch.Tensor | None = None,
+    norm: str = "softmax",
+    temperature: float = 1.0,
+) -> dict[str, torch.Tensor]:
     """W^c_m for every modality m: min over the other two similarity matrices, normalised per row.
 
     ``z`` maps modality -> (B, L, d); returns modality -> (B, L, L).
     """
-    return {m: normalise_weights(w, key_mask, norm, temperature) for m, w in raw_common_weights(z).items()}
+    return {
+        m: normalise_weights(w, key_mask, norm, temperature)
+        for m, w in raw_common_weights(z).items()
+    }
 
 
 def decouple(z: torch.Tensor, w: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -292,7 +308,9 @@ class FeedForward(nn.Sequential):
 
     def __init__(self, cfg: MMCLConfig):
         super().__init__(
-            nn.Linear(cfg.d, cfg.ff_mult * cfg.d), nn.ReLU(), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.d, cfg.ff_mult * cfg.d),
+            nn.ReLU(),
+            nn.Dropout(cfg.dropout),
             nn.Linear(cfg.ff_mult * cfg.d, cfg.d),
         )
 
@@ -306,8 +324,11 @@ class CommonEnhancement(nn.Module):
 
     def __init__(self, cfg: MMCLConfig):
         super().__init__()
-        self.attn = (nn.MultiheadAttention(cfg.d, cfg.heads, dropout=cfg.dropout, batch_first=True)
-                     if cfg.self_attn else None)
+        self.attn = (
+            nn.MultiheadAttention(cfg.d, cfg.heads, dropout=cfg.dropout, batch_first=True)
+            if cfg.self_attn
+            else None
+        )
         self.ff = FeedForward(cfg)
         self.form = cfg.enhance
         if self.form == "sequential":
@@ -334,8 +355,11 @@ class ComplementaryIntegration(nn.Module):
 
     def __init__(self, cfg: MMCLConfig):
         super().__init__()
-        self.attn = (nn.MultiheadAttention(cfg.d, cfg.heads, dropout=cfg.dropout, batch_first=True)
-                     if cfg.cross_attn else None)
+        self.attn = (
+            nn.MultiheadAttention(cfg.d, cfg.heads, dropout=cfg.dropout, batch_first=True)
+            if cfg.cross_attn
+            else None
+        )
         self.residual = cfg.cross_residual
         self.norm = nn.LayerNorm(cfg.d) if cfg.cross_attn and cfg.cross_residual else None
         self.fuse = None if cfg.cross_attn else nn.Linear(2 * cfg.d, cfg.d)
@@ -354,8 +378,12 @@ class PredictionHead(nn.Module):
         super().__init__()
         out = cfg.num_classes if cfg.task == "classification" else 1
         if cfg.head_hidden > 0:
-            self.net = nn.Sequential(nn.Linear(d_in, cfg.head_hidden), nn.ReLU(),
-                                     nn.Dropout(cfg.dropout), nn.Linear(cfg.head_hidden, out))
+            self.net = nn.Sequential(
+                nn.Linear(d_in, cfg.head_hidden),
+                nn.ReLU(),
+                nn.Dropout(cfg.dropout),
+                nn.Linear(cfg.head_hidden, out),
+            )
         else:
             self.net = nn.Linear(d_in, out)
         self.regression = cfg.task == "regression"
@@ -389,15 +417,20 @@ class MMCL(MSAModel):
             raise ValueError(f"mmcl: classification needs num_classes >= 2, got {cfg.num_classes}")
         dims = {"text": cfg.text_dim, "audio": cfg.audio_dim, "vision": cfg.vision_dim}
         if min(dims.values()) <= 0:
-            # CSD and the cross-modal blocks pair every modality with the other two: no text-only path
+            # CSD and the cross-modal blocks pair every modality with the other two: no text-only
+            # path
             missing = [m for m, d in dims.items() if d <= 0]
-            raise ValueError(f"mmcl needs all three modalities (text, audio, vision); the data has no "
-                             f"{', '.join(missing)} features. For a text-only store use --model unimodal "
-                             f"--variants text")
+            raise ValueError(
+                f"mmcl needs all three modalities (text, audio, vision); the data has no "
+                f"{', '.join(missing)} features. For a text-only store use --model unimodal "
+                f"--variants text"
+            )
         self.cfg = cfg
         self.proj = nn.ModuleDict({m: Projection(dims[m], cfg) for m in ORDER})  # III.A
         self.enhance = _per_modality(lambda: CommonEnhancement(cfg), cfg.share_blocks)  # III.C
-        self.integrate = _per_modality(lambda: ComplementaryIntegration(cfg), cfg.share_blocks)  # III.D
+        self.integrate = _per_modality(
+            lambda: ComplementaryIntegration(cfg), cfg.share_blocks
+        )  # III.D
         if cfg.fusion == "sum":
             self.fusion_logits = nn.Parameter(torch.zeros(len(ORDER)))
         elif cfg.fusion != "concat":
@@ -422,7 +455,10 @@ class MMCL(MSAModel):
         if cfg.csd:
             common_steps = mask["text"] & mask["audio"] & mask["vision"]  # (B, L)
             raw = raw_common_weights(z)  # (B, L, L) each
-            w = {m: normalise_weights(raw[m], common_steps, cfg.w_norm, cfg.w_temperature) for m in ORDER}
+            w = {
+                m: normalise_weights(raw[m], common_steps, cfg.w_norm, cfg.w_temperature)
+                for m in ORDER
+            }
         else:
             w = dict.fromkeys(ORDER)
         zc, zs = {}, {}
@@ -451,19 +487,32 @@ class MMCL(MSAModel):
             self._accumulate(raw, w, z, zc, common_steps)
         return ModelOutput(pred=pred, extras=extras)
 
-    def loss(self, out: ModelOutput, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, out: ModelOutput, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """L = L_task + lambda_cl * L_CL; L_CL averages InfoNCE over the three modality pairs."""
         l_task = task_loss(out.pred, batch, self.cfg.task)
         emb = [out.extras[f"cl_{m}"] for m in ORDER]
         pairs = [(i, j) for i in range(len(emb)) for j in range(i + 1, len(emb))]
-        l_cl = torch.stack([info_nce(emb[i], emb[j], self.cfg.temperature) for i, j in pairs]).mean()
+        l_cl = torch.stack(
+            [info_nce(emb[i], emb[j], self.cfg.temperature) for i, j in pairs]
+        ).mean()
         total = l_task + self.cfg.lambda_cl * l_cl
-        return total, {"loss/task": float(l_task.detach()), "loss/cl": float(l_cl.detach()),
-                       "loss/total": float(total.detach())}
+        return total, {
+            "loss/task": float(l_task.detach()),
+            "loss/cl": float(l_cl.detach()),
+            "loss/total": float(total.detach()),
+        }
 
     @torch.no_grad()
-    def _accumulate(self, raw: dict[str, torch.Tensor], w: dict[str, torch.Tensor],
-                    z: dict[str, torch.Tensor], zc: dict[str, torch.Tensor], steps: torch.Tensor) -> None:
+    def _accumulate(
+        self,
+        raw: dict[str, torch.Tensor],
+        w: dict[str, torch.Tensor],
+        z: dict[str, torch.Tensor],
+        zc: dict[str, torch.Tensor],
+        steps: torch.Tensor,
+    ) -> None:
         """Per-epoch CSD trace, kept on device (no sync per step)."""
         pair = (steps[:, :, None] & steps[:, None, :]).float()  # (B, L, L) real (i, j) pairs
         step = steps.float()
@@ -479,8 +528,11 @@ class MMCL(MSAModel):
             # variation, 0 = uniform (CSD then takes a plain average), 1 - 1/L = one-hot
             tv = 0.5 * ((w[m].float() - step[:, None, :] / n_keys[:, :, None]).abs() * pair).sum(-1)
             tv = (tv * step).sum() / step.sum().clamp_min(1.0)
-            for key, val in ((f"csd/w_mean_{s}", w_mean), (f"csd/common_ratio_{s}", ratio),
-                             (f"csd/w_tv_uniform_{s}", tv)):
+            for key, val in (
+                (f"csd/w_mean_{s}", w_mean),
+                (f"csd/common_ratio_{s}", ratio),
+                (f"csd/w_tv_uniform_{s}", tv),
+            ):
                 self._stats[key] = self._stats.get(key, 0.0) + val
         self._stat_steps += 1
 
@@ -507,12 +559,18 @@ SPEC = ModelSpec(
     },
     presets={
         # paper IV.D: Adam, lr 3e-4, batch 64 (MSA) / 128 (MER, MDA), 200 epochs
-        "paper": {"model": dict(_PAPER_MODEL),
-                  "train": {"optimizer": "adam", "lr": 3e-4, "batch_size": 64, "epochs": 200}},
-        "paper_cls": {"model": dict(_PAPER_MODEL),
-                      "train": {"optimizer": "adam", "lr": 3e-4, "batch_size": 128, "epochs": 200}},
-        "quick": {"model": {"d": 32, "heads": 2, "ff_mult": 2, "head_hidden": 32},
-                  "train": {"epochs": 4, "batch_size": 32, "optimizer": "adam", "lr": 1e-3}},
+        "paper": {
+            "model": dict(_PAPER_MODEL),
+            "train": {"optimizer": "adam", "lr": 3e-4, "batch_size": 64, "epochs": 200},
+        },
+        "paper_cls": {
+            "model": dict(_PAPER_MODEL),
+            "train": {"optimizer": "adam", "lr": 3e-4, "batch_size": 128, "epochs": 200},
+        },
+        "quick": {
+            "model": {"d": 32, "heads": 2, "ff_mult": 2, "head_hidden": 32},
+            "train": {"epochs": 4, "batch_size": 32, "optimizer": "adam", "lr": 1e-3},
+        },
     },
     default_variant="full",
 )

@@ -1,8 +1,8 @@
 """Single-modality baseline: how far one modality's features go on their own.
 
 Used to benchmark real features (e.g. text-only on CMU-MOSI) against the multimodal models. It reads
-only ``batch[modality]`` and ``batch[f"{modality}_len"]``; the other modalities may be absent from the
-batch (their ``*_dim`` then 0) and never influence the output.
+only ``batch[modality]`` and ``batch[f"{modality}_len"]``; the other modalities may be absent from
+the batch (their ``*_dim`` then 0) and never influence the output.
 
 Encoders (``encoder``):
 
@@ -43,27 +43,41 @@ class Unimodal(MSAModel):
     def __init__(self, cfg: UnimodalConfig):
         super().__init__()
         if cfg.modality not in ("text", "audio", "vision"):
-            raise ValueError(f"unimodal: modality must be text, audio or vision, got {cfg.modality!r}")
+            raise ValueError(
+                f"unimodal: modality must be text, audio or vision, got {cfg.modality!r}"
+            )
         d_in = getattr(cfg, f"{cfg.modality}_dim")
         if d_in <= 0:
-            raise ValueError(f"unimodal({cfg.modality}): {cfg.modality}_dim is {d_in}; "
-                             f"the dataset has no {cfg.modality} features")
+            raise ValueError(
+                f"unimodal({cfg.modality}): {cfg.modality}_dim is {d_in}; "
+                f"the dataset has no {cfg.modality} features"
+            )
         if cfg.task == "classification" and cfg.num_classes < 2:
-            raise ValueError(f"unimodal: classification needs num_classes >= 2, got {cfg.num_classes}")
+            raise ValueError(
+                f"unimodal: classification needs num_classes >= 2, got {cfg.num_classes}"
+            )
         if cfg.layers < 1:
             raise ValueError(f"unimodal: layers must be >= 1, got {cfg.layers}")
         self.cfg = cfg
         self.norm = nn.LayerNorm(d_in) if cfg.input_norm else nn.Identity()
         if cfg.encoder == "gru":
-            self.gru = nn.GRU(d_in, cfg.hidden, num_layers=cfg.layers, batch_first=True,
-                              bidirectional=cfg.bidirectional,
-                              dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+            self.gru = nn.GRU(
+                d_in,
+                cfg.hidden,
+                num_layers=cfg.layers,
+                batch_first=True,
+                bidirectional=cfg.bidirectional,
+                dropout=cfg.dropout if cfg.layers > 1 else 0.0,
+            )
             feat = cfg.hidden * (2 if cfg.bidirectional else 1)
         elif cfg.encoder == "mean":
             blocks: list[nn.Module] = []
             for i in range(cfg.layers):
-                blocks += [nn.Linear(d_in if i == 0 else cfg.hidden, cfg.hidden), nn.ReLU(),
-                           nn.Dropout(cfg.dropout)]
+                blocks += [
+                    nn.Linear(d_in if i == 0 else cfg.hidden, cfg.hidden),
+                    nn.ReLU(),
+                    nn.Dropout(cfg.dropout),
+                ]
             self.mlp = nn.Sequential(*blocks)
             feat = cfg.hidden
         else:
@@ -99,7 +113,9 @@ class Unimodal(MSAModel):
         pred = y.squeeze(-1) if self.cfg.task == "regression" else y
         return ModelOutput(pred=pred)
 
-    def loss(self, out: ModelOutput, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, out: ModelOutput, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         total = task_loss(out.pred, batch, self.cfg.task)
         value = float(total.detach())
         return total, {"loss/task": value, "loss/total": value}
@@ -115,10 +131,14 @@ SPEC = ModelSpec(
         "vision": {"modality": "vision"},
     },
     presets={
-        "paper": {"model": {},
-                  "train": {"optimizer": "adam", "lr": 1e-3, "epochs": 30, "batch_size": 32}},
-        "quick": {"model": {"hidden": 32},
-                  "train": {"optimizer": "adam", "lr": 1e-3, "epochs": 4, "batch_size": 32}},
+        "paper": {
+            "model": {},
+            "train": {"optimizer": "adam", "lr": 1e-3, "epochs": 30, "batch_size": 32},
+        },
+        "quick": {
+            "model": {"hidden": 32},
+            "train": {"optimizer": "adam", "lr": 1e-3, "epochs": 4, "batch_size": 32},
+        },
     },
     default_variant="text",
 )

@@ -18,8 +18,11 @@ from msaflow.settings import apply_defaults
 
 apply_defaults()
 
-app = typer.Typer(help="msaflow: reproduce, ablate, tune and compare multimodal sentiment models.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="msaflow: reproduce, ablate, tune and compare multimodal sentiment models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 err = Console(stderr=True, soft_wrap=True)  # error lines stay whole (paths are greppable)
 out = Console(width=None if sys.stdout.isatty() else 160)  # a log file gets the whole table
 
@@ -45,7 +48,8 @@ for _name in ("reproduce", "report", "tune", "serve"):
 
 
 def fail(message: str, code: int = 2) -> None:
-    """One ``error:`` line on stderr; the message (paths, names) is printed as text, never markup."""
+    """One ``error:`` line on stderr; the message (paths, names) is printed as text, never
+    markup."""
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
@@ -58,7 +62,9 @@ def parse_seeds(value: str, option: str = "--seeds") -> list[int]:
     try:
         return [int(s) for s in items]
     except ValueError:
-        raise ConfigError(f"{option}: expected comma-separated integers (e.g. 1,2,3), got {value!r}") from None
+        raise ConfigError(
+            f"{option}: expected comma-separated integers (e.g. 1,2,3), got {value!r}"
+        ) from None
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -78,9 +84,11 @@ def tracking_errors() -> tuple[type[BaseException], ...]:
 
 def tracking_lost(exc: BaseException) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return (f"the MLflow tracking store failed during the run ({first[:300]}). Runs that finished are "
-            "kept in the store; re-run the same command when it is back: finished runs come from the "
-            "cache, interrupted ones resume from their checkpoints.")
+    return (
+        f"the MLflow tracking store failed during the run ({first[:300]}). Runs that finished are "
+        "kept in the store; re-run the same command when it is back: finished runs come from the "
+        "cache, interrupted ones resume from their checkpoints."
+    )
 
 
 @contextmanager
@@ -125,49 +133,111 @@ def print_rows(result: dict, title: str) -> None:
     for c in cols:
         table.add_column(c.removeprefix("test/"), justify="right")
     for r in result["rows"]:
-        table.add_row(Text(r["run_name"] + (" (cached)" if r.get("cached") else "")), str(r["best_epoch"]),
-                      *(f"{r.get(c, float('nan')):.4f}" for c in cols))
+        table.add_row(
+            Text(r["run_name"] + (" (cached)" if r.get("cached") else "")),
+            str(r["best_epoch"]),
+            *(f"{r.get(c, float('nan')):.4f}" for c in cols),
+        )
     for f in result["failures"]:
-        table.add_row(Text(f"{f['run_name']} FAILED", style="red"), "", Text(f["error"][:60], style="red"),
-                      *[""] * (len(cols) - 1))
+        table.add_row(
+            Text(f"{f['run_name']} FAILED", style="red"),
+            "",
+            Text(f["error"][:60], style="red"),
+            *[""] * (len(cols) - 1),
+        )
     out.print(table)
 
 
 def extraction_line(ex: dict) -> str:
-    """``--data utterances.csv``: what extraction did in this run (plain text: paths are the user's)."""
+    """``--data utterances.csv``: what extraction did in this run (plain text: paths are the
+    user's)."""
     if ex["skipped"]:
-        return f"features: {ex['store']} is current for {ex['manifest']} (inputs unchanged, extraction skipped)"
-    cache = ", ".join(f"{m}: {c['misses']} computed / {c['hits']} cached" for m, c in ex["cache"].items())
-    return (f"features: extracted {ex['written']} utterances ({ex['failures']} skipped) from {ex['manifest']} "
-            f"into {ex['store']} in {ex['seconds']} s; {cache}")
+        return (
+            f"features: {ex['store']} is current for {ex['manifest']} (inputs unchanged, "
+            "extraction skipped)"
+        )
+    cache = ", ".join(
+        f"{m}: {c['misses']} computed / {c['hits']} cached" for m, c in ex["cache"].items()
+    )
+    return (
+        f"features: extracted {ex['written']} utterances ({ex['failures']} skipped) from "
+        f"{ex['manifest']} into {ex['store']} in {ex['seconds']} s; {cache}"
+    )
 
 
 def ui_hint(result: dict) -> str:
     """The line that says where to look, as rich markup (the URI is escaped)."""
     uri = result["tracking_uri"]
-    return ("Open the MLflow UI: [bold]msaflow ui[/]"
-            + (f" --tracking-uri {escape(uri)}" if not uri.startswith("sqlite:") else "")
-            + f" then http://127.0.0.1:5000/#/experiments/{result['experiment_id']}/runs")
+    return (
+        "Open the MLflow UI: [bold]msaflow ui[/]"
+        + (f" --tracking-uri {escape(uri)}" if not uri.startswith("sqlite:") else "")
+        + f" then http://127.0.0.1:5000/#/experiments/{result['experiment_id']}/runs"
+    )
 
 
 @app.command()
 def run(
-    data: Annotated[str | None, typer.Option(help="Feature store DIR, MMSA/MulT .pkl, raw-input manifest .csv (extracted first), or sim-<profile>. Default: sim-mosi.")] = None,
-    model: Annotated[str, typer.Option(help="Model family: mmafnet | mmcl | unimodal.")] = "mmafnet",
-    variants: Annotated[str | None, typer.Option(help="Comma-separated variants (default: all of the model's).")] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "Feature store DIR, MMSA/MulT .pkl, raw-input manifest .csv (extracted first), or "
+                "sim-<profile>. Default: sim-mosi."
+            )
+        ),
+    ] = None,
+    model: Annotated[
+        str, typer.Option(help="Model family: mmafnet | mmcl | unimodal.")
+    ] = "mmafnet",
+    variants: Annotated[
+        str | None, typer.Option(help="Comma-separated variants (default: all of the model's).")
+    ] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "1",
     epochs: Annotated[int | None, typer.Option(help="Override the preset's epochs.")] = None,
-    preset: Annotated[str, typer.Option(help="quick (CPU, minutes) | paper | model-specific presets.")] = "quick",
-    params: Annotated[str | None, typer.Option(help="YAML of overrides {model: {...}, train: {...}} (e.g. tune's best.yaml).")] = None,
+    preset: Annotated[
+        str, typer.Option(help="quick (CPU, minutes) | paper | model-specific presets.")
+    ] = "quick",
+    params: Annotated[
+        str | None,
+        typer.Option(
+            help="YAML of overrides {model: {...}, train: {...}} (e.g. tune's best.yaml)."
+        ),
+    ] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "msaflow",
     tracking_uri: TrackingUri = None,
     data_format: DataFormat = "mmsa",
     scale: Annotated[float, typer.Option(help="Shrink the simulated dataset (sim-* only).")] = 1.0,
-    folds: Annotated[int, typer.Option(help="k-fold cross-validation split by subject (e.g. 5 for CMDC); 0 = the store's splits.")] = 0,
-    workers: Annotated[int, typer.Option(help="Training tasks run at once (threads; with --dask, Dask worker processes).")] = 1,
-    dask: Annotated[bool, typer.Option("--dask", help="Run training tasks on a local Dask cluster of --workers processes.")] = False,
-    dask_address: Annotated[str | None, typer.Option(help="Run training tasks on an existing Dask scheduler (tcp://host:8786).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Retrain even what the cache holds (no resume from checkpoints).")] = False,
+    folds: Annotated[
+        int,
+        typer.Option(
+            help=(
+                "k-fold cross-validation split by subject (e.g. 5 for CMDC); 0 = the store's "
+                "splits."
+            )
+        ),
+    ] = 0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Training tasks run at once (threads; with --dask, Dask worker processes)."
+        ),
+    ] = 1,
+    dask: Annotated[
+        bool,
+        typer.Option(
+            "--dask", help="Run training tasks on a local Dask cluster of --workers processes."
+        ),
+    ] = False,
+    dask_address: Annotated[
+        str | None,
+        typer.Option(help="Run training tasks on an existing Dask scheduler (tcp://host:8786)."),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Retrain even what the cache holds (no resume from checkpoints)."
+        ),
+    ] = False,
     as_json: AsJson = False,
 ) -> None:
     """The main job: features -> train every variant x seed -> evaluate -> summary in MLflow.
@@ -186,33 +256,78 @@ def run(
             raise ConfigError(f"--workers: expected >= 1, got {workers}")
         # Everything the user supplied, resolved once, before Prefect runs anything.
         inputs = check_pipeline_inputs(
-            data=data, model=model, variants=_csv(variants), seeds=parse_seeds(seeds) or [1], preset=preset,
-            epochs=epochs, params_file=params, scale=scale, data_format=data_format, folds=folds)
+            data=data,
+            model=model,
+            variants=_csv(variants),
+            seeds=parse_seeds(seeds) or [1],
+            preset=preset,
+            epochs=epochs,
+            params_file=params,
+            scale=scale,
+            data_format=data_format,
+            folds=folds,
+        )
         from msaflow.settings import default_tracking_uri
         from tasks.tracking import check_tracking
 
         check_tracking(tracking_uri or default_tracking_uri())
-        kwargs = dict(data=data, model=model, variants=_csv(variants), seeds=inputs["seeds"], preset=preset,
-                      experiment=experiment, tracking_uri=tracking_uri, model_overrides=inputs["model_overrides"],
-                      train_overrides=inputs["train_overrides"], scale=scale, data_format=data_format,
-                      folds=folds, force=force)
+        kwargs = dict(
+            data=data,
+            model=model,
+            variants=_csv(variants),
+            seeds=inputs["seeds"],
+            preset=preset,
+            experiment=experiment,
+            tracking_uri=tracking_uri,
+            model_overrides=inputs["model_overrides"],
+            train_overrides=inputs["train_overrides"],
+            scale=scale,
+            data_format=data_format,
+            folds=folds,
+            force=force,
+        )
         kind = "dask" if (dask or dask_address) else "thread"
         if kind == "dask" or workers > 1:
             from flows.serve import task_runner_for
 
-            pipeline = pipeline.with_options(task_runner=task_runner_for(kind, workers, dask_address))
+            pipeline = pipeline.with_options(
+                task_runner=task_runner_for(kind, workers, dask_address)
+            )
         prefect_ready()
         result = pipeline(**kwargs)
     if as_json:
-        sys.stdout.write(json.dumps({
-            "parent_run_id": result["parent_run_id"], "experiment_id": result["experiment_id"],
-            "tracking_uri": result["tracking_uri"], "dataset": result["dataset"]["name"],
-            "runs": [{"run_id": r["run_id"], "run_name": r["run_name"], "variant": r["variant"], "cell": r["cell"],
-                      "seed": r["seed"], "cached": r.get("cached", False), "linked_run_id": r.get("linked_run_id"),
-                      "test": {k: v for k, v in r.items() if k.startswith("test/")}} for r in result["rows"]],
-            "failures": result["failures"],
-            **({"extraction": ex} if (ex := result["dataset"].get("extraction")) is not None else {}),
-        }, indent=2, default=str) + "\n")
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "parent_run_id": result["parent_run_id"],
+                    "experiment_id": result["experiment_id"],
+                    "tracking_uri": result["tracking_uri"],
+                    "dataset": result["dataset"]["name"],
+                    "runs": [
+                        {
+                            "run_id": r["run_id"],
+                            "run_name": r["run_name"],
+                            "variant": r["variant"],
+                            "cell": r["cell"],
+                            "seed": r["seed"],
+                            "cached": r.get("cached", False),
+                            "linked_run_id": r.get("linked_run_id"),
+                            "test": {k: v for k, v in r.items() if k.startswith("test/")},
+                        }
+                        for r in result["rows"]
+                    ],
+                    "failures": result["failures"],
+                    **(
+                        {"extraction": ex}
+                        if (ex := result["dataset"].get("extraction")) is not None
+                        else {}
+                    ),
+                },
+                indent=2,
+                default=str,
+            )
+            + "\n"
+        )
     else:
         print_rows(result, f"{model} ({preset})")
         if (ex := result["dataset"].get("extraction")) is not None:
@@ -225,8 +340,12 @@ def run(
 @app.command()
 def ui(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
-    tracking_uri: Annotated[str | None, typer.Option(help="Backend store (default: the msaflow store).")] = None,
-    host: Annotated[str, typer.Option(help="Interface to bind (keep 127.0.0.1 unless you know why).")] = "127.0.0.1",
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="Backend store (default: the msaflow store).")
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind (keep 127.0.0.1 unless you know why).")
+    ] = "127.0.0.1",
 ) -> None:
     """Serve the MLflow UI for the default store on 127.0.0.1."""
     import os
@@ -236,9 +355,26 @@ def ui(
 
     uri = tracking_uri or default_tracking_uri()
     msaflow_home().mkdir(parents=True, exist_ok=True)
-    err.print(f"MLflow UI for {escape(uri)} at http://{escape(host)}:{port}/  (Ctrl-C to stop)", highlight=False)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-           "--default-artifact-root", default_artifact_root(), "--host", host, "--port", str(port), "--workers", "1"]
+    err.print(
+        f"MLflow UI for {escape(uri)} at http://{escape(host)}:{port}/  (Ctrl-C to stop)",
+        highlight=False,
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--default-artifact-root",
+        default_artifact_root(),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 
 def msaflow_home() -> Path:
-    """Working directory for stores, caches and results (``MSAFLOW_HOME``, default ``./.msaflow``)."""
+    """Working directory for stores, caches and results (``MSAFLOW_HOME``, default
+    ``./.msaflow``)."""
     return Path(os.environ.get("MSAFLOW_HOME", ".msaflow")).resolve()
 
 
@@ -42,8 +43,9 @@ def apply_defaults() -> None:
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         # OpenMP threads that spin while waiting make torch 10-20x slower whenever the cores are
-        # shared (a busy lab server, parallel tasks): measured 32 ms vs 2.4 ms per batch gather under
-        # load on 2 cores. Read once when torch loads, so this must run before ``import torch``.
+        # shared (a busy lab server, parallel tasks): measured 32 ms vs 2.4 ms per batch gather
+        # under load on 2 cores. Read once when torch loads, so this must run before
+        # ``import torch``.
         "OMP_WAIT_POLICY": "PASSIVE",
     }
     for key, value in defaults.items():
@@ -55,13 +57,14 @@ def apply_defaults() -> None:
 
 
 def start_prefect_early() -> Callable[[], None]:
-    """Start Prefect's ephemeral API server in a background thread; return a function that waits for it.
+    """Start Prefect's ephemeral API server in a background thread; return a function that waits for
+    it.
 
     Without ``PREFECT_API_URL`` every process starts a temporary server on first use, which takes
-    about 10 s here (a subprocess that imports the server and checks its database). Starting it while
-    the main thread imports torch and MLflow and checks the tracking store hides most of that. The
-    wait function never raises: if the early start failed, the flow's own start raises the real error.
-    Nothing happens when a server is configured.
+    about 10 s here (a subprocess that imports the server and checks its database). Starting it
+    while the main thread imports torch and MLflow and checks the tracking store hides most of that.
+    The wait function never raises: if the early start failed, the flow's own start raises the real
+    error. Nothing happens when a server is configured.
     """
     import threading
 

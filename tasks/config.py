@@ -82,7 +82,8 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class Range:
-    """A closed or open numeric interval; ``None`` = unbounded on that side. Values must be finite."""
+    """A closed or open numeric interval; ``None`` = unbounded on that side. Values must be
+    finite."""
 
     lo: float | None = None
     hi: float | None = None
@@ -98,7 +99,10 @@ class Range:
 
     def describe(self) -> str:
         if self.lo is not None and self.hi is not None:
-            return f"a value in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+            return (
+                f"a value in {'(' if self.lo_open else '['}{self.lo:g}, "
+                f"{self.hi:g}{')' if self.hi_open else ']'}"
+            )
         if self.lo is not None:
             return f"a finite number {'>' if self.lo_open else '>='} {self.lo:g}"
         if self.hi is not None:
@@ -111,18 +115,37 @@ _NON_NEG, _POS, _AT_LEAST_1 = Range(lo=0), Range(lo=0, lo_open=True), Range(lo=1
 # field; the names mean the same thing in every model family.
 RANGES: dict[str, Range] = {
     # train
-    "epochs": _AT_LEAST_1, "batch_size": _AT_LEAST_1, "eval_batch_size": _AT_LEAST_1,
-    "lr": _POS, "momentum": Range(0, 1), "weight_decay": _NON_NEG, "grad_clip": _NON_NEG,
-    "seed": _NON_NEG, "num_threads": _NON_NEG,
+    "epochs": _AT_LEAST_1,
+    "batch_size": _AT_LEAST_1,
+    "eval_batch_size": _AT_LEAST_1,
+    "lr": _POS,
+    "momentum": Range(0, 1),
+    "weight_decay": _NON_NEG,
+    "grad_clip": _NON_NEG,
+    "seed": _NON_NEG,
+    "num_threads": _NON_NEG,
     # MMAFNet (eqs. 9, 14, 18)
-    "alpha": _NON_NEG, "delta": Range(0, 1), "lambda1": _NON_NEG, "lambda2": _NON_NEG,
-    "modulation_epochs": _NON_NEG, "probe_weight": _NON_NEG, "cmd_moments": _AT_LEAST_1,
-    "conv_kernel": _AT_LEAST_1, "attn_heads": _AT_LEAST_1,
+    "alpha": _NON_NEG,
+    "delta": Range(0, 1),
+    "lambda1": _NON_NEG,
+    "lambda2": _NON_NEG,
+    "modulation_epochs": _NON_NEG,
+    "probe_weight": _NON_NEG,
+    "cmd_moments": _AT_LEAST_1,
+    "conv_kernel": _AT_LEAST_1,
+    "attn_heads": _AT_LEAST_1,
     # MMCL
-    "lambda_cl": _NON_NEG, "temperature": _POS, "w_temperature": _POS, "heads": _AT_LEAST_1,
-    "ff_mult": _AT_LEAST_1, "d": _AT_LEAST_1, "head_hidden": _AT_LEAST_1,
+    "lambda_cl": _NON_NEG,
+    "temperature": _POS,
+    "w_temperature": _POS,
+    "heads": _AT_LEAST_1,
+    "ff_mult": _AT_LEAST_1,
+    "d": _AT_LEAST_1,
+    "head_hidden": _AT_LEAST_1,
     # shared
-    "hidden": _AT_LEAST_1, "layers": _AT_LEAST_1, "dropout": Range(0, 1, hi_open=True),
+    "hidden": _AT_LEAST_1,
+    "layers": _AT_LEAST_1,
+    "dropout": Range(0, 1, hi_open=True),
 }
 
 
@@ -146,13 +169,16 @@ def _literal_choices(cls: type) -> dict[str, tuple[Any, ...]]:
 
 
 def check_ranges(obj: Any, where: str, keys: Iterable[str] | None = None) -> None:
-    """Check ``obj``'s fields (or only ``keys``) against ``RANGES`` and their ``Literal`` choices."""
+    """Check ``obj``'s fields (or only ``keys``) against ``RANGES`` and their ``Literal``
+    choices."""
     names = [f.name for f in fields(obj)] if keys is None else list(keys)
     choices = _literal_choices(type(obj))
     for name in names:
         value = getattr(obj, name)
         if name in choices and value not in choices[name]:
-            raise ConfigError(f"{where}.{name}: expected one of {list(choices[name])}, got {short_repr(value)}")
+            raise ConfigError(
+                f"{where}.{name}: expected one of {list(choices[name])}, got {short_repr(value)}"
+            )
         check_value(name, value, where)
 
 
@@ -171,15 +197,22 @@ def apply_overrides(obj: Any, overrides: dict[str, Any], where: str) -> Any:
             raise ConfigError(f"{where}.{key}: expected true/false, got {short_repr(value)}")
         if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        elif isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float):
+        elif (
+            isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float)
+        ):
             if not value.is_integer():
                 raise ConfigError(f"{where}.{key}: expected an integer, got {short_repr(value)}")
             value = int(value)
         elif isinstance(current, tuple) and isinstance(value, list):
             value = tuple(value)
-        elif current is not None and not isinstance(value, type(current)) and not is_dataclass(current):
+        elif (
+            current is not None
+            and not isinstance(value, type(current))
+            and not is_dataclass(current)
+        ):
             raise ConfigError(
-                f"{where}.{key}: expected {type(current).__name__}, got {type(value).__name__} {short_repr(value)}"
+                f"{where}.{key}: expected {type(current).__name__}, got {type(value).__name__} "
+                f"{short_repr(value)}"
             )
         changes[key] = value
     return replace(obj, **changes)
@@ -192,8 +225,10 @@ class _NoAliasLoader(yaml.SafeLoader):
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            raise yaml.YAMLError(f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not "
-                                 "accepted in msaflow files; write the value out")
+            raise yaml.YAMLError(
+                f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not "
+                "accepted in msaflow files; write the value out"
+            )
         return super().compose_node(parent, index)
 
 
@@ -208,8 +243,8 @@ def short_repr(value: Any, limit: int = 200) -> str:
 
 
 def read_yaml(path: Path, what: str = "file") -> Any:
-    """A YAML file's content (``{}`` when empty); a missing file, bad YAML, text that is not UTF-8 or
-    a file that uses aliases is a ConfigError naming it."""
+    """A YAML file's content (``{}`` when empty); a missing file, bad YAML, text that is not UTF-8
+    or a file that uses aliases is a ConfigError naming it."""
     if not path.is_file():
         raise ConfigError(f"{path}: {what} not found")
     try:
@@ -228,16 +263,22 @@ def load_overrides_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     data = read_yaml(path)
     if not isinstance(data, dict) or set(data) - {"model", "train"}:
-        raise ConfigError(f"{path}: expected a mapping with keys 'model' and/or 'train', got {short_repr(data)}")
+        raise ConfigError(
+            f"{path}: expected a mapping with keys 'model' and/or 'train', got {short_repr(data)}"
+        )
     for part, values in data.items():
         if not isinstance(values, dict):
-            raise ConfigError(f"{path}: {part}: expected a mapping of field: value, got {short_repr(values)}")
+            raise ConfigError(
+                f"{path}: {part}: expected a mapping of field: value, got {short_repr(values)}"
+            )
         for key, value in values.items():
             check_value(str(key), value, f"{path}: {part}")
     return data
 
 
-def _task_candidates(data_task: str | None, input_spec: dict[str, Any] | None) -> tuple[str, ...] | None:
+def _task_candidates(
+    data_task: str | None, input_spec: dict[str, Any] | None
+) -> tuple[str, ...] | None:
     """The task kinds the data can be: given, else read from the label kind, else unknown (None)."""
     if data_task is not None:
         if data_task not in TASKS:
@@ -253,13 +294,19 @@ def _task_candidates(data_task: str | None, input_spec: dict[str, Any] | None) -
 _PER_CLASS = ("acc_", "f1_", "f1pos_")
 
 
-def _allowed_selection(tasks: Sequence[str], class_names: Sequence[str] | None, num_classes: int) -> set[str]:
+def _allowed_selection(
+    tasks: Sequence[str], class_names: Sequence[str] | None, num_classes: int
+) -> set[str]:
     allowed = {"valid/loss"}
     for t in tasks:
         names = metric_names(t, class_names, num_classes)
         if t == "emotion" and not class_names:  # per-class names unknown: show the pattern
             placeholder = [str(c) for c in range(max(num_classes, 2))]
-            names = [n for n in names if not (n.startswith(_PER_CLASS) and n.split("_", 1)[1] in placeholder)]
+            names = [
+                n
+                for n in names
+                if not (n.startswith(_PER_CLASS) and n.split("_", 1)[1] in placeholder)
+            ]
             names += [f"{p}<class>" for p in _PER_CLASS]
         allowed |= {f"valid/{n}" for n in names}
     return allowed
@@ -271,7 +318,8 @@ def resolve_selection(
     class_names: Sequence[str] | None = None,
     num_classes: int = 4,
 ) -> TrainConfig:
-    """Concrete ``select_metric``/``select_mode`` for data of task kind(s) ``tasks`` (None = unknown).
+    """Concrete ``select_metric``/``select_mode`` for data of task kind(s) ``tasks`` (None
+    = unknown).
 
     ``auto`` takes ``DEFAULT_SELECTION``; an explicit metric must be a validation metric the task
     computes (checked when the task is known).
@@ -281,19 +329,30 @@ def resolve_selection(
     if not explicit:
         defaults = {DEFAULT_SELECTION[t] for t in (tasks or ("sentiment",))}
         if len(defaults) != 1:
-            raise ConfigError(f"train.select_metric: task kinds {list(tasks or ())} have different defaults "
-                              f"{sorted(defaults)}; set it explicitly")
+            raise ConfigError(
+                f"train.select_metric: task kinds {list(tasks or ())} have different defaults "
+                f"{sorted(defaults)}; set it explicitly"
+            )
         metric, default_mode = defaults.pop()
         mode = default_mode if mode == "auto" else mode
     if not metric.startswith("valid/") or metric == "valid/":
-        raise ConfigError(f"train.select_metric: expected a validation metric (valid/...), got {metric!r}")
-    if tasks and explicit:  # the defaults are computed by construction (tests/tasks/test_metrics.py)
+        raise ConfigError(
+            f"train.select_metric: expected a validation metric (valid/...), got {metric!r}"
+        )
+    if (
+        tasks and explicit
+    ):  # the defaults are computed by construction (tests/tasks/test_metrics.py)
         allowed = _allowed_selection(tasks, class_names, num_classes)
-        per_class = (metric.removeprefix("valid/").startswith(_PER_CLASS)
-                     and "emotion" in tasks and not class_names)  # class names unknown here
+        per_class = (
+            metric.removeprefix("valid/").startswith(_PER_CLASS)
+            and "emotion" in tasks
+            and not class_names
+        )  # class names unknown here
         if metric not in allowed and not per_class:
-            raise ConfigError(f"train.select_metric: {metric!r} is not computed for task "
-                              f"{'/'.join(tasks)}; expected one of {sorted(allowed)}")
+            raise ConfigError(
+                f"train.select_metric: {metric!r} is not computed for task "
+                f"{'/'.join(tasks)}; expected one of {sorted(allowed)}"
+            )
     if mode == "auto":
         mode = selection_mode(metric)
     return replace(train, select_metric=metric, select_mode=mode)
@@ -318,9 +377,13 @@ def resolve_run_config(
     spec = get_spec(model)
     variant = variant or spec.default_variant
     if variant not in spec.variants:
-        raise ConfigError(f"model {model!r} has no variant {variant!r}; expected one of {list(spec.variants)}")
+        raise ConfigError(
+            f"model {model!r} has no variant {variant!r}; expected one of {list(spec.variants)}"
+        )
     if preset not in spec.presets:
-        raise ConfigError(f"model {model!r} has no preset {preset!r}; expected one of {list(spec.presets)}")
+        raise ConfigError(
+            f"model {model!r} has no preset {preset!r}; expected one of {list(spec.presets)}"
+        )
     preset_cfg = spec.presets[preset]
     mcfg = spec.config_cls()
     tcfg = TrainConfig()
@@ -342,7 +405,9 @@ def resolve_run_config(
     check_ranges(mcfg, f"{model} config")  # the defaults themselves, and fields no layer touched
     check_ranges(tcfg, "train")
     num_classes = int(getattr(mcfg, "num_classes", 4) or 4)
-    tcfg = resolve_selection(tcfg, _task_candidates(data_task, input_spec), class_names, num_classes)
+    tcfg = resolve_selection(
+        tcfg, _task_candidates(data_task, input_spec), class_names, num_classes
+    )
     return RunConfig(model=model, variant=variant, preset=preset, model_cfg=mcfg, train=tcfg)
 
 

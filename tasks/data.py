@@ -50,7 +50,8 @@ def iterate_batches(
     shuffle: bool = False,
     seed: int = 0,
 ) -> Iterator[Batch]:
-    """Yield batches; the order for ``shuffle`` depends only on ``seed`` (resume replays it exactly)."""
+    """Yield batches; the order for ``shuffle`` depends only on ``seed`` (resume replays it
+    exactly)."""
     n = num_rows(tensors)
     if shuffle:
         gen = torch.Generator().manual_seed(seed)
@@ -60,7 +61,10 @@ def iterate_batches(
     non_blocking = device.type == "cuda"
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
-        yield {k: v.index_select(0, idx).to(device, non_blocking=non_blocking) for k, v in tensors.items()}
+        yield {
+            k: v.index_select(0, idx).to(device, non_blocking=non_blocking)
+            for k, v in tensors.items()
+        }
 
 
 def num_batches(tensors: Batch, batch_size: int) -> int:
@@ -101,13 +105,19 @@ class Standardization:
     fit_on: str = "train"
 
     def apply(self, split: SplitData) -> SplitData:
-        """A copy of ``split`` with standardised features; padded frames stay 0. Inputs are not modified."""
+        """A copy of ``split`` with standardised features; padded frames stay 0. Inputs are not
+        modified."""
         features = {}
         for m, x in split.features.items():
             if m not in self.mean:
-                raise ValueError(f"standardization: no statistics for modality {m!r}; fit on {sorted(self.mean)}")
+                raise ValueError(
+                    f"standardization: no statistics for modality {m!r}; fit on {sorted(self.mean)}"
+                )
             if x.shape[-1] != len(self.mean[m]):
-                raise ValueError(f"standardization: {m} has {x.shape[-1]} dims, statistics have {len(self.mean[m])}")
+                raise ValueError(
+                    f"standardization: {m} has {x.shape[-1]} dims, statistics have "
+                    f"{len(self.mean[m])}"
+                )
             mask = _valid_mask(split.lengths[m], x.shape[1])[..., None]
             mean, std = self.mean[m].astype(np.float32), self.std[m].astype(np.float32)
             features[m] = np.where(mask, (x - mean) / std, 0.0).astype(np.float32)
@@ -116,20 +126,31 @@ class Standardization:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (logged as the ``data/standardization.json`` artifact)."""
         return {
-            "fit_on": self.fit_on, "eps": self.eps,
-            "modalities": {m: {"dim": len(self.mean[m]), "frames": self.frames[m],
-                               "mean": self.mean[m].tolist(), "std": self.std[m].tolist(),
-                               "constant_dims": list(self.constant[m])} for m in self.mean},
+            "fit_on": self.fit_on,
+            "eps": self.eps,
+            "modalities": {
+                m: {
+                    "dim": len(self.mean[m]),
+                    "frames": self.frames[m],
+                    "mean": self.mean[m].tolist(),
+                    "std": self.std[m].tolist(),
+                    "constant_dims": list(self.constant[m]),
+                }
+                for m in self.mean
+            },
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Standardization:
         mods = d["modalities"]
-        return cls(mean={m: np.asarray(v["mean"], dtype=np.float64) for m, v in mods.items()},
-                   std={m: np.asarray(v["std"], dtype=np.float64) for m, v in mods.items()},
-                   frames={m: int(v["frames"]) for m, v in mods.items()},
-                   constant={m: [int(i) for i in v["constant_dims"]] for m, v in mods.items()},
-                   eps=float(d.get("eps", STD_EPS)), fit_on=str(d.get("fit_on", "train")))
+        return cls(
+            mean={m: np.asarray(v["mean"], dtype=np.float64) for m, v in mods.items()},
+            std={m: np.asarray(v["std"], dtype=np.float64) for m, v in mods.items()},
+            frames={m: int(v["frames"]) for m, v in mods.items()},
+            constant={m: [int(i) for i in v["constant_dims"]] for m, v in mods.items()},
+            eps=float(d.get("eps", STD_EPS)),
+            fit_on=str(d.get("fit_on", "train")),
+        )
 
 
 def fit_standardization(train: SplitData, eps: float = STD_EPS) -> Standardization:
@@ -144,14 +165,14 @@ def fit_standardization(train: SplitData, eps: float = STD_EPS) -> Standardizati
         d = x.shape[-1]
         total, count = np.zeros(d), 0
         for s in range(0, len(x), _CHUNK_ROWS):
-            mask = _valid_mask(lengths[s:s + _CHUNK_ROWS], x.shape[1])
-            total += x[s:s + _CHUNK_ROWS][mask].sum(axis=0, dtype=np.float64)
+            mask = _valid_mask(lengths[s : s + _CHUNK_ROWS], x.shape[1])
+            total += x[s : s + _CHUNK_ROWS][mask].sum(axis=0, dtype=np.float64)
             count += int(mask.sum())
         mu = total / count if count else np.zeros(d)
         sq = np.zeros(d)
         for s in range(0, len(x), _CHUNK_ROWS):
-            mask = _valid_mask(lengths[s:s + _CHUNK_ROWS], x.shape[1])
-            sq += ((x[s:s + _CHUNK_ROWS][mask].astype(np.float64) - mu) ** 2).sum(axis=0)
+            mask = _valid_mask(lengths[s : s + _CHUNK_ROWS], x.shape[1])
+            sq += ((x[s : s + _CHUNK_ROWS][mask].astype(np.float64) - mu) ** 2).sum(axis=0)
         sd = np.sqrt(sq / count) if count else np.ones(d)
         flat = sd < eps
         mean[m], std[m], frames[m] = mu, np.where(flat, 1.0, sd), count
@@ -159,8 +180,12 @@ def fit_standardization(train: SplitData, eps: float = STD_EPS) -> Standardizati
     return Standardization(mean=mean, std=std, frames=frames, constant=constant, eps=eps)
 
 
-def standardize_splits(splits: Mapping[str, SplitData], enabled: bool = True, fit_on: str = "train",
-                       eps: float = STD_EPS) -> tuple[dict[str, SplitData], Standardization | None]:
+def standardize_splits(
+    splits: Mapping[str, SplitData],
+    enabled: bool = True,
+    fit_on: str = "train",
+    eps: float = STD_EPS,
+) -> tuple[dict[str, SplitData], Standardization | None]:
     """Fit on ``splits[fit_on]`` and apply to every split: ``(new splits, statistics)``.
 
     ``enabled=False`` returns the splits unchanged and ``None``. The caller's arrays (possibly the
@@ -169,13 +194,18 @@ def standardize_splits(splits: Mapping[str, SplitData], enabled: bool = True, fi
     if not enabled:
         return dict(splits), None
     if fit_on not in splits:
-        raise ValueError(f"standardization is fit on the {fit_on!r} split; got splits {sorted(splits)}")
+        raise ValueError(
+            f"standardization is fit on the {fit_on!r} split; got splits {sorted(splits)}"
+        )
     stats = dataclasses.replace(fit_standardization(splits[fit_on], eps), fit_on=fit_on)
     return {name: stats.apply(s) for name, s in splits.items()}, stats
 
 
-def load_standardized(path: str | Path, names: Sequence[str], enabled: bool = True,
-                      ) -> tuple[dict[str, SplitData], Standardization | None]:
+def load_standardized(
+    path: str | Path,
+    names: Sequence[str],
+    enabled: bool = True,
+) -> tuple[dict[str, SplitData], Standardization | None]:
     """Splits ``names`` of a store, standardised with the store's train statistics.
 
     For callers that do not hold the train split (evaluation on test): train is loaded (shared
@@ -184,6 +214,9 @@ def load_standardized(path: str | Path, names: Sequence[str], enabled: bool = Tr
     from feature_store import load_split_shared
 
     wanted = list(names)
-    loaded = {n: load_split_shared(path, n) for n in dict.fromkeys([*wanted, "train"] if enabled else wanted)}
+    loaded = {
+        n: load_split_shared(path, n)
+        for n in dict.fromkeys([*wanted, "train"] if enabled else wanted)
+    }
     out, stats = standardize_splits(loaded, enabled)
     return {n: out[n] for n in wanted}, stats

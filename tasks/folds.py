@@ -24,8 +24,10 @@ def _unique_subjects(subjects: Sequence[str], k: int) -> tuple[np.ndarray, np.nd
     names = np.asarray([str(s) for s in subjects])
     uniq, row_subject = np.unique(names, return_inverse=True)
     if len(uniq) < k:
-        raise ValueError(f"{k}-fold cross-validation by subject needs at least {k} subjects; "
-                         f"got {len(uniq)} unique subject(s) in {len(names)} rows")
+        raise ValueError(
+            f"{k}-fold cross-validation by subject needs at least {k} subjects; "
+            f"got {len(uniq)} unique subject(s) in {len(names)} rows"
+        )
     return uniq, row_subject
 
 
@@ -36,8 +38,8 @@ def _rows_of(subject_ids: np.ndarray, row_subject: np.ndarray) -> np.ndarray:
 def _deal(groups: list[np.ndarray], k: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffle each group of subject ids and deal them round-robin into k folds.
 
-    Dealing group after group, continuing where the last left off, keeps every group's share per fold
-    within one subject and fold sizes within one subject of each other.
+    Dealing group after group, continuing where the last left off, keeps every group's share per
+    fold within one subject and fold sizes within one subject of each other.
     """
     folds: list[list[int]] = [[] for _ in range(k)]
     slot = 0
@@ -48,7 +50,9 @@ def _deal(groups: list[np.ndarray], k: int, rng: np.random.Generator) -> list[np
     return [np.sort(np.asarray(f, dtype=np.int64)) for f in folds]
 
 
-def subject_folds(subjects: Sequence[str], k: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+def subject_folds(
+    subjects: Sequence[str], k: int = 5, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """k folds of (train_idx, test_idx) row indices; no subject in both train and test of a fold.
 
     Subjects are shuffled with ``seed`` and dealt into k folds of nearly equal subject counts.
@@ -64,8 +68,12 @@ def subject_folds(subjects: Sequence[str], k: int = 5, seed: int = 0) -> list[tu
     return out
 
 
-def _subject_classes(row_subject: np.ndarray, n_subjects: int, labels: Sequence[float] | None,
-                     threshold: float | None) -> np.ndarray:
+def _subject_classes(
+    row_subject: np.ndarray,
+    n_subjects: int,
+    labels: Sequence[float] | None,
+    threshold: float | None,
+) -> np.ndarray:
     """One stratification class per subject (all 0 without labels).
 
     A subject's label is the mean of its rows' labels (CMDC gives one PHQ-9 per subject); with a
@@ -77,15 +85,16 @@ def _subject_classes(row_subject: np.ndarray, n_subjects: int, labels: Sequence[
     if len(y) != len(row_subject):
         raise ValueError(f"labels has {len(y)} entries but subjects has {len(row_subject)}")
     per_subject = np.bincount(row_subject, weights=y, minlength=n_subjects) / np.bincount(
-        row_subject, minlength=n_subjects)
+        row_subject, minlength=n_subjects
+    )
     if threshold is not None:
         return (per_subject > threshold).astype(np.int64)
     return np.round(per_subject).astype(np.int64)
 
 
 def _stratified_order(ids: np.ndarray, classes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``ids`` shuffled within each class and interleaved in proportion to class sizes, so any prefix
-    of the result keeps the classes' ratio (to within one subject per class)."""
+    """``ids`` shuffled within each class and interleaved in proportion to class sizes, so any
+    prefix of the result keeps the classes' ratio (to within one subject per class)."""
     order, keys = [], []
     for c in np.unique(classes):
         members = rng.permutation(ids[classes == c])
@@ -104,9 +113,9 @@ def fold_splits(
 ) -> list[dict[str, np.ndarray]]:
     """k folds of ``{"train", "valid", "test"}`` row indices, pairwise subject-disjoint.
 
-    Test folds are stratified by subject class (see ``_subject_classes``) and cover every row exactly
-    once. ``valid_fraction`` of each fold's training subjects (at least one; stratified too) become
-    its validation set; at least one training subject is always kept.
+    Test folds are stratified by subject class (see ``_subject_classes``) and cover every row
+    exactly once. ``valid_fraction`` of each fold's training subjects (at least one; stratified too)
+    become its validation set; at least one training subject is always kept.
     """
     if not 0.0 < valid_fraction < 1.0:
         raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
@@ -119,13 +128,17 @@ def fold_splits(
     for test_subjects in test_folds:
         rest = np.setdiff1d(np.arange(len(uniq)), test_subjects)
         if len(rest) < 2:
-            raise ValueError(f"fold has {len(rest)} training subject(s); need 2 to carve a validation set")
+            raise ValueError(
+                f"fold has {len(rest)} training subject(s); need 2 to carve a validation set"
+            )
         n_valid = min(max(1, round(valid_fraction * len(rest))), len(rest) - 1)
         valid_subjects = np.sort(_stratified_order(rest, classes[rest], rng)[:n_valid])
         train_subjects = np.setdiff1d(rest, valid_subjects)
-        out.append({
-            "train": _rows_of(train_subjects, row_subject),
-            "valid": _rows_of(valid_subjects, row_subject),
-            "test": _rows_of(test_subjects, row_subject),
-        })
+        out.append(
+            {
+                "train": _rows_of(train_subjects, row_subject),
+                "valid": _rows_of(valid_subjects, row_subject),
+                "test": _rows_of(test_subjects, row_subject),
+            }
+        )
     return out

@@ -36,7 +36,9 @@ def pearson(pred: np.ndarray, label: np.ndarray) -> float:
 def sentiment_metrics(pred, label) -> Metrics:
     pred, label = _as_1d(pred), _as_1d(label)
     if pred.shape != label.shape or pred.size == 0:
-        raise ValueError(f"pred and label must be non-empty and equal length, got {pred.shape} and {label.shape}")
+        raise ValueError(
+            f"pred and label must be non-empty and equal length, got {pred.shape} and {label.shape}"
+        )
     non0 = label != 0
     out: Metrics = {
         "acc2_has0": float(accuracy_score(label >= 0, pred >= 0)),
@@ -71,14 +73,20 @@ def emotion_metrics(logits, label, class_names: Sequence[str] | None = None) -> 
     names = list(class_names) if class_names else [str(c) for c in range(n_classes)]
     out: Metrics = {
         "acc": float(accuracy_score(label, pred)),
-        "f1_weighted": float(f1_score(label, pred, average="weighted", labels=range(n_classes), zero_division=0)),
-        "f1_macro": float(f1_score(label, pred, average="macro", labels=range(n_classes), zero_division=0)),
+        "f1_weighted": float(
+            f1_score(label, pred, average="weighted", labels=range(n_classes), zero_division=0)
+        ),
+        "f1_macro": float(
+            f1_score(label, pred, average="macro", labels=range(n_classes), zero_division=0)
+        ),
     }
     accs, f1s = [], []
     for c, name in enumerate(names):
         t, p = label == c, pred == c
         accs.append(float(accuracy_score(t, p)))
-        f1s.append(float(f1_score(t, p, average="weighted", zero_division=0)))  # MulT's eval_iemocap
+        f1s.append(
+            float(f1_score(t, p, average="weighted", zero_division=0))
+        )  # MulT's eval_iemocap
         out[f"acc_{name}"], out[f"f1_{name}"] = accs[-1], f1s[-1]
         out[f"f1pos_{name}"] = float(f1_score(t, p, zero_division=0))
     out["acc_avg"], out["f1_avg"] = float(np.mean(accs)), float(np.mean(f1s))
@@ -105,7 +113,8 @@ def depression_metrics(pred, label, threshold: float = 9.0) -> Metrics:
 
 # Which metric selects the best epoch, and in which direction, per task kind: valid MAE for the
 # regressions, valid multi-class weighted F1 for emotion (robust to IEMOCAP's class imbalance, where
-# accuracy rewards the majority class). ``tasks.config`` resolves ``train.select_metric: auto`` to these.
+# accuracy rewards the majority class). ``tasks.config`` resolves ``train.select_metric: auto`` to
+# these.
 DEFAULT_SELECTION: dict[str, tuple[str, str]] = {
     "sentiment": ("valid/mae", "min"),
     "emotion": ("valid/f1_weighted", "max"),
@@ -122,13 +131,17 @@ def selection_mode(metric: str) -> str:
     return "min" if any(name == k or name.startswith(k) for k in _LOWER_IS_BETTER) else "max"
 
 
-def metric_names(task: str, class_names: Sequence[str] | None = None, num_classes: int = 4) -> list[str]:
+def metric_names(
+    task: str, class_names: Sequence[str] | None = None, num_classes: int = 4
+) -> list[str]:
     """The names ``metric_fn(task)`` computes (unprefixed), from a tiny dummy evaluation."""
     return list(_metric_names(task, tuple(class_names) if class_names else None, int(num_classes)))
 
 
 @functools.lru_cache(maxsize=64)
-def _metric_names(task: str, class_names: tuple[str, ...] | None, num_classes: int) -> tuple[str, ...]:
+def _metric_names(
+    task: str, class_names: tuple[str, ...] | None, num_classes: int
+) -> tuple[str, ...]:
     if task == "emotion":
         n = len(class_names) if class_names else max(num_classes, 2)
         dummy = metric_fn(task, class_names)(np.eye(n), np.arange(n))
@@ -145,7 +158,9 @@ HEADLINE: dict[str, tuple[str, ...]] = {
 }
 
 
-def metric_fn(task: str, class_names: Sequence[str] | None = None) -> Callable[[np.ndarray, np.ndarray], Metrics]:
+def metric_fn(
+    task: str, class_names: Sequence[str] | None = None
+) -> Callable[[np.ndarray, np.ndarray], Metrics]:
     if task == "sentiment":
         return sentiment_metrics
     if task == "emotion":

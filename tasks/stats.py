@@ -186,7 +186,8 @@ def compare_to_baseline(
 
 def holm(p_values: Iterable[float]) -> list[float]:
     """Holm's step-down adjustment (family-wise error), in the input order; NaN stays NaN and is not
-    counted in the family. ``p_(i)`` sorted ascending becomes ``max_{j<=i} min(1, (m-j+1) p_(j))``."""
+    counted in the family. ``p_(i)`` sorted ascending becomes ``max_{j<=i} min(1, (m-j+1)
+    p_(j))``."""
     ps = [float(p) for p in p_values]
     idx = sorted((i for i, p in enumerate(ps) if math.isfinite(p)), key=lambda i: ps[i])
     m = len(idx)

@@ -1,7 +1,7 @@
 """MLflow tracking through ``MlflowClient`` and explicit run ids (safe from worker threads).
 
-Layout: one experiment per pipeline; a parent run per pipeline/reproduction/study run; a child run per
-(model, cell, seed) named ``mmafnet/sgm_ipr/seed1`` carrying params (the fully resolved config),
+Layout: one experiment per pipeline; a parent run per pipeline/reproduction/study run; a child run
+per (model, cell, seed) named ``mmafnet/sgm_ipr/seed1`` carrying params (the fully resolved config),
 tags (model, variant, seed, dataset, git commit), per-epoch metrics, modulation traces as stepped
 metrics, test metrics, plots, the model and the dataset manifest as a logged input.
 """
@@ -44,8 +44,13 @@ class TrackingError(RuntimeError):
 @cache
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -73,7 +78,10 @@ def _probe_database(tracking_uri: str) -> None:
 
 def check_tracking(tracking_uri: str) -> None:
     """Fail fast with a clear message when the tracking store is unreachable (no retry storm)."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    saved = {
+        k: os.environ.get(k)
+        for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    }
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
     try:
@@ -81,7 +89,9 @@ def check_tracking(tracking_uri: str) -> None:
         MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - any failure here means "cannot track"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrackingError(f"MLflow tracking store {tracking_uri!r} is not usable: {first}") from exc
+        raise TrackingError(
+            f"MLflow tracking store {tracking_uri!r} is not usable: {first}"
+        ) from exc
     finally:
         for key, value in saved.items():
             if value is None:
@@ -91,8 +101,8 @@ def check_tracking(tracking_uri: str) -> None:
 
 
 _T = TypeVar("_T")
-# One writer per process for the get-or-create writes below: threads of one process never race; other
-# processes (Dask workers, tune workers) are covered by the retry.
+# One writer per process for the get-or-create writes below: threads of one process never race;
+# other processes (Dask workers, tune workers) are covered by the retry.
 _WRITE_LOCK = threading.Lock()
 
 
@@ -103,8 +113,12 @@ def is_collision(exc: BaseException) -> bool:
     code = getattr(exc, "error_code", "")
     text = str(exc).lower()
     return isinstance(exc, MlflowException) and (
-        code == "RESOURCE_ALREADY_EXISTS" or "unique constraint" in text or "integrityerror" in text
-        or "duplicate key" in text or "already exists" in text)
+        code == "RESOURCE_ALREADY_EXISTS"
+        or "unique constraint" in text
+        or "integrityerror" in text
+        or "duplicate key" in text
+        or "already exists" in text
+    )
 
 
 def idempotent(write: Callable[[], _T], attempts: int = 6) -> _T:
@@ -139,15 +153,23 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
         if tracking_uri.startswith("sqlite:"):
             # Local default store: artifacts live beside the database, not in the cwd.
             db_dir = Path(tracking_uri.removeprefix("sqlite:///")).parent
-            artifact_location = ((db_dir / "mlartifacts").as_uri() if db_dir.name
-                                 else Path(default_artifact_root()).as_uri())
+            artifact_location = (
+                (db_dir / "mlartifacts").as_uri()
+                if db_dir.name
+                else Path(default_artifact_root()).as_uri()
+            )
         return c.create_experiment(name, artifact_location=artifact_location)
 
     return idempotent(get_or_create)
 
 
-def start_run(tracking_uri: str, experiment_id: str, name: str, tags: dict[str, str] | None = None,
-              parent_run_id: str | None = None) -> str:
+def start_run(
+    tracking_uri: str,
+    experiment_id: str,
+    name: str,
+    tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> str:
     tags = dict(tags or {})
     tags["msaflow.git_commit"] = git_commit()
     if parent_run_id:
@@ -156,11 +178,15 @@ def start_run(tracking_uri: str, experiment_id: str, name: str, tags: dict[str, 
     return run.info.run_id
 
 
-def find_child_run(tracking_uri: str, experiment_id: str, parent_run_id: str, key: str) -> str | None:
+def find_child_run(
+    tracking_uri: str, experiment_id: str, parent_run_id: str, key: str
+) -> str | None:
     """An earlier attempt of the same child (same cache key) under this parent, to resume into."""
     runs = client(tracking_uri).search_runs(
         [experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`msaflow.key` = '{key}'",
+        filter_string=(
+            f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`msaflow.key` = '{key}'"
+        ),
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
@@ -177,17 +203,25 @@ def run_is_active(tracking_uri: str, run_id: str) -> bool:
 
 
 # Tags of the source run that describe its own attempt, not the result: never copied to a link.
-_ATTEMPT_TAGS = ("msaflow.key", "msaflow.error", "msaflow.superseded_by", "msaflow.resumed_from_epoch")
+_ATTEMPT_TAGS = (
+    "msaflow.key",
+    "msaflow.error",
+    "msaflow.superseded_by",
+    "msaflow.resumed_from_epoch",
+)
 
 
-def link_cached_run(tracking_uri: str, experiment_id: str, parent_run_id: str, source_run_id: str) -> str:
+def link_cached_run(
+    tracking_uri: str, experiment_id: str, parent_run_id: str, source_run_id: str
+) -> str:
     """A child of ``parent_run_id`` standing for a cached result that lives in another parent's run.
 
-    MLflow has no run that belongs to two parents, and its UI compares the runs a parent shows. So an
-    unchanged re-run gets one lightweight FINISHED child per cached result: the source's params,
+    MLflow has no run that belongs to two parents, and its UI compares the runs a parent shows. So
+    an unchanged re-run gets one lightweight FINISHED child per cached result: the source's params,
     tags and final metric values (history, plots and the model stay in the source run), tagged
-    ``msaflow.cached_from=<source run id>`` and described in its note. It carries no ``msaflow.key``,
-    so it is never resumed into or superseded. Idempotent: an existing link is returned.
+    ``msaflow.cached_from=<source run id>`` and described in its note. It carries no
+    ``msaflow.key``, so it is never resumed into or superseded. Idempotent: an existing link is
+    returned.
     """
     c = client(tracking_uri)
     src = c.get_run(source_run_id)
@@ -195,18 +229,28 @@ def link_cached_run(tracking_uri: str, experiment_id: str, parent_run_id: str, s
         return source_run_id
     found = c.search_runs(
         [experiment_id],
-        filter_string=(f"tags.`mlflow.parentRunId` = '{parent_run_id}' and "
-                       f"tags.`msaflow.cached_from` = '{source_run_id}'"),
+        filter_string=(
+            f"tags.`mlflow.parentRunId` = '{parent_run_id}' and "
+            f"tags.`msaflow.cached_from` = '{source_run_id}'"
+        ),
         max_results=1,
     )
     if found:
         return found[0].info.run_id
-    tags = {k: v for k, v in src.data.tags.items() if not k.startswith("mlflow.") and k not in _ATTEMPT_TAGS}
+    tags = {
+        k: v
+        for k, v in src.data.tags.items()
+        if not k.startswith("mlflow.") and k not in _ATTEMPT_TAGS
+    }
     tags["msaflow.cached_from"] = source_run_id
-    tags["mlflow.note.content"] = (f"Cached result: trained in run {source_run_id} (parent "
-                                   f"{src.data.tags.get('mlflow.parentRunId', '-')}); its metric history, "
-                                   "plots and model are there. Re-run with --force to retrain.")
-    run_id = start_run(tracking_uri, experiment_id, src.info.run_name, tags=tags, parent_run_id=parent_run_id)
+    tags["mlflow.note.content"] = (
+        f"Cached result: trained in run {source_run_id} (parent "
+        f"{src.data.tags.get('mlflow.parentRunId', '-')}); its metric history, "
+        "plots and model are there. Re-run with --force to retrain."
+    )
+    run_id = start_run(
+        tracking_uri, experiment_id, src.info.run_name, tags=tags, parent_run_id=parent_run_id
+    )
     try:
         params = [Param(k, v) for k, v in src.data.params.items()]
         for chunk in _chunks(params, 100):
@@ -223,7 +267,8 @@ def link_cached_run(tracking_uri: str, experiment_id: str, parent_run_id: str, s
 
 
 def supersede_stale_runs(tracking_uri: str, experiment_id: str, key: str, run_id: str) -> list[str]:
-    """Mark other RUNNING runs of the same child (same cache key) KILLED, tagged with their successor.
+    """Mark other RUNNING runs of the same child (same cache key) KILLED, tagged with their
+    successor.
 
     A process killed outright (SIGKILL, a lost machine) leaves its child RUNNING forever; the re-run
     that resumes from the same checkpoint supersedes it. Returns the ids it marked.
@@ -261,15 +306,23 @@ def log_config(tracking_uri: str, run_id: str, cfg: RunConfig) -> None:
     client(tracking_uri).log_dict(run_id, cfg.to_dict(), "config/resolved.json")
 
 
-def log_rows(tracking_uri: str, run_id: str, rows: Sequence[dict[str, float]], step_key: str,
-             skip: Sequence[str] = ()) -> None:
+def log_rows(
+    tracking_uri: str,
+    run_id: str,
+    rows: Sequence[dict[str, float]],
+    step_key: str,
+    skip: Sequence[str] = (),
+) -> None:
     """Each row's numeric values as metrics at ``step = row[step_key]``."""
     now = int(time.time() * 1000)
     metrics = [
         Metric(key, float(value), now, int(row[step_key]))
         for row in rows
         for key, value in row.items()
-        if key != step_key and key not in skip and isinstance(value, int | float) and math.isfinite(value)
+        if key != step_key
+        and key not in skip
+        and isinstance(value, int | float)
+        and math.isfinite(value)
     ]
     c = client(tracking_uri)
     for chunk in _chunks(metrics):
@@ -299,14 +352,16 @@ def log_dataset_input(tracking_uri: str, run_id: str, manifest: Any, path: str |
     from mlflow.data import from_pandas
 
     info = manifest.to_dict()
-    frame = pd.DataFrame(
-        [{"split": s, "rows": n} for s, n in info["splits"].items()]
+    frame = pd.DataFrame([{"split": s, "rows": n} for s, n in info["splits"].items()])
+    dataset = from_pandas(
+        frame, source=str(path), name=info["name"], digest=manifest.content_hash[:16]
     )
-    dataset = from_pandas(frame, source=str(path), name=info["name"], digest=manifest.content_hash[:16])
     c = client(tracking_uri)
     from mlflow.entities import DatasetInput, InputTag
 
-    entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "train")])
+    entity = DatasetInput(
+        dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "train")]
+    )
     # Concurrent training tasks log the same dataset (one row per experiment, name and digest).
     idempotent(lambda: c.log_inputs(run_id, datasets=[entity]))
     c.log_dict(run_id, info, "dataset/manifest.json")
@@ -319,19 +374,27 @@ def log_model(tracking_uri: str, run_id: str, model: Any, example_batch: dict[st
     from mlflow.models import infer_signature
 
     model = model.to("cpu").eval()
-    example = {k: v[:2].cpu() for k, v in example_batch.items() if k not in ("label", "class_label")}
+    example = {
+        k: v[:2].cpu() for k, v in example_batch.items() if k not in ("label", "class_label")
+    }
     with torch.no_grad():
         pred = model(example).pred.float().numpy()
     signature = infer_signature({k: np.asarray(v) for k, v in example.items()}, pred)
     mlflow.set_tracking_uri(tracking_uri)
     import logging
 
-    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # the pickle-format caution, every run
+    logging.getLogger("mlflow.pytorch").setLevel(
+        logging.ERROR
+    )  # the pickle-format caution, every run
     with mlflow.start_run(run_id=run_id, nested=True):
         mlflow.pytorch.log_model(
-            model, name="model", signature=signature,
+            model,
+            name="model",
+            signature=signature,
             serialization_format="pickle",  # MLflow 3's default (pt2 export) needs an input example
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],  # skip slow requirement inference
+            pip_requirements=[
+                f"torch=={torch.__version__.split('+')[0]}"
+            ],  # skip slow requirement inference
         )
 
 
@@ -350,7 +413,9 @@ def fail_run(tracking_uri: str, run_id: str, exc: BaseException) -> None:
         pass
 
 
-def log_table_artifacts(tracking_uri: str, run_id: str, rows: list[dict[str, Any]], stem: str) -> None:
+def log_table_artifacts(
+    tracking_uri: str, run_id: str, rows: list[dict[str, Any]], stem: str
+) -> None:
     """A table as CSV and Markdown artifacts."""
     import pandas as pd
 

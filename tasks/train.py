@@ -60,7 +60,12 @@ class TrainResult:
     standardization: dict[str, Any] | None = None  # train-split feature statistics applied (to log)
 
     def summary(self) -> dict[str, Any]:
-        return {"run_name": self.run_name, "best_epoch": self.best_epoch, **self.best_valid, **self.test}
+        return {
+            "run_name": self.run_name,
+            "best_epoch": self.best_epoch,
+            **self.best_valid,
+            **self.test,
+        }
 
 
 def select_device(preference: str = "auto") -> torch.device:
@@ -85,8 +90,9 @@ def build_model(cfg: RunConfig) -> MSAModel:
     return get_spec(cfg.model).model_cls(cfg.model_cfg)
 
 
-def build_optimizer(model: torch.nn.Module, cfg: RunConfig,
-                    exclude: Sequence[torch.nn.Parameter] = ()) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: torch.nn.Module, cfg: RunConfig, exclude: Sequence[torch.nn.Parameter] = ()
+) -> torch.optim.Optimizer:
     """The engine's optimiser over the model's parameters, less ``exclude`` (those a model trains
     with its ``own_optimizer``)."""
     t = cfg.train
@@ -112,8 +118,9 @@ def _target(batch: Batch, kind: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: MSAModel, tensors: Batch, batch_size: int, device: torch.device,
-            kind: str = "regression") -> tuple[np.ndarray, np.ndarray, float]:
+def predict(
+    model: MSAModel, tensors: Batch, batch_size: int, device: torch.device, kind: str = "regression"
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Predictions, targets and the mean task loss over a split (eval mode, fp32).
 
     Autocast is switched off here, even inside a caller's autocast region: bf16 would quantise
@@ -136,13 +143,25 @@ def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
     return {f"{prefix}/{k}": float(v) for k, v in metrics.items()}
 
 
-def evaluate(model: MSAModel, tensors: Batch, *, split: str, task: str, class_names: Sequence[str] | None,
-             kind: str, batch_size: int, device: torch.device) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+def evaluate(
+    model: MSAModel,
+    tensors: Batch,
+    *,
+    split: str,
+    task: str,
+    class_names: Sequence[str] | None,
+    kind: str,
+    batch_size: int,
+    device: torch.device,
+) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """The one evaluation of a split: ``{"<split>/loss", "<split>/<metric>"...}``, predictions and
     targets, in fp32 (``predict``). Used for validation and test in ``train_model`` and by the
     pipeline's evaluate task."""
     pred, target, loss = predict(model, tensors, batch_size, device, kind)
-    metrics = {f"{split}/loss": loss, **_prefixed(split, metric_fn(task, class_names)(pred, target))}
+    metrics = {
+        f"{split}/loss": loss,
+        **_prefixed(split, metric_fn(task, class_names)(pred, target)),
+    }
     return metrics, pred, target
 
 
@@ -152,8 +171,13 @@ def _rng_state() -> dict[str, Any]:
     version, internal, gauss_next = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "python": [int(version), list(internal), gauss_next],
     }
     if torch.cuda.is_available():
@@ -169,8 +193,15 @@ def _cpu_bytes(t: torch.Tensor) -> torch.Tensor:
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(_cpu_bytes(state["torch"]))
     npy = state["numpy"]
-    np.random.set_state((npy["kind"], npy["keys"].cpu().numpy().astype(np.uint32), int(npy["pos"]),
-                         int(npy["has_gauss"]), float(npy["gauss"])))
+    np.random.set_state(
+        (
+            npy["kind"],
+            npy["keys"].cpu().numpy().astype(np.uint32),
+            int(npy["pos"]),
+            int(npy["has_gauss"]),
+            float(npy["gauss"]),
+        )
+    )
     version, internal, gauss_next = state["python"]
     random.setstate((int(version), tuple(int(x) for x in internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
@@ -185,12 +216,19 @@ def load_checkpoint(path: str | Path, required: Sequence[str] = ()) -> dict[str,
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 -- pickle/zip/EOF errors alike: not a checkpoint we read
-        raise DataError(path, "checkpoint", "a checkpoint written by msaflow (tensors and plain data "
-                        f"only; refused to load it: {type(exc).__name__})") from None
+        raise DataError(
+            path,
+            "checkpoint",
+            "a checkpoint written by msaflow (tensors and plain data "
+            f"only; refused to load it: {type(exc).__name__})",
+        ) from None
     missing = [k for k in required if not isinstance(state, dict) or k not in state]
     if missing:
-        raise DataError(path, "checkpoint", f"a checkpoint written by msaflow with keys {list(required)}; "
-                        f"missing {missing}")
+        raise DataError(
+            path,
+            "checkpoint",
+            f"a checkpoint written by msaflow with keys {list(required)}; missing {missing}",
+        )
     return state
 
 
@@ -198,9 +236,9 @@ CHECKPOINT_FILES = ("last.pt", "best.pt")
 
 
 def clear_checkpoints(checkpoint_dir: str | Path) -> None:
-    """Remove the checkpoints msaflow writes in ``checkpoint_dir`` (``last.pt``, ``best.pt`` and their
-    temporaries) so the next run trains from scratch; anything else there is left alone, and the
-    folder goes only when that leaves it empty."""
+    """Remove the checkpoints msaflow writes in ``checkpoint_dir`` (``last.pt``, ``best.pt`` and
+    their temporaries) so the next run trains from scratch; anything else there is left alone, and
+    the folder goes only when that leaves it empty."""
     folder = Path(checkpoint_dir)
     if not folder.is_dir():
         return
@@ -220,14 +258,18 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_best_model(checkpoint_dir: str | Path, cfg: RunConfig, device: str | torch.device = "cpu") -> MSAModel:
+def load_best_model(
+    checkpoint_dir: str | Path, cfg: RunConfig, device: str | torch.device = "cpu"
+) -> MSAModel:
     """Rebuild the model from its config and load the best epoch's weights (``best.pt``)."""
     path = Path(checkpoint_dir) / "best.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no best checkpoint (was training completed?)")
     state = load_checkpoint(path, ("fingerprint", "model"))
     if state["fingerprint"] != cfg.fingerprint():
-        raise ConfigError(f"{path}: checkpoint was trained with another config (fingerprint mismatch)")
+        raise ConfigError(
+            f"{path}: checkpoint was trained with another config (fingerprint mismatch)"
+        )
     model = build_model(cfg).to(device)
     model.load_state_dict(state["model"])
     return model
@@ -249,13 +291,15 @@ def train_model(
     training steps, ``model.on_epoch_end``, validation (``evaluate``, fp32), ``best.pt`` when the
     selection metric improved, ``last.pt``, then the callbacks. So validation and checkpoints see
     the parameters as trained, and a run resumed from ``last.pt`` redoes the pending reset.
-    ``callbacks`` run after each epoch's checkpoint with ``(epoch, record)``; an exception they raise
-    (an Optuna ``TrialPruned``, an interrupt) propagates and leaves a resumable checkpoint behind.
-    A checkpoint that is not plain tensors and data is refused (``load_checkpoint``).
+    ``callbacks`` run after each epoch's checkpoint with ``(epoch, record)``; an exception they
+    raise (an Optuna ``TrialPruned``, an interrupt) propagates and leaves a resumable checkpoint
+    behind. A checkpoint that is not plain tensors and data is refused (``load_checkpoint``).
     """
     for name in ("train", "valid") + (("test",) if evaluate_test else ()):
         if name not in splits or len(splits[name]) == 0:
-            raise ConfigError(f"training needs a non-empty {name!r} split; got splits {sorted(splits)}")
+            raise ConfigError(
+                f"training needs a non-empty {name!r} split; got splits {sorted(splits)}"
+            )
     t = cfg.train
     start_time = time.perf_counter()
     if t.num_threads > 0:
@@ -270,10 +314,13 @@ def train_model(
     seed_everything(t.seed, t.deterministic)
     model = build_model(cfg).to(device)
     own_optimizer = model.own_optimizer()
-    own_params = [p for g in own_optimizer.param_groups for p in g["params"]] if own_optimizer else []
+    own_params = (
+        [p for g in own_optimizer.param_groups for p in g["params"]] if own_optimizer else []
+    )
     optimizer = build_optimizer(model, cfg, exclude=own_params)
     main_params = [p for g in optimizer.param_groups for p in g["params"]]
-    # Per-dimension feature statistics fit on train only, applied to every split (train.standardize).
+    # Per-dimension feature statistics fit on train only, applied to every split
+    # (train.standardize).
     splits, standardization = standardize_splits(splits, enabled=t.standardize)
     train_t, valid_t = split_to_tensors(splits["train"]), split_to_tensors(splits["valid"])
 
@@ -290,15 +337,25 @@ def train_model(
         if last.is_file():
             state = load_checkpoint(last, ("version", "fingerprint"))
             if state["version"] != CHECKPOINT_VERSION:
-                raise DataError(last, "version", f"checkpoint version {CHECKPOINT_VERSION}, got {state['version']!r}; "
-                                "use a fresh checkpoint dir")
+                raise DataError(
+                    last,
+                    "version",
+                    f"checkpoint version {CHECKPOINT_VERSION}, got {state['version']!r}; "
+                    "use a fresh checkpoint dir",
+                )
             if state.get("fingerprint") != cfg.fingerprint():
-                raise ConfigError(f"{last}: checkpoint belongs to another config; use a fresh checkpoint dir")
+                raise ConfigError(
+                    f"{last}: checkpoint belongs to another config; use a fresh checkpoint dir"
+                )
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             if own_optimizer is not None:
                 own_optimizer.load_state_dict(state["own_optimizer"])
-            history, step_traces, epoch_traces = state["history"], state["step_traces"], state["epoch_traces"]
+            history, step_traces, epoch_traces = (
+                state["history"],
+                state["step_traces"],
+                state["epoch_traces"],
+            )
             best, global_step = state["best"], state["global_step"]
             start_epoch = resumed_from = state["epoch"] + 1
             _set_rng_state(state["rng"])
@@ -312,7 +369,9 @@ def train_model(
         sums: dict[str, float] = {}
         n_seen = 0
         train_preds, train_targets = [], []
-        for batch in iterate_batches(train_t, t.batch_size, device, shuffle=True, seed=t.seed * 100_003 + epoch):
+        for batch in iterate_batches(
+            train_t, t.batch_size, device, shuffle=True, seed=t.seed * 100_003 + epoch
+        ):
             optimizer.zero_grad(set_to_none=True)
             if own_optimizer is not None:
                 own_optimizer.zero_grad(set_to_none=True)
@@ -320,7 +379,10 @@ def train_model(
                 out = model(batch)
                 total, parts = model.loss(out, batch)
             if not torch.isfinite(total):
-                raise FloatingPointError(f"{cfg.run_name}: loss became {float(total.detach())} at epoch {epoch}, step {global_step}")
+                raise FloatingPointError(
+                    f"{cfg.run_name}: loss became {float(total.detach())} at epoch {epoch}, step "
+                    f"{global_step}"
+                )
             total.backward()
             trace = model.after_backward(out, batch, epoch)
             if t.grad_clip > 0:
@@ -343,31 +405,64 @@ def train_model(
 
         record: dict[str, float] = {"epoch": epoch}
         record.update({f"train/{k}": v / max(n_seen, 1) for k, v in sums.items()})
-        record.update(_prefixed("train", metrics_of(np.concatenate(train_preds), np.concatenate(train_targets))))
-        valid, _, _ = evaluate(model, valid_t, split="valid", task=task, class_names=class_names, kind=kind,
-                               batch_size=t.eval_batch_size, device=device)
+        record.update(
+            _prefixed(
+                "train", metrics_of(np.concatenate(train_preds), np.concatenate(train_targets))
+            )
+        )
+        valid, _, _ = evaluate(
+            model,
+            valid_t,
+            split="valid",
+            task=task,
+            class_names=class_names,
+            kind=kind,
+            batch_size=t.eval_batch_size,
+            device=device,
+        )
         record.update(valid)
         record["time/epoch_s"] = time.perf_counter() - epoch_start
         history.append(record)
         if select_key not in valid:
-            raise ConfigError(f"train.select_metric {select_key!r} is not computed for task {task!r}; have {sorted(valid)}")
+            raise ConfigError(
+                f"train.select_metric {select_key!r} is not computed for task {task!r}; have "
+                f"{sorted(valid)}"
+            )
         value = valid[select_key]
         if best["epoch"] < 0 or (not math.isnan(value) and better(value, best["value"])):
             best = {"epoch": epoch, "value": value, "valid": valid}
             if ckpt_dir is not None:
-                _atomic_save({"fingerprint": cfg.fingerprint(), "epoch": epoch, "model": model.state_dict(),
-                              "config": cfg.to_dict()}, ckpt_dir / "best.pt")
+                _atomic_save(
+                    {
+                        "fingerprint": cfg.fingerprint(),
+                        "epoch": epoch,
+                        "model": model.state_dict(),
+                        "config": cfg.to_dict(),
+                    },
+                    ckpt_dir / "best.pt",
+                )
             else:
                 best["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if ckpt_dir is not None:
-            _atomic_save({
-                "version": CHECKPOINT_VERSION, "fingerprint": cfg.fingerprint(), "epoch": epoch,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "own_optimizer": own_optimizer.state_dict() if own_optimizer is not None else None,
-                "rng": _rng_state(),
-                "history": history, "step_traces": step_traces, "epoch_traces": epoch_traces,
-                "best": best, "global_step": global_step,
-            }, ckpt_dir / "last.pt")
+            _atomic_save(
+                {
+                    "version": CHECKPOINT_VERSION,
+                    "fingerprint": cfg.fingerprint(),
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "own_optimizer": own_optimizer.state_dict()
+                    if own_optimizer is not None
+                    else None,
+                    "rng": _rng_state(),
+                    "history": history,
+                    "step_traces": step_traces,
+                    "epoch_traces": epoch_traces,
+                    "best": best,
+                    "global_step": global_step,
+                },
+                ckpt_dir / "last.pt",
+            )
         for callback in callbacks:
             callback(epoch, record)
 
@@ -379,16 +474,31 @@ def train_model(
         else:
             best_model = model
             best_model.load_state_dict(best["state"])
-        test, tpred, ttarget = evaluate(best_model, split_to_tensors(splits["test"]), split="test", task=task,
-                                        class_names=class_names, kind=kind, batch_size=t.eval_batch_size,
-                                        device=device)
+        test, tpred, ttarget = evaluate(
+            best_model,
+            split_to_tensors(splits["test"]),
+            split="test",
+            task=task,
+            class_names=class_names,
+            kind=kind,
+            batch_size=t.eval_batch_size,
+            device=device,
+        )
         test_predictions = {"pred": tpred, "label": ttarget}
 
     return TrainResult(
-        run_name=cfg.run_name, task=task, best_epoch=int(best["epoch"]), best_valid=dict(best["valid"]),
-        test=test, history=history, step_traces=step_traces, epoch_traces=epoch_traces,
-        checkpoint_dir=str(ckpt_dir) if ckpt_dir else None, device=str(device),
-        seconds=time.perf_counter() - start_time, resumed_from_epoch=resumed_from,
+        run_name=cfg.run_name,
+        task=task,
+        best_epoch=int(best["epoch"]),
+        best_valid=dict(best["valid"]),
+        test=test,
+        history=history,
+        step_traces=step_traces,
+        epoch_traces=epoch_traces,
+        checkpoint_dir=str(ckpt_dir) if ckpt_dir else None,
+        device=str(device),
+        seconds=time.perf_counter() - start_time,
+        resumed_from_epoch=resumed_from,
         test_predictions=test_predictions,
         standardization=standardization.to_dict() if standardization is not None else None,
     )

@@ -1,7 +1,8 @@
 """One shared, isolated, tiny CPU setup for every test.
 
 Everything writes under a per-session temporary MSAFLOW_HOME; MLflow gets a fresh SQLite store per
-test that asks for ``mlflow_uri``; Prefect's test harness (one temporary server) opens once per session.
+test that asks for ``mlflow_uri``; Prefect's test harness (one temporary server) opens once per
+session.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""Static checks of docker-compose.yml, .env.example, docker/*.sh and the Dockerfile (no Docker engine here).
+"""Static checks of docker-compose.yml, .env.example, docker/*.sh and the Dockerfile (no Docker
+engine here).
 
-Two layers: a pure-Python reading of the compose file (YAML + compose's ${VAR} interpolation) that always
-runs, and `docker-compose config` (Debian's v1.29) where the binary is installed. The entrypoint wrappers'
-change-me refusal and their argv hygiene are tested by running the real scripts with bash.
+Two layers: a pure-Python reading of the compose file (YAML + compose's ${VAR} interpolation) that
+always runs, and `docker-compose config` (Debian's v1.29) where the binary is installed. The
+entrypoint wrappers' change-me refusal and their argv hygiene are tested by running the real scripts
+with bash.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?err}, ${NAME?err}, $NAME; $$ is a literal $.
-TOKEN = re.compile(r"\$(?:(?P<dollar>\$)|\{(?P<name>[A-Za-z_]\w*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
-                   r"|(?P<bare>[A-Za-z_]\w*))")
+TOKEN = re.compile(
+    r"\$(?:(?P<dollar>\$)|\{(?P<name>[A-Za-z_]\w*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
+    r"|(?P<bare>[A-Za-z_]\w*))"
+)
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|AUTH|KEY", re.I)
 CREDENTIALS_IN_URL = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
 BIND_DEFAULT = "${BIND_ADDRESS:-127.0.0.1}:"
@@ -121,11 +125,18 @@ def published(compose) -> list[tuple[str, str]]:
     out = []
     for name, svc in compose["services"].items():
         for port in svc.get("ports", []):
-            out.append((name, port if isinstance(port, str) else f"{port.get('host_ip', '')}:{port.get('published')}"))
+            out.append(
+                (
+                    name,
+                    port
+                    if isinstance(port, str)
+                    else f"{port.get('host_ip', '')}:{port.get('published')}",
+                )
+            )
     return out
 
 
-# ---------------------------------------------------------------------------------------------- structure
+# ---------------------------------------------------------------------------------------- structure
 
 
 def test_every_variable_is_in_env_example(raw, env):
@@ -136,12 +147,20 @@ def test_every_variable_is_in_env_example(raw, env):
 
 def test_services(compose):
     services = compose["services"]
-    assert {"postgres", "mlflow", "prefect-server", "prefect-worker", "prefect-worker-gpu",
-            "optuna-dashboard"} <= set(services)
+    assert {
+        "postgres",
+        "mlflow",
+        "prefect-server",
+        "prefect-worker",
+        "prefect-worker-gpu",
+        "optuna-dashboard",
+    } <= set(services)
     for name, svc in services.items():
         assert "image" in svc or "build" in svc, name
         assert svc.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
-        assert svc.get("restart") in {"always", "unless-stopped", "on-failure"}, f"{name} has no restart policy"
+        assert svc.get("restart") in {"always", "unless-stopped", "on-failure"}, (
+            f"{name} has no restart policy"
+        )
 
 
 def test_named_volumes_declared(compose):
@@ -160,21 +179,32 @@ def test_depends_on_healthy_services(compose):
     services = compose["services"]
     for name, svc in services.items():
         deps = svc.get("depends_on", {})
-        for dep, cond in (deps.items() if isinstance(deps, dict) else []):
+        for dep, cond in deps.items() if isinstance(deps, dict) else []:
             assert dep in services, f"{name} depends on unknown {dep}"
             if cond.get("condition") == "service_healthy":
-                assert services[dep].get("healthcheck"), f"{name} waits for {dep}, which has no healthcheck"
+                assert services[dep].get("healthcheck"), (
+                    f"{name} waits for {dep}, which has no healthcheck"
+                )
 
 
 def test_gpu_reservation_only_in_profile(compose):
-    gpu = [n for n, s in compose["services"].items()
-           if (s.get("deploy") or {}).get("resources", {}).get("reservations", {}).get("devices")]
+    gpu = [
+        n
+        for n, s in compose["services"].items()
+        if (s.get("deploy") or {}).get("resources", {}).get("reservations", {}).get("devices")
+    ]
     assert gpu == ["prefect-worker-gpu"]
     svc = compose["services"]["prefect-worker-gpu"]
     assert "gpu" in svc.get("profiles", [])
     device = svc["deploy"]["resources"]["reservations"]["devices"][0]
-    assert device["driver"] == "nvidia" and device["count"] == "all" and device["capabilities"] == ["gpu"]
-    assert not compose["services"]["prefect-worker"].get("profiles"), "the CPU worker runs by default"
+    assert (
+        device["driver"] == "nvidia"
+        and device["count"] == "all"
+        and device["capabilities"] == ["gpu"]
+    )
+    assert not compose["services"]["prefect-worker"].get("profiles"), (
+        "the CPU worker runs by default"
+    )
 
 
 def test_services_wiring(compose):
@@ -199,21 +229,24 @@ def test_dockerfile():
     assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim", text, re.M)
     assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text
     assert re.search(r"^USER msaflow", text, re.M), "non-root user"
-    assert re.search(r"^COPY .*docker \./docker", text, re.M), "the image carries the entrypoint wrappers"
+    assert re.search(r"^COPY .*docker \./docker", text, re.M), (
+        "the image carries the entrypoint wrappers"
+    )
     for path in [*DOCKER.glob("*.sh"), DOCKER / "postgres" / "init-databases.sh"]:
         assert path.stat().st_mode & 0o111, f"{path.relative_to(ROOT)} must be executable"
         assert subprocess.run(["bash", "-n", str(path)]).returncode == 0, path
 
 
-# ---------------------------------------------------------------------------------------------- security
+# ----------------------------------------------------------------------------------------- security
 
 
 def test_every_port_defaults_to_loopback(raw):
     ports = [(name, p) for name, svc in raw["services"].items() for p in svc.get("ports", [])]
     assert len(ports) >= 4
     for name, port in ports:
-        assert isinstance(port, str) and port.startswith(BIND_DEFAULT), \
+        assert isinstance(port, str) and port.startswith(BIND_DEFAULT), (
             f"{name} publishes {port!r}: every port must start with {BIND_DEFAULT!r}"
+        )
 
 
 @pytest.mark.parametrize("bind", [None, ""], ids=["unset", "empty"])
@@ -236,16 +269,31 @@ def test_every_secret_is_required(raw, required):
         for name, op in references(s):
             if SECRET_NAME.search(name):
                 secrets.add(name)
-                assert op == ":?", f"{'.'.join(path)}: ${{{name}}} must be ${{{name}:?message}} (required)"
-    assert {"POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "OPTUNA_DB_PASSWORD", "PREFECT_DB_PASSWORD",
-            "PREFECT_API_AUTH_STRING"} <= secrets == required
+                assert op == ":?", (
+                    f"{'.'.join(path)}: ${{{name}}} must be ${{{name}:?message}} (required)"
+                )
+    assert (
+        {
+            "POSTGRES_PASSWORD",
+            "MLFLOW_DB_PASSWORD",
+            "OPTUNA_DB_PASSWORD",
+            "PREFECT_DB_PASSWORD",
+            "PREFECT_API_AUTH_STRING",
+        }
+        <= secrets
+        == required
+    )
 
 
 def test_no_secret_on_a_command_line(raw, compose):
     for name, svc in raw["services"].items():
-        argv = [svc.get(key) for key in ("command", "entrypoint")] + [(svc.get("healthcheck") or {}).get("test")]
+        argv = [svc.get(key) for key in ("command", "entrypoint")] + [
+            (svc.get("healthcheck") or {}).get("test")
+        ]
         for _, s in strings(argv):
-            assert not [n for n, _ in references(s) if SECRET_NAME.search(n)], f"{name}: secret in argv {s!r}"
+            assert not [n for n, _ in references(s) if SECRET_NAME.search(n)], (
+                f"{name}: secret in argv {s!r}"
+            )
     for path, s in strings(compose):
         assert not CREDENTIALS_IN_URL.search(s), f"{'.'.join(path)}: credentials in a URL {s!r}"
 
@@ -253,15 +301,25 @@ def test_no_secret_on_a_command_line(raw, compose):
 def test_no_literal_secrets(raw, env, required):
     for path, s in strings(raw):
         if SECRET_NAME.search(path[-1]) and not path[-1].endswith("_USER"):
-            assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", s), f"{'.'.join(path)} = {s!r} is not a required ${{VAR}}"
+            assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", s), (
+                f"{'.'.join(path)} = {s!r} is not a required ${{VAR}}"
+            )
     for key in required:
         assert "change-me" in env[key], f"{key} in .env.example must be a change-me placeholder"
     assert ".env" in (ROOT / ".gitignore").read_text().split()
     assert ".env" in (ROOT / ".dockerignore").read_text().split()
 
 
-@pytest.mark.parametrize("name", ["POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "OPTUNA_DB_PASSWORD",
-                                  "PREFECT_DB_PASSWORD", "PREFECT_API_AUTH_STRING"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "POSTGRES_PASSWORD",
+        "MLFLOW_DB_PASSWORD",
+        "OPTUNA_DB_PASSWORD",
+        "PREFECT_DB_PASSWORD",
+        "PREFECT_API_AUTH_STRING",
+    ],
+)
 def test_missing_secret_is_refused(raw, real_env, name):
     for env in ({k: v for k, v in real_env.items() if k != name}, {**real_env, name: ""}):
         with pytest.raises(MissingVariable) as err:
@@ -269,12 +327,16 @@ def test_missing_secret_is_refused(raw, real_env, name):
         assert err.value.name == name and name in str(err.value)
 
 
-# ---------------------------------------------------------------------------------------------- docker-compose
+# ----------------------------------------------------------------------------------- docker-compose
 
 COMPOSE = shutil.which("docker-compose")
 needs_compose = pytest.mark.skipif(
     COMPOSE is None,
-    reason="docker-compose (v1.29, Debian) not installed: apt-get install -y --no-install-recommends docker-compose")
+    reason=(
+        "docker-compose (v1.29, Debian) not installed: apt-get install -y --no-install-recommends "
+        "docker-compose"
+    ),
+)
 
 
 def compose_config(env: dict[str, str], tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -282,8 +344,14 @@ def compose_config(env: dict[str, str], tmp_path: Path, *args: str) -> subproces
     env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     # A clean process environment: compose lets the shell override the env file.
     clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
-    return subprocess.run([COMPOSE, "-f", "docker-compose.yml", "--env-file", str(env_file), *args],
-                          cwd=ROOT, env=clean, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [COMPOSE, "-f", "docker-compose.yml", "--env-file", str(env_file), *args],
+        cwd=ROOT,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @needs_compose
@@ -296,17 +364,27 @@ def test_docker_compose_config(env, tmp_path):
 
 
 @needs_compose
-@pytest.mark.parametrize("name", ["POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "OPTUNA_DB_PASSWORD",
-                                  "PREFECT_DB_PASSWORD", "PREFECT_API_AUTH_STRING"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "POSTGRES_PASSWORD",
+        "MLFLOW_DB_PASSWORD",
+        "OPTUNA_DB_PASSWORD",
+        "PREFECT_DB_PASSWORD",
+        "PREFECT_API_AUTH_STRING",
+    ],
+)
 def test_docker_compose_refuses_missing_secret(real_env, tmp_path, name):
-    proc = compose_config({k: v for k, v in real_env.items() if k != name}, tmp_path, "config", "-q")
+    proc = compose_config(
+        {k: v for k, v in real_env.items() if k != name}, tmp_path, "config", "-q"
+    )
     assert proc.returncode != 0
     assert f"set {name} in .env" in proc.stderr, proc.stderr
 
 
 @needs_compose
 def test_docker_compose_binds_localhost_by_default(real_env, required, tmp_path):
-    minimal = {k: real_env[k] for k in required}          # only the secrets: everything else has a default
+    minimal = {k: real_env[k] for k in required}  # only the secrets: everything else has a default
     proc = compose_config(minimal, tmp_path, "config")
     assert proc.returncode == 0, proc.stderr
     resolved = yaml.safe_load(proc.stdout)
@@ -315,23 +393,33 @@ def test_docker_compose_binds_localhost_by_default(real_env, required, tmp_path)
     assert not CREDENTIALS_IN_URL.search(proc.stdout)
 
 
-# ---------------------------------------------------------------------------------------------- wrappers
+# ----------------------------------------------------------------------------------------- wrappers
 
 # script -> (secrets it checks, programs it ends in)
 WRAPPERS = {
-    "postgres-entrypoint.sh": (["POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "OPTUNA_DB_PASSWORD",
-                                "PREFECT_DB_PASSWORD"], ["docker-entrypoint.sh"]),
+    "postgres-entrypoint.sh": (
+        ["POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "OPTUNA_DB_PASSWORD", "PREFECT_DB_PASSWORD"],
+        ["docker-entrypoint.sh"],
+    ),
     "mlflow-server.sh": (["MLFLOW_DB_PASSWORD"], ["mlflow"]),
     "prefect-server.sh": (["PREFECT_DB_PASSWORD", "PREFECT_API_AUTH_STRING"], ["prefect"]),
     "optuna-dashboard.sh": (["OPTUNA_DB_PASSWORD"], ["python"]),
-    "worker-entrypoint.sh": (["OPTUNA_DB_PASSWORD", "PREFECT_API_AUTH_STRING"], ["msaflow", "prefect"]),
+    "worker-entrypoint.sh": (
+        ["OPTUNA_DB_PASSWORD", "PREFECT_API_AUTH_STRING"],
+        ["msaflow", "prefect"],
+    ),
 }
-STUB = '#!/bin/bash\n{ printf "%s\\0" "$(basename "$0")" "$@"; printf "\\n"; } >> "$STUB_LOG/argv"\n' \
-       'env > "$STUB_LOG/env-$(basename "$0")"\n'
+STUB = (
+    '#!/bin/bash\n{ printf "%s\\0" "$(basename "$0")" "$@"; printf "\\n"; } >> "$STUB_LOG/argv"\n'
+    'env > "$STUB_LOG/env-$(basename "$0")"\n'
+)
 
 
-def run_wrapper(script: str, env: dict[str, str], tmp_path: Path) -> tuple[subprocess.CompletedProcess, Path]:
-    """Run docker/<script> with bash; the programs it would start are stubs that record argv and env."""
+def run_wrapper(
+    script: str, env: dict[str, str], tmp_path: Path
+) -> tuple[subprocess.CompletedProcess, Path]:
+    """Run docker/<script> with bash; the programs it would start are stubs that record argv and
+    env."""
     bin_dir, log = tmp_path / "bin", tmp_path / "log"
     bin_dir.mkdir(exist_ok=True)
     log.mkdir(exist_ok=True)
@@ -339,13 +427,17 @@ def run_wrapper(script: str, env: dict[str, str], tmp_path: Path) -> tuple[subpr
         (bin_dir / program).write_text(STUB)
         (bin_dir / program).chmod(stat.S_IRWXU)
     full = {"PATH": f"{bin_dir}:/usr/bin:/bin", "STUB_LOG": str(log), **env}
-    proc = subprocess.run(["bash", str(DOCKER / script)], env=full, capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        ["bash", str(DOCKER / script)], env=full, capture_output=True, text=True, timeout=30
+    )
     return proc, log
 
 
 def secret_values(names: list[str]) -> dict[str, str]:
     # URL-hostile characters: the wrappers must percent-encode them.
-    return {n: f"pw@{n.lower()}:/#%" if "PASSWORD" in n else f"admin:tok-{n.lower()}" for n in names}
+    return {
+        n: f"pw@{n.lower()}:/#%" if "PASSWORD" in n else f"admin:tok-{n.lower()}" for n in names
+    }
 
 
 @pytest.mark.parametrize("script", sorted(WRAPPERS))
@@ -382,61 +474,93 @@ def test_wrapper_starts_with_real_secrets_and_keeps_them_off_argv(script, tmp_pa
     for n, v in values.items():
         assert v not in argv and n.lower() not in argv, f"{n} is on the command line: {argv}"
     assert not CREDENTIALS_IN_URL.search(argv)
-    child_env = dict(line.split("=", 1) for line in (log / f"env-{programs[-1]}").read_text().splitlines()
-                     if "=" in line)
+    child_env = dict(
+        line.split("=", 1)
+        for line in (log / f"env-{programs[-1]}").read_text().splitlines()
+        if "=" in line
+    )
     quoted = {n: quote(v, safe="") for n, v in values.items()}
     if script == "mlflow-server.sh":
-        assert child_env["MLFLOW_BACKEND_STORE_URI"] == \
-            f"postgresql+psycopg2://mlflow:{quoted['MLFLOW_DB_PASSWORD']}@postgres:5432/mlflow"
+        assert (
+            child_env["MLFLOW_BACKEND_STORE_URI"]
+            == f"postgresql+psycopg2://mlflow:{quoted['MLFLOW_DB_PASSWORD']}@postgres:5432/mlflow"
+        )
         assert "MLFLOW_DB_PASSWORD" not in child_env and "--serve-artifacts" in argv
     elif script == "prefect-server.sh":
-        assert child_env["PREFECT_API_DATABASE_CONNECTION_URL"] == \
-            f"postgresql+asyncpg://prefect:{quoted['PREFECT_DB_PASSWORD']}@postgres:5432/prefect"
+        assert (
+            child_env["PREFECT_API_DATABASE_CONNECTION_URL"]
+            == f"postgresql+asyncpg://prefect:{quoted['PREFECT_DB_PASSWORD']}@postgres:5432/prefect"
+        )
         assert child_env["PREFECT_SERVER_API_AUTH_STRING"] == values["PREFECT_API_AUTH_STRING"]
     elif script in ("optuna-dashboard.sh", "worker-entrypoint.sh"):
-        assert child_env["OPTUNA_STORAGE"] == \
-            f"postgresql+psycopg2://optuna:{quoted['OPTUNA_DB_PASSWORD']}@postgres:5432/optuna"
+        assert (
+            child_env["OPTUNA_STORAGE"]
+            == f"postgresql+psycopg2://optuna:{quoted['OPTUNA_DB_PASSWORD']}@postgres:5432/optuna"
+        )
         assert "OPTUNA_DB_PASSWORD" not in child_env
 
 
 def test_secrets_script_alone(tmp_path):
     script = str(DOCKER / "secrets.sh")
-    ok = subprocess.run(["bash", script, "A"], env={"A": "a-real-one"}, capture_output=True, text=True)
+    ok = subprocess.run(
+        ["bash", script, "A"], env={"A": "a-real-one"}, capture_output=True, text=True
+    )
     assert ok.returncode == 0 and ok.stderr == ""
     for bad in ("change-me", "CHANGE-ME-zq7", "zq7-change-me"):
         proc = subprocess.run(["bash", script, "A"], env={"A": bad}, capture_output=True, text=True)
         assert proc.returncode == 2 and "error: A still holds the placeholder" in proc.stderr
-        assert len(proc.stderr.splitlines()) == 2 and "zq7" not in proc.stderr, "never echo the value"
+        assert len(proc.stderr.splitlines()) == 2 and "zq7" not in proc.stderr, (
+            "never echo the value"
+        )
 
 
 def test_dashboard_server_needs_storage_from_environment(tmp_path):
     """The dashboard's storage URL comes from $OPTUNA_STORAGE only; it takes no URL argument."""
     script = str(DOCKER / "optuna_dashboard_server.py")
-    proc = subprocess.run([sys.executable, script], env={"PATH": os.environ["PATH"]}, capture_output=True,
-                          text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, script],
+        env={"PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 1 and "error: OPTUNA_STORAGE is not set" in proc.stderr
-    proc = subprocess.run([sys.executable, script, "postgresql://u:p@h/db"], capture_output=True, text=True,
-                          timeout=30)
+    proc = subprocess.run(
+        [sys.executable, script, "postgresql://u:p@h/db"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr
 
 
 def test_env_example_is_refused_unedited(env, required):
-    proc = subprocess.run(["bash", str(DOCKER / "secrets.sh"), *sorted(required)],
-                          env={k: env[k] for k in required}, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["bash", str(DOCKER / "secrets.sh"), *sorted(required)],
+        env={k: env[k] for k in required},
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert all(f"error: {n} still holds the placeholder" in proc.stderr for n in required)
 
 
-# ---------------------------------------------------------------------------------------------- docs
+# --------------------------------------------------------------------------------------------- docs
 
 
 def test_docs_never_expose_dask_or_services_unprotected():
-    for path in (ROOT / "docs" / "scale-out.md", ROOT / "docker-compose.yml", ROOT / ".env.example"):
+    for path in (
+        ROOT / "docs" / "scale-out.md",
+        ROOT / "docker-compose.yml",
+        ROOT / ".env.example",
+    ):
         for line in path.read_text().splitlines():
             if re.search(r"dask[- ]scheduler", line) and "0.0.0.0" in line:
                 pytest.fail(f"{path.name}: dask scheduler on 0.0.0.0: {line.strip()}")
             if "dask scheduler" in line and line.lstrip().startswith("dask scheduler"):
-                assert "--tls-" in line or "127.0.0.1" in line, f"{path.name}: unprotected scheduler: {line}"
+                assert "--tls-" in line or "127.0.0.1" in line, (
+                    f"{path.name}: unprotected scheduler: {line}"
+                )
     doc = (ROOT / "docs" / "scale-out.md").read_text()
     assert re.search(r"ssh (-N )?-L \d+:127\.0\.0\.1:\d+", doc) and "reverse proxy" in doc
     assert "--tls-ca-file" in doc and "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION" in doc

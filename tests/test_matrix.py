@@ -58,11 +58,14 @@ def _unaligned(split: SplitData) -> SplitData:
     return dataclasses.replace(split, features=features, lengths=lengths)
 
 
-def _splits(manifest, splits: dict[str, SplitData], layout: str) -> tuple[dict[str, SplitData], dict]:
+def _splits(
+    manifest, splits: dict[str, SplitData], layout: str
+) -> tuple[dict[str, SplitData], dict]:
     if manifest.task == "depression":  # --folds: pool the store, take fold 1 of 2 by subject
         parts = [splits[s] for s in ("train", "valid", "test")]
         pooled = SplitData(
-            ids=np.concatenate([p.ids for p in parts]), labels=np.concatenate([p.labels for p in parts]),
+            ids=np.concatenate([p.ids for p in parts]),
+            labels=np.concatenate([p.labels for p in parts]),
             features={m: np.concatenate([p.features[m] for p in parts]) for m in parts[0].features},
             lengths={m: np.concatenate([p.lengths[m] for p in parts]) for m in parts[0].lengths},
             subjects=np.concatenate([p.subjects for p in parts]),
@@ -92,9 +95,15 @@ def test_one_epoch_reports_the_tasks_metrics(stores, model, profile, layout):
     model_overrides = {k: v for k, v in TINY.items() if k in fields}
     if layout == "unaligned" and "align" in fields:
         model_overrides["align"] = "interpolate"  # MMCL needs equal lengths, or to resample them
-    cfg = resolve_run_config(model, preset="quick", model_overrides=model_overrides,
-                             train_overrides={"epochs": 1, "batch_size": 8, "device": "cpu"},
-                             input_spec=input_spec, data_task=manifest.task, class_names=manifest.class_names)
+    cfg = resolve_run_config(
+        model,
+        preset="quick",
+        model_overrides=model_overrides,
+        train_overrides={"epochs": 1, "batch_size": 8, "device": "cpu"},
+        input_spec=input_spec,
+        data_task=manifest.task,
+        class_names=manifest.class_names,
+    )
     assert (cfg.train.select_metric, cfg.train.select_mode) == DEFAULT_SELECTION[manifest.task]
 
     result = train_model(cfg, splits, task=manifest.task, class_names=manifest.class_names)

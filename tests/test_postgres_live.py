@@ -1,11 +1,12 @@
-"""Optuna and MLflow on the PostgreSQL server that every machine of this project runs (127.0.0.1:5432,
-trust auth), through msaflow's own paths: ``msaflow tune --storage postgresql+psycopg2://...
+"""Optuna and MLflow on the PostgreSQL server that every machine of this project runs
+(127.0.0.1:5432, trust auth), through msaflow's own paths: ``msaflow tune --storage
+postgresql+psycopg2://...
 --tracking-uri postgresql+psycopg2://...``.
 
-Fast (not marked slow) so that CI checks the PostgreSQL paths on every run. Each test session creates
-two throwaway databases and drops them at the end; it skips, with the reason, where no server answers
-(a laptop without PostgreSQL). ``tests/test_postgres.py`` (slow) checks the compose init script on a
-cluster of its own.
+Fast (not marked slow) so that CI checks the PostgreSQL paths on every run. Each test session
+creates two throwaway databases and drops them at the end; it skips, with the reason, where no
+server answers (a laptop without PostgreSQL). ``tests/test_postgres.py`` (slow) checks the compose
+init script on a cluster of its own.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import uuid
 import pytest
 from typer.testing import CliRunner
 
-HOST, PORT, USER = (os.environ.get("MSAFLOW_TEST_PGHOST", "127.0.0.1"),
-                    int(os.environ.get("MSAFLOW_TEST_PGPORT", "5432")),
-                    os.environ.get("MSAFLOW_TEST_PGUSER", "postgres"))
+HOST, PORT, USER = (
+    os.environ.get("MSAFLOW_TEST_PGHOST", "127.0.0.1"),
+    int(os.environ.get("MSAFLOW_TEST_PGPORT", "5432")),
+    os.environ.get("MSAFLOW_TEST_PGUSER", "postgres"),
+)
 
 
 def _admin():
@@ -55,11 +58,29 @@ def test_tune_on_postgres_storage_and_tracking(pg_urls, tmp_path, prefect_harnes
 
     from msaflow.cli import app
 
-    result = CliRunner().invoke(app, [
-        "tune", "--trials", "2", "--epochs", "1", "--scale", "0.05", "--eval-seeds", "none",
-        "--storage", pg_urls["optuna"], "--tracking-uri", pg_urls["mlflow"], "--study", "pg-live",
-        "--out", str(tmp_path / "best.yaml"), "--json",
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "tune",
+            "--trials",
+            "2",
+            "--epochs",
+            "1",
+            "--scale",
+            "0.05",
+            "--eval-seeds",
+            "none",
+            "--storage",
+            pg_urls["optuna"],
+            "--tracking-uri",
+            pg_urls["mlflow"],
+            "--study",
+            "pg-live",
+            "--out",
+            str(tmp_path / "best.yaml"),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="pg-live", storage=pg_urls["optuna"])
     finished = [t for t in study.trials if t.state.is_finished()]
@@ -77,7 +98,21 @@ def test_bad_postgres_storage_is_one_clear_line(tmp_path):
     from msaflow.cli import app
 
     bad = f"postgresql+psycopg2://{USER}@{HOST}:{PORT}/msaflow_no_such_db_{uuid.uuid4().hex[:6]}"
-    result = CliRunner().invoke(app, ["tune", "--trials", "1", "--epochs", "1", "--scale", "0.05",
-                                      "--storage", bad, "--eval-seeds", "none"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "tune",
+            "--trials",
+            "1",
+            "--epochs",
+            "1",
+            "--scale",
+            "0.05",
+            "--storage",
+            bad,
+            "--eval-seeds",
+            "none",
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and "--storage" in result.output

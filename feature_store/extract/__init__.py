@@ -1,9 +1,10 @@
 """Feature extraction from raw inputs (text, WAV audio, per-frame facial CSVs) into a feature store.
 
 Submodules: ``text`` (transformer encoder pooled to words), ``audio`` (COVAREP-style frame features
-with librosa), ``visual`` (OpenFace 1.x/2.x CSVs, iMotions FACET exports; column profiles), ``alignment`` (word spans -> frames),
-``cache`` (per-input content-hashed cache), ``cli`` (``msaflow features``). The Prefect flow lives in
-``flows/features.py``. This module stays import-light.
+with librosa), ``visual`` (OpenFace 1.x/2.x CSVs, iMotions FACET exports; column profiles),
+``alignment`` (word spans -> frames), ``cache`` (per-input content-hashed cache), ``cli``
+(``msaflow features``). The Prefect flow lives in ``flows/features.py``. This module stays
+import-light.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ except ImportError:  # pragma: no cover - only while feature_store/__init__.py i
 class UtteranceError(DataError):
     """One utterance's input is bad; the batch goes on without it."""
 
-    def __init__(self, utterance: str, path: str | Path | None, field: str, expected: str,
-                 detail: str = ""):
+    def __init__(
+        self, utterance: str, path: str | Path | None, field: str, expected: str, detail: str = ""
+    ):
         self.utterance = utterance
         self.detail = detail
         self.file = path
@@ -49,9 +51,9 @@ __all__ = ["DataError", "UtteranceError", "read_error_reason"]
 def read_error_reason(exc: BaseException) -> str:
     """What went wrong reading a file, without any of its contents.
 
-    Parser and codec messages can quote the bytes or text they choked on, and a manifest may point at
-    any readable file (``/etc/hostname``); errors land in the store manifest, so they name the problem
-    and at most a line number, never what the file holds.
+    Parser and codec messages can quote the bytes or text they choked on, and a manifest may point
+    at any readable file (``/etc/hostname``); errors land in the store manifest, so they name the
+    problem and at most a line number, never what the file holds.
     """
     import re
 
@@ -80,8 +82,18 @@ class Utterance:
 
     __slots__ = ("id", "text", "words", "audio", "visual", "label", "split", "video_id", "clip_id")
 
-    def __init__(self, id: str, text: str | None, words, audio: Path | None, visual: Path | None,
-                 label: float, split: str, video_id: str | None = None, clip_id: str | None = None):
+    def __init__(
+        self,
+        id: str,
+        text: str | None,
+        words,
+        audio: Path | None,
+        visual: Path | None,
+        label: float,
+        split: str,
+        video_id: str | None = None,
+        clip_id: str | None = None,
+    ):
         self.id, self.text, self.words = id, text, words
         self.audio, self.visual, self.label, self.split = audio, visual, label, split
         self.video_id, self.clip_id = video_id, clip_id
@@ -125,15 +137,22 @@ def _read_timings_csv(path: Path, uid: str):
     import pandas as pd
 
     if not is_file(path):
-        raise UtteranceError(uid, path, "timings_path", "an existing CSV with columns word,start,end")
+        raise UtteranceError(
+            uid, path, "timings_path", "an existing CSV with columns word,start,end"
+        )
     try:
         df = pd.read_csv(path, skipinitialspace=True, keep_default_na=False)
     except Exception as exc:  # noqa: BLE001 - pandas raises many types; the reason never quotes the file
         raise UtteranceError(uid, path, "timings_path", read_error_reason(exc)) from None
     df.columns = [str(c).strip() for c in df.columns]
     if not {"word", "start", "end"} <= set(df.columns):
-        raise UtteranceError(uid, path, "timings_path columns", "a header with word, start, end",
-                             f"got {len(df.columns)} columns without them")
+        raise UtteranceError(
+            uid,
+            path,
+            "timings_path columns",
+            "a header with word, start, end",
+            f"got {len(df.columns)} columns without them",
+        )
     try:
         start = pd.to_numeric(df["start"]).to_numpy(float)
         end = pd.to_numeric(df["end"]).to_numpy(float)
@@ -145,7 +164,8 @@ def _read_timings_csv(path: Path, uid: str):
 
 
 def check_label(value: str, label_range: tuple[float, float] | None) -> tuple[float | None, str]:
-    """``(label, "")`` when ``value`` is a finite number inside ``label_range``, else ``(None, why)``.
+    """``(label, "")`` when ``value`` is a finite number inside ``label_range``, else
+    ``(None, why)``.
 
     ``why`` describes the value (NaN, inf, out of range) without quoting text from the file.
     """
@@ -162,14 +182,16 @@ def check_label(value: str, label_range: tuple[float, float] | None) -> tuple[fl
     return label, ""
 
 
-def read_extraction_manifest(path: str | Path, label_range: tuple[float, float] | None = (-3.0, 3.0)
-                             ) -> tuple[list[Utterance], dict[str, bool], list[dict]]:
+def read_extraction_manifest(
+    path: str | Path, label_range: tuple[float, float] | None = (-3.0, 3.0)
+) -> tuple[list[Utterance], dict[str, bool], list[dict]]:
     """Parse the manifest -> (utterances, modalities present, row failures).
 
     A modality is present when its column exists and at least one row fills it; a row that leaves a
     present modality empty fails (it cannot be stored without it). ``text`` is present when the
-    column exists. A row whose label is not a finite number inside ``label_range`` (the store's range;
-    None: any finite number) fails like any other broken row instead of aborting the write later.
+    column exists. A row whose label is not a finite number inside ``label_range`` (the store's
+    range; None: any finite number) fails like any other broken row instead of aborting the write
+    later.
     """
     import numpy as np
 
@@ -179,10 +201,17 @@ def read_extraction_manifest(path: str | Path, label_range: tuple[float, float] 
     df = read_user_csv(path, "--manifest", "CSV manifest", skipinitialspace=True)
     missing = [c for c in ("id", "label", "split") if c not in df.columns]
     if missing:
-        raise DataError(path, "columns", f"id, label, split (+ text, audio_path, visual_path); missing {missing}")
+        raise DataError(
+            path,
+            "columns",
+            f"id, label, split (+ text, audio_path, visual_path); missing {missing}",
+        )
     if df["id"].duplicated().any():
-        # positions, not index labels: pandas turns a first column into the index when rows are too long
-        rows = [int(i) + 2 for i in np.flatnonzero(df["id"].duplicated().to_numpy())[:5]]  # +2: header, 1-based
+        # positions, not index labels: pandas turns a first column into the index when rows are too
+        # long
+        rows = [
+            int(i) + 2 for i in np.flatnonzero(df["id"].duplicated().to_numpy())[:5]
+        ]  # +2: header, 1-based
         raise DataError(path, "id", f"unique utterance ids; lines {rows} repeat an earlier id")
     root = path.resolve().parent
     present = {
@@ -198,7 +227,9 @@ def read_extraction_manifest(path: str | Path, label_range: tuple[float, float] 
         try:
             label, why = check_label(row["label"], label_range)
             if label is None:
-                expected = "a finite number" + (f" in [{label_range[0]:g}, {label_range[1]:g}]" if label_range else "")
+                expected = "a finite number" + (
+                    f" in [{label_range[0]:g}, {label_range[1]:g}]" if label_range else ""
+                )
                 raise UtteranceError(uid, path, "label", expected, why)
             split = SPLIT_ALIASES.get(str(row["split"]).strip().lower())
             if split is None:
@@ -209,8 +240,13 @@ def read_extraction_manifest(path: str | Path, label_range: tuple[float, float] 
                     words = parse_words(raw)
                 except (ValueError, TypeError) as exc:
                     # json's and parse_words' messages give positions only, never the cell's text
-                    raise UtteranceError(uid, path, "words", "JSON [[word, start_s, end_s], ...]",
-                                         str(exc).splitlines()[0][:120]) from None
+                    raise UtteranceError(
+                        uid,
+                        path,
+                        "words",
+                        "JSON [[word, start_s, end_s], ...]",
+                        str(exc).splitlines()[0][:120],
+                    ) from None
             elif (tp := _cell(row, "timings_path")) is not None:
                 words = _read_timings_csv(root / tp, uid)
             paths = {}
@@ -219,8 +255,19 @@ def read_extraction_manifest(path: str | Path, label_range: tuple[float, float] 
                 if present[mod] and cell is None:
                     raise UtteranceError(uid, None, col, f"a path (other rows have {mod})")
                 paths[mod] = (root / cell.strip()) if cell else None
-            utts.append(Utterance(uid, _cell(row, "text"), words, paths["audio"], paths["vision"], label,
-                                  split, _cell(row, "video_id"), _cell(row, "clip_id")))
+            utts.append(
+                Utterance(
+                    uid,
+                    _cell(row, "text"),
+                    words,
+                    paths["audio"],
+                    paths["vision"],
+                    label,
+                    split,
+                    _cell(row, "video_id"),
+                    _cell(row, "clip_id"),
+                )
+            )
         except UtteranceError as exc:
             failures.append(failure_record(exc, "manifest"))
     return utts, present, failures

@@ -1,9 +1,9 @@
 """Word alignment: word spans (seconds) -> frame index ranges, and pooling of frames over spans.
 
 All functions are vectorised (``np.searchsorted`` + cumulative sums); no Python loop over words.
-A frame belongs to a word when its time ``t`` satisfies ``start <= t < end``. A word shorter than one
-frame period (or falling between frames) gets the single frame nearest to its midpoint, so every word
-inside the signal maps to at least one frame.
+A frame belongs to a word when its time ``t`` satisfies ``start <= t < end``. A word shorter than
+one frame period (or falling between frames) gets the single frame nearest to its midpoint, so every
+word inside the signal maps to at least one frame.
 """
 
 from __future__ import annotations
@@ -21,11 +21,14 @@ def frame_times(n_frames: int, fps: float, offset: float = 0.0) -> np.ndarray:
     return offset + np.arange(n_frames, dtype=np.float64) / float(fps)
 
 
-def spans_to_indices(times: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def spans_to_indices(
+    times: np.ndarray, starts: np.ndarray, ends: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Map spans to half-open index ranges ``[lo, hi)`` into sorted frame ``times``.
 
-    Returns int64 arrays ``lo, hi`` of shape (W,). Spans entirely outside the signal get ``lo == hi``
-    (an empty range); a span inside the signal that contains no frame gets its nearest frame.
+    Returns int64 arrays ``lo, hi`` of shape (W,). Spans entirely outside the signal get
+    ``lo == hi`` (an empty range); a span inside the signal that contains no frame gets its nearest
+    frame.
     """
     times = np.asarray(times, dtype=np.float64)
     starts = np.asarray(starts, dtype=np.float64)
@@ -50,14 +53,16 @@ def spans_to_indices(times: np.ndarray, starts: np.ndarray, ends: np.ndarray) ->
     return lo.astype(np.int64), hi.astype(np.int64)
 
 
-def spans_to_frames(starts: np.ndarray, ends: np.ndarray, fps: float, n_frames: int,
-                    offset: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def spans_to_frames(
+    starts: np.ndarray, ends: np.ndarray, fps: float, n_frames: int, offset: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Map word spans (s) to frame ranges ``[lo, hi)`` for a signal sampled at ``fps``."""
     return spans_to_indices(frame_times(n_frames, fps, offset), starts, ends)
 
 
-def pool_spans(frames: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-               valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def pool_spans(
+    frames: np.ndarray, lo: np.ndarray, hi: np.ndarray, valid: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean of ``frames`` (F, d) over each range; frames with ``valid == False`` are left out.
 
     Returns ``(pooled (W, d) float32, counts (W,) int64)``. A span with no valid frame is all zeros
@@ -86,7 +91,9 @@ def equal_spans(duration: float, n: int) -> tuple[np.ndarray, np.ndarray]:
     return edges[:-1], edges[1:]
 
 
-def fixed_windows(duration: float, window: float = WINDOW_S, max_windows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def fixed_windows(
+    duration: float, window: float = WINDOW_S, max_windows: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Consecutive fixed windows over ``[0, duration)`` (used when there is no transcript)."""
     n = max(1, int(np.ceil(float(duration) / window - 1e-9)))
     if max_windows is not None:
@@ -95,8 +102,9 @@ def fixed_windows(duration: float, window: float = WINDOW_S, max_windows: int | 
     return starts, np.minimum(starts + window, max(duration, window))
 
 
-def word_spans(timings: Sequence | None, n_words: int, duration: float, max_words: int
-               ) -> tuple[np.ndarray, np.ndarray, str]:
+def word_spans(
+    timings: Sequence | None, n_words: int, duration: float, max_words: int
+) -> tuple[np.ndarray, np.ndarray, str]:
     """The spans to pool over, at most ``max_words``, and which rule chose them: ``timings`` (each
     word's ``(word, start, end)``), ``equal`` (no timings: ``n_words`` equal spans) or ``windows``
     (no transcript: fixed windows)."""
@@ -112,7 +120,8 @@ def word_spans(timings: Sequence | None, n_words: int, duration: float, max_word
 
 
 def parse_words(value: str | Sequence | None) -> list[tuple[str, float, float]] | None:
-    """Parse the manifest's ``words`` cell: JSON ``[[word, start_s, end_s], ...]``; empty -> None."""
+    """Parse the manifest's ``words`` cell: JSON ``[[word, start_s, end_s], ...]``; empty
+    -> None."""
     if value is None:
         return None
     if isinstance(value, float) and np.isnan(value):

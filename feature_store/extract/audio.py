@@ -5,8 +5,8 @@ any sample format (8/16/24/32-bit PCM, float). It is read as float32 in [-1, 1],
 as the plain mean of its channels, and resampled to 16 kHz (``AudioConfig.sr``) with soxr's
 high-quality resampler (librosa ``res_type="soxr_hq"``); a file already at 16 kHz is not resampled.
 Frames: hop 10 ms (160
-samples), analysis window 25 ms (400 samples, FFT 512) for spectral features, 64 ms for F0, 40 ms for
-the periodicity / harmonic measures. Frame i is centred at ``i * 10 ms``. The vector (see
+samples), analysis window 25 ms (400 samples, FFT 512) for spectral features, 64 ms for F0, 40 ms
+for the periodicity / harmonic measures. Frame i is centred at ``i * 10 ms``. The vector (see
 ``FEATURE_NAMES``, 37 dims; ``docs/covarep_mapping.md`` maps it onto COVAREP's 74):
 
 ====  ==========================  ================================================================
@@ -23,7 +23,8 @@ idx   name                        definition
 31    spectral_rolloff_khz        85 % roll-off frequency (kHz)
 32    spectral_flatness           Wiener entropy (0..1)
 33    zcr                         zero-crossing rate (per sample)
-34    spectral_tilt_db_per_khz    least-squares slope of the dB spectrum over 0-8 kHz (glottal proxy)
+34    spectral_tilt_db_per_khz    least-squares slope of the dB spectrum over 0-8 kHz
+                                  (glottal proxy)
 35    h1h2_db                     H1-H2: level of the 1st minus the 2nd harmonic (dB); 0 if unvoiced
 36    hnr_db                      HNR from the normalised autocorrelation at the F0 lag,
                                   10*log10(r/(1-r)) in [-10, 40] dB; 0 if unvoiced
@@ -55,18 +56,30 @@ class AudioConfig:
     hop_s: float = 0.01
     n_mfcc: int = 24
     n_mels: int = 40
-    f0: str = "pyin"            # "pyin" (probabilistic, slower) or "yin" (fast)
+    f0: str = "pyin"  # "pyin" (probabilistic, slower) or "yin" (fast)
     fmin: float = 60.0
     fmax: float = 500.0
-    voicing_threshold: float = 0.45   # yin: periodicity r above which a frame is voiced
+    voicing_threshold: float = 0.45  # yin: periodicity r above which a frame is voiced
 
     def cache_config(self) -> dict[str, Any]:
         return asdict(self)
 
 
-SCALAR_NAMES = ["f0_hz", "vuv", "voiced_prob", "rms", "log_energy_db", "spectral_centroid_khz",
-                "spectral_bandwidth_khz", "spectral_rolloff_khz", "spectral_flatness", "zcr",
-                "spectral_tilt_db_per_khz", "h1h2_db", "hnr_db"]
+SCALAR_NAMES = [
+    "f0_hz",
+    "vuv",
+    "voiced_prob",
+    "rms",
+    "log_energy_db",
+    "spectral_centroid_khz",
+    "spectral_bandwidth_khz",
+    "spectral_rolloff_khz",
+    "spectral_flatness",
+    "zcr",
+    "spectral_tilt_db_per_khz",
+    "h1h2_db",
+    "hnr_db",
+]
 VOICED_ONLY = ("f0_hz", "h1h2_db", "hnr_db")
 
 
@@ -89,8 +102,13 @@ def load_wav(path: str | Path, sr: int = 16000, utterance: str = "?") -> np.ndar
         y, native = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / TypeError
         # The reason is the exception type only: the failure list lands in the store manifest.
-        raise UtteranceError(utterance, path, "audio_path", "a readable WAV file (any rate, any channels)",
-                             f"libsndfile could not decode it ({type(exc).__name__})") from None
+        raise UtteranceError(
+            utterance,
+            path,
+            "audio_path",
+            "a readable WAV file (any rate, any channels)",
+            f"libsndfile could not decode it ({type(exc).__name__})",
+        ) from None
     y = y.mean(axis=1)
     if y.size == 0:
         raise UtteranceError(utterance, path, "audio_path", "a WAV with at least one sample")
@@ -110,19 +128,23 @@ def _periodicity(y: np.ndarray, f0: np.ndarray, sr: int, hop: int, n_frames: int
     frames = librosa.util.frame(ypad, frame_length=n, hop_length=hop)[:, :n_frames].T  # (F, n)
     frames = frames - frames.mean(axis=1, keepdims=True)
     spec = np.fft.rfft(frames, 2 * n, axis=1)
-    ac = np.fft.irfft(np.abs(spec) ** 2, axis=1)[:, :n]                              # (F, n)
+    ac = np.fft.irfft(np.abs(spec) ** 2, axis=1)[:, :n]  # (F, n)
     f0 = np.nan_to_num(f0[:n_frames])
     lag = np.where(f0 > 0, np.rint(sr / np.maximum(f0, 1e-6)), 0).astype(np.int64)
     lag = np.clip(lag, 0, n - 1)
-    sq = np.concatenate([np.zeros((frames.shape[0], 1)), np.cumsum(frames.astype(np.float64) ** 2, axis=1)], axis=1)
+    sq = np.concatenate(
+        [np.zeros((frames.shape[0], 1)), np.cumsum(frames.astype(np.float64) ** 2, axis=1)], axis=1
+    )
     rows = np.arange(frames.shape[0])
-    e_head = sq[rows, n - lag]                 # sum x[0 : n-lag]^2
-    e_tail = sq[rows, n] - sq[rows, lag]       # sum x[lag : n]^2
+    e_head = sq[rows, n - lag]  # sum x[0 : n-lag]^2
+    e_tail = sq[rows, n] - sq[rows, lag]  # sum x[lag : n]^2
     r = ac[rows, lag] / np.sqrt(np.maximum(e_head * e_tail, 1e-20))
     return np.where(lag > 0, np.clip(r, 0.0, 0.999), 0.0)
 
 
-def _h1h2(y: np.ndarray, f0: np.ndarray, sr: int, hop: int, n_frames: int, voiced: np.ndarray) -> np.ndarray:
+def _h1h2(
+    y: np.ndarray, f0: np.ndarray, sr: int, hop: int, n_frames: int, voiced: np.ndarray
+) -> np.ndarray:
     """H1-H2 (dB) from a Hann-windowed 40 ms frame zero-padded to 4096 points; 0 if unvoiced."""
     import librosa
 
@@ -133,7 +155,7 @@ def _h1h2(y: np.ndarray, f0: np.ndarray, sr: int, hop: int, n_frames: int, voice
     n, nfft = int(round(0.04 * sr)), 4096
     ypad = np.pad(y, (n // 2, n // 2 + hop))
     frames = librosa.util.frame(ypad, frame_length=n, hop_length=hop).T[idx] * np.hanning(n)
-    mag = np.abs(np.fft.rfft(frames, nfft, axis=1))                         # (V, nfft/2+1)
+    mag = np.abs(np.fft.rfft(frames, nfft, axis=1))  # (V, nfft/2+1)
     df = sr / nfft
     offsets = np.arange(-3, 4)
     rows = np.arange(idx.size)[:, None]
@@ -154,10 +176,12 @@ def frame_features(y: np.ndarray, config: AudioConfig | None = None) -> np.ndarr
     sr, hop = c.sr, int(round(c.hop_s * c.sr))
     n_frames = 1 + len(y) // hop
     y = np.pad(y, (0, max(0, 1024 - len(y))))  # very short clips: pad so every window fits
-    stft = np.abs(librosa.stft(y, n_fft=512, hop_length=hop, win_length=400, center=True))  # (257, F')
-    power = stft ** 2
+    stft = np.abs(
+        librosa.stft(y, n_fft=512, hop_length=hop, win_length=400, center=True)
+    )  # (257, F')
+    power = stft**2
     mel = librosa.feature.melspectrogram(S=power, sr=sr, n_mels=c.n_mels)
-    mfcc = librosa.feature.mfcc(S=librosa.power_to_db(mel), n_mfcc=c.n_mfcc)               # (n_mfcc, F')
+    mfcc = librosa.feature.mfcc(S=librosa.power_to_db(mel), n_mfcc=c.n_mfcc)  # (n_mfcc, F')
     rms = librosa.feature.rms(S=stft, frame_length=512)[0]
     centroid = librosa.feature.spectral_centroid(S=stft, sr=sr)[0] / 1000
     bandwidth = librosa.feature.spectral_bandwidth(S=stft, sr=sr)[0] / 1000
@@ -165,44 +189,71 @@ def frame_features(y: np.ndarray, config: AudioConfig | None = None) -> np.ndarr
     flatness = librosa.feature.spectral_flatness(S=stft)[0]
     zcr = librosa.feature.zero_crossing_rate(y, frame_length=400, hop_length=hop)[0]
     freqs_khz = librosa.fft_frequencies(sr=sr, n_fft=512) / 1000
-    db = 10 * np.log10(power + 1e-10)                                                     # (257, F')
+    db = 10 * np.log10(power + 1e-10)  # (257, F')
     fc = freqs_khz - freqs_khz.mean()
-    tilt = (fc[:, None] * (db - db.mean(axis=0))).sum(axis=0) / (fc ** 2).sum()
+    tilt = (fc[:, None] * (db - db.mean(axis=0))).sum(axis=0) / (fc**2).sum()
 
     if c.f0 == "pyin":
-        f0, vflag, vprob = librosa.pyin(y, fmin=c.fmin, fmax=c.fmax, sr=sr, frame_length=1024,
-                                         hop_length=hop, center=True)
+        f0, vflag, vprob = librosa.pyin(
+            y, fmin=c.fmin, fmax=c.fmax, sr=sr, frame_length=1024, hop_length=hop, center=True
+        )
         f0 = np.where(vflag, np.nan_to_num(f0), 0.0)
         r = _periodicity(y, f0, sr, hop, n_frames)
         voiced = vflag.astype(bool)
     elif c.f0 == "yin":
-        f0_raw = librosa.yin(y, fmin=c.fmin, fmax=c.fmax, sr=sr, frame_length=1024, hop_length=hop, center=True)
+        f0_raw = librosa.yin(
+            y, fmin=c.fmin, fmax=c.fmax, sr=sr, frame_length=1024, hop_length=hop, center=True
+        )
         r = _periodicity(y, f0_raw, sr, hop, n_frames)
         loud = rms[: len(r)] > max(1e-4, 0.02 * float(np.max(rms)))
-        voiced = (r[: n_frames] > c.voicing_threshold) & loud[: n_frames]
-        f0 = np.where(voiced, f0_raw[: n_frames], 0.0)
+        voiced = (r[:n_frames] > c.voicing_threshold) & loud[:n_frames]
+        f0 = np.where(voiced, f0_raw[:n_frames], 0.0)
         vprob = r
     else:
         raise ValueError(f"AudioConfig.f0 must be 'pyin' or 'yin', got {c.f0!r}")
-    hnr = np.where(voiced[:n_frames] & (r[:n_frames] > 0),
-                   np.clip(10 * np.log10(np.maximum(r[:n_frames], 1e-6) / (1 - r[:n_frames])), -10, 40), 0.0)
+    hnr = np.where(
+        voiced[:n_frames] & (r[:n_frames] > 0),
+        np.clip(10 * np.log10(np.maximum(r[:n_frames], 1e-6) / (1 - r[:n_frames])), -10, 40),
+        0.0,
+    )
     h1h2 = _h1h2(y, f0, sr, hop, n_frames, voiced)
 
-    cols = [mfcc.T, f0, voiced.astype(np.float64), vprob, rms, 20 * np.log10(np.maximum(rms, 1e-5)),
-            centroid, bandwidth, rolloff, flatness, zcr, tilt, h1h2, hnr]
+    cols = [
+        mfcc.T,
+        f0,
+        voiced.astype(np.float64),
+        vprob,
+        rms,
+        20 * np.log10(np.maximum(rms, 1e-5)),
+        centroid,
+        bandwidth,
+        rolloff,
+        flatness,
+        zcr,
+        tilt,
+        h1h2,
+        hnr,
+    ]
     cols = [np.asarray(col)[:n_frames] for col in cols]
     cols = [col[:, None] if col.ndim == 1 else col for col in cols]
     out = np.concatenate(cols, axis=1).astype(np.float32)
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def pool_to_words(frames: np.ndarray, duration: float, config: AudioConfig | None = None, *,
-                  timings: list[tuple[str, float, float]] | None = None, n_words: int = 0,
-                  max_words: int = 50) -> tuple[np.ndarray, str]:
+def pool_to_words(
+    frames: np.ndarray,
+    duration: float,
+    config: AudioConfig | None = None,
+    *,
+    timings: list[tuple[str, float, float]] | None = None,
+    n_words: int = 0,
+    max_words: int = 50,
+) -> tuple[np.ndarray, str]:
     """Average frames over word spans -> ((W, d) float32, alignment mode).
 
     Modes: ``timings`` (each word's [start, end)), ``equal`` (no timings: the utterance split into
-    ``n_words`` equal spans), ``windows`` (no transcript: fixed 100 ms windows). At most ``max_words``.
+    ``n_words`` equal spans), ``windows`` (no transcript: fixed 100 ms windows). At most
+    ``max_words``.
     """
     c = config or AudioConfig()
     starts, ends, mode = word_spans(timings, n_words, duration, max_words)
@@ -216,8 +267,13 @@ def pool_to_words(frames: np.ndarray, duration: float, config: AudioConfig | Non
     return pooled, mode
 
 
-def extract_audio_batch(utts, config: AudioConfig | None = None, *, cache_dir: Path | None = None,
-                        progress: bool = False) -> dict[str, Any]:
+def extract_audio_batch(
+    utts,
+    config: AudioConfig | None = None,
+    *,
+    cache_dir: Path | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Frame features per WAV (cached by the file's sha256 + config) -> entries, failures, stats.
 
     Each entry holds ``frames`` (F, 37) float32 and ``duration`` (s).
@@ -241,13 +297,23 @@ def extract_audio_batch(utts, config: AudioConfig | None = None, *, cache_dir: P
                     try:
                         frames = frame_features(y, c)
                     except Exception as exc:  # librosa on degenerate signals
-                        raise UtteranceError(u.id, u.audio, "audio_path", "audio librosa can analyse",
-                                             f"{type(exc).__name__}: {exc}") from exc
+                        raise UtteranceError(
+                            u.id,
+                            u.audio,
+                            "audio_path",
+                            "audio librosa can analyse",
+                            f"{type(exc).__name__}: {exc}",
+                        ) from exc
                     cache.put(key, {"frames": frames, "duration": np.float64(len(y) / c.sr)})
                 entries[u.id] = str(cache.path(key))
             except UtteranceError as exc:
                 failures.append(failure_record(exc, NAME))
             if p is not None:
                 p.advance(task)
-    return {"entries": entries, "failures": failures, "cache": cache.stats(),
-            "feature_names": feature_names(c), "config": c.cache_config()}
+    return {
+        "entries": entries,
+        "failures": failures,
+        "cache": cache.stats(),
+        "feature_names": feature_names(c),
+        "config": c.cache_config(),
+    }

@@ -1,4 +1,5 @@
-"""Per-input feature cache: ``$MSAFLOW_HOME/cache/features/<extractor>/<key>.npz``, written atomically.
+"""Per-input feature cache: ``$MSAFLOW_HOME/cache/features/<extractor>/<key>.npz``, written
+atomically.
 
 The key is ``sha256(extractor name | version | canonical config JSON | content hash)``, where the
 content hash is the sha256 of the input file's bytes (audio, visual) or of the text + word timings.
@@ -43,7 +44,9 @@ def cache_root() -> Path:
 class FeatureCache:
     """Cache of one extractor (name, version, config); counts hits and misses."""
 
-    def __init__(self, extractor: str, version: str, config: dict[str, Any], root: Path | None = None):
+    def __init__(
+        self, extractor: str, version: str, config: dict[str, Any], root: Path | None = None
+    ):
         self.extractor = extractor
         self.version = version
         self.config = config

@@ -66,7 +66,9 @@ def command(
     print_summary(report)
     if report.missing:
         err.print(f"[yellow]{len(report.missing)} run(s) missing or failed; see the report[/]")
-    err.print(f"report: [bold]{escape(str(paths['markdown']))}[/] (and {escape(str(paths['html']))})")
+    err.print(
+        f"report: [bold]{escape(str(paths['markdown']))}[/] (and {escape(str(paths['html']))})"
+    )
 
 
 def _evidence(spec_path: str, uri: str, out: str) -> None:

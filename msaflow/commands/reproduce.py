@@ -32,7 +32,8 @@ def print_summary(report: Any) -> None:
         table.add_column(m, justify="right")
     for cell in report.cells:
         table.add_row(
-            Text(cell), *(fmt_summary(m, report.summaries[cell][m], ci=False) for m in report.metrics)
+            Text(cell),
+            *(fmt_summary(m, report.summaries[cell][m], ci=False) for m in report.metrics),
         )
     out.print(table)
 
@@ -42,7 +43,10 @@ def command(
     data: Annotated[
         str | None,
         typer.Option(
-            help="Feature store DIR, MMSA/MulT .pkl, raw-input manifest .csv (extracted first), or sim-<profile>. Default: sim-mosi."
+            help=(
+                "Feature store DIR, MMSA/MulT .pkl, raw-input manifest .csv (extracted first), or "
+                "sim-<profile>. Default: sim-mosi."
+            )
         ),
     ] = None,
     seeds: Annotated[

@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("bench_real_mosi", ROOT / "bench" / "real_mosi.py")
+    spec = importlib.util.spec_from_file_location(
+        "bench_real_mosi", ROOT / "bench" / "real_mosi.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -36,15 +38,34 @@ def test_table_json_and_resume(store, tmp_path, capsys):
     pkl = tmp_path / "stand-in.pkl"  # must exist; the store is reused, so it is never read
     pkl.write_bytes(b"")
     md, js = tmp_path / "t.md", tmp_path / "t.json"
-    args = ["--pkl", str(pkl), "--store", str(store), "--seeds", "1", "--epochs", "1",
-            "--families", "earlyfusion", "--md", str(md), "--json", str(js)]
+    args = [
+        "--pkl",
+        str(pkl),
+        "--store",
+        str(store),
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--families",
+        "earlyfusion",
+        "--md",
+        str(md),
+        "--json",
+        str(js),
+    ]
 
     assert script.main(args) == 0
     out = capsys.readouterr()
     data = json.loads(js.read_text())
     assert data["finished"] and len(data["runs"]) == 1
     run = data["runs"][0]
-    assert (run["family"], run["variant"], run["seed"], run["epochs"]) == ("earlyfusion", "default", 1, 1)
+    assert (run["family"], run["variant"], run["seed"], run["epochs"]) == (
+        "earlyfusion",
+        "default",
+        1,
+        1,
+    )
     assert {k for k, _, _ in script.METRICS} <= set(run)  # every table column is a real test/ key
     assert run["select_metric"] == "valid/mae"
     text = md.read_text()
@@ -58,7 +79,9 @@ def test_table_json_and_resume(store, tmp_path, capsys):
     assert "0 runs to train (1 kept" in capsys.readouterr().err
     again = json.loads(js.read_text())
     assert again["runs"] == data["runs"] and again["runs_trained"] == 0
-    assert [h["runs_trained"] for h in again["history"]] == [1]  # the first invocation is remembered
+    assert [h["runs_trained"] for h in again["history"]] == [
+        1
+    ]  # the first invocation is remembered
 
 
 def test_mean_std_skips_nonfinite_and_says_so():

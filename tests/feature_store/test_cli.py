@@ -21,10 +21,14 @@ def test_synth_info_validate(tmp_path):
 
 def test_ingest_and_errors(tmp_path, mult_pickle):
     path, _ = mult_pickle
-    res = runner.invoke(app, ["ingest", str(path), "--format", "mult", "--out", str(tmp_path / "m")])
+    res = runner.invoke(
+        app, ["ingest", str(path), "--format", "mult", "--out", str(tmp_path / "m")]
+    )
     assert res.exit_code == 0, res.output
     bad = runner.invoke(app, ["info", str(tmp_path / "nothing")])
     assert bad.exit_code == 2 and "manifest.json" in bad.output
     path.write_bytes(b"garbage")
-    bad = runner.invoke(app, ["ingest", str(path), "--format", "mult", "--out", str(tmp_path / "m2")])
+    bad = runner.invoke(
+        app, ["ingest", str(path), "--format", "mult", "--out", str(tmp_path / "m2")]
+    )
     assert bad.exit_code == 2 and "pickle" in bad.output

@@ -13,8 +13,11 @@ def test_mmsa_aligned_round_trip(tmp_path, mmsa_pickle):
     path, data = mmsa_pickle()
     m = ingest("mmsa", path, tmp_path / "store")
     _, splits = load_dataset(tmp_path / "store")
-    assert m.modalities == {"text": {"dim": 8, "seq_len": 6}, "audio": {"dim": 5, "seq_len": 6},
-                            "vision": {"dim": 4, "seq_len": 6}}
+    assert m.modalities == {
+        "text": {"dim": 8, "seq_len": 6},
+        "audio": {"dim": 5, "seq_len": 6},
+        "vision": {"dim": 4, "seq_len": 6},
+    }
     for s in ("train", "valid", "test"):
         for mod in ("text", "audio", "vision"):
             np.testing.assert_array_equal(splits[s].features[mod], data[s][mod].astype(np.float32))
@@ -44,7 +47,10 @@ def test_mult_round_trip(tmp_path, mult_pickle):
     _, splits = load_dataset(tmp_path / "store")
     np.testing.assert_array_equal(splits["valid"].features["text"], data["valid"]["text"])
     np.testing.assert_array_equal(splits["valid"].labels, data["valid"]["labels"].reshape(-1))
-    assert splits["train"].ids[4] == "vid1$_$1" and splits["train"].lengths["vision"].tolist() == [7] * 10
+    assert (
+        splits["train"].ids[4] == "vid1$_$1"
+        and splits["train"].lengths["vision"].tolist() == [7] * 10
+    )
 
 
 def test_nonfinite_counted_and_replaced(tmp_path, mmsa_pickle):
@@ -109,15 +115,23 @@ def test_other_object_types_are_refused(tmp_path):
     assert "datetime.date" in str(err)
 
 
-@pytest.mark.parametrize("mutate, field", [
-    (lambda d: d.pop("valid"), "valid"),
-    (lambda d: d["train"].pop("vision"), "train.vision"),
-    (lambda d: d["test"].__setitem__("audio", d["test"]["audio"][:-1]), "test.audio"),
-    (lambda d: d["train"].__setitem__("text", d["train"]["text"][:, 0]), "rank-3"),
-    (lambda d: d["train"].__setitem__("regression_labels", d["train"]["regression_labels"] * 0 + 9), "label"),
-    (lambda d: d["valid"]["regression_labels"].__setitem__(0, np.nan), "label"),
-    (lambda d: d.__setitem__("test", {k: v[:0] for k, v in d["test"].items()}), "non-empty"),
-])
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda d: d.pop("valid"), "valid"),
+        (lambda d: d["train"].pop("vision"), "train.vision"),
+        (lambda d: d["test"].__setitem__("audio", d["test"]["audio"][:-1]), "test.audio"),
+        (lambda d: d["train"].__setitem__("text", d["train"]["text"][:, 0]), "rank-3"),
+        (
+            lambda d: d["train"].__setitem__(
+                "regression_labels", d["train"]["regression_labels"] * 0 + 9
+            ),
+            "label",
+        ),
+        (lambda d: d["valid"]["regression_labels"].__setitem__(0, np.nan), "label"),
+        (lambda d: d.__setitem__("test", {k: v[:0] for k, v in d["test"].items()}), "non-empty"),
+    ],
+)
 def test_bad_mmsa_inputs(tmp_path, mmsa_pickle, mutate, field):
     path, _ = mmsa_pickle(mutate=mutate)
     _expect_error_and_untouched(tmp_path, path, "mmsa", field)
@@ -144,5 +158,7 @@ def test_default_name_includes_the_parent_folder(tmp_path, mmsa_pickle):
 
 
 def test_non_numeric_features_are_a_data_error(tmp_path, mmsa_pickle):
-    path, _ = mmsa_pickle(mutate=lambda d: d["train"].__setitem__("audio", np.full((12, 6, 5), "x")))
+    path, _ = mmsa_pickle(
+        mutate=lambda d: d["train"].__setitem__("audio", np.full((12, 6, 5), "x"))
+    )
     _expect_error_and_untouched(tmp_path, path, "mmsa", "train.audio")

@@ -20,9 +20,12 @@ from feature_store import (
 def _split(n: int, t: int = 4, seed: int = 0) -> SplitData:
     rng = np.random.default_rng(seed)
     return SplitData(
-        ids=np.array([f"v{seed}$_${i}" for i in range(n)]), labels=rng.uniform(-3, 3, n).astype(np.float32),
-        features={"text": rng.standard_normal((n, t, 3)).astype(np.float32),
-                  "audio": rng.standard_normal((n, t, 2)).astype(np.float32)},
+        ids=np.array([f"v{seed}$_${i}" for i in range(n)]),
+        labels=rng.uniform(-3, 3, n).astype(np.float32),
+        features={
+            "text": rng.standard_normal((n, t, 3)).astype(np.float32),
+            "audio": rng.standard_normal((n, t, 2)).astype(np.float32),
+        },
         lengths={"text": np.full(n, t), "audio": np.arange(n) % (t + 1)},
     )
 
@@ -33,8 +36,14 @@ def test_round_trip_and_manifest(tmp_path):
     m2, loaded = load_dataset(tmp_path / "s")
     assert m2.content_hash == m.content_hash and m2.splits == {"train": 7, "valid": 3, "test": 2}
     assert m.modalities == {"text": {"dim": 3, "seq_len": 4}, "audio": {"dim": 2, "seq_len": 4}}
-    assert m.input_spec() == {"text_dim": 3, "audio_dim": 2, "vision_dim": 0, "seq_len": 4,
-                              "task": "regression", "num_classes": 1}
+    assert m.input_spec() == {
+        "text_dim": 3,
+        "audio_dim": 2,
+        "vision_dim": 0,
+        "seq_len": 4,
+        "task": "regression",
+        "num_classes": 1,
+    }
     for name, s in splits.items():
         got = loaded[name]
         np.testing.assert_array_equal(got.features["text"], s.features["text"])
@@ -49,7 +58,9 @@ def test_many_row_groups_load_in_order(tmp_path, monkeypatch):
     monkeypatch.setattr(schema, "ROW_GROUP_BYTES", 100)  # forces one row per group
     s = _split(9)
     write_dataset(tmp_path / "s", {"train": s}, name="toy", source="unit")
-    np.testing.assert_array_equal(load_split(tmp_path / "s", "train").features["audio"], s.features["audio"])
+    np.testing.assert_array_equal(
+        load_split(tmp_path / "s", "train").features["audio"], s.features["audio"]
+    )
 
 
 def test_checksum_mismatch_is_an_error(tmp_path):
@@ -77,12 +88,15 @@ def test_shared_load_is_reused_until_the_file_changes(tmp_path):
         load_split_shared(tmp_path / "s", "train")
 
 
-@pytest.mark.parametrize("bad, field", [
-    (lambda s: s.__setattr__("labels", np.full(len(s), np.nan, np.float32)), "label"),
-    (lambda s: s.__setattr__("labels", np.full(len(s), 5.0, np.float32)), "label"),
-    (lambda s: s.features.__setitem__("text", s.features["text"][:, :, 0]), "text"),
-    (lambda s: s.features.__setitem__("text", s.features["text"][:-1]), "text"),
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        (lambda s: s.__setattr__("labels", np.full(len(s), np.nan, np.float32)), "label"),
+        (lambda s: s.__setattr__("labels", np.full(len(s), 5.0, np.float32)), "label"),
+        (lambda s: s.features.__setitem__("text", s.features["text"][:, :, 0]), "text"),
+        (lambda s: s.features.__setitem__("text", s.features["text"][:-1]), "text"),
+    ],
+)
 def test_bad_splits_leave_the_old_store(tmp_path, bad, field):
     out = tmp_path / "s"
     write_dataset(out, {"train": _split(5)}, name="old", source="unit")
@@ -98,7 +112,9 @@ def test_bad_splits_leave_the_old_store(tmp_path, bad, field):
 
 def test_empty_split_is_an_error(tmp_path):
     with pytest.raises(DataError, match="non-empty"):
-        write_dataset(tmp_path / "s", {"train": _split(3), "test": _split(0)}, name="x", source="unit")
+        write_dataset(
+            tmp_path / "s", {"train": _split(3), "test": _split(0)}, name="x", source="unit"
+        )
     assert not (tmp_path / "s").exists()
 
 

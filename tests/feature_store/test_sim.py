@@ -18,14 +18,17 @@ def test_generator_is_deterministic(tmp_path):
 
 def test_shapes_lengths_and_padding(tiny_sim):
     m, splits = load_dataset(tiny_sim)
-    assert m.modalities == {"text": {"dim": 768, "seq_len": 50}, "audio": {"dim": 74, "seq_len": 50},
-                            "vision": {"dim": 35, "seq_len": 50}}
+    assert m.modalities == {
+        "text": {"dim": 768, "seq_len": 50},
+        "audio": {"dim": 74, "seq_len": 50},
+        "vision": {"dim": 35, "seq_len": 50},
+    }
     assert m.splits == {"train": 64, "valid": 16, "test": 34}  # 5% of 1284/229/686, at least 16
     tr = splits["train"]
     ln = tr.lengths["audio"]
     assert ln.min() >= 2 and ln.max() <= 50 and len(set(ln.tolist())) > 5
     i = int(np.argmin(ln))
-    assert not tr.features["vision"][i, ln[i]:].any() and tr.features["vision"][i, : ln[i]].any()
+    assert not tr.features["vision"][i, ln[i] :].any() and tr.features["vision"][i, : ln[i]].any()
     assert "$_$" in tr.ids[0] and {"t", "a", "v", "av", "tav"} <= set(m.oracle)
 
 
@@ -46,8 +49,9 @@ def test_label_distribution_matches_mosi(full_mosi):
 
 
 def _pooled(split, mods):
-    return np.concatenate([split.features[m].sum(1) / np.maximum(split.lengths[m], 1)[:, None]
-                           for m in mods], 1)
+    return np.concatenate(
+        [split.features[m].sum(1) / np.maximum(split.lengths[m], 1)[:, None] for m in mods], 1
+    )
 
 
 def _ridge_test_mae(s, mods) -> float:
@@ -66,8 +70,15 @@ def _ridge_test_mae(s, mods) -> float:
 def test_planted_imbalance_holds(full_mosi):
     """Text-only clearly beats audio- and vision-only; all three beat text-only."""
     _, s = load_dataset(full_mosi, verify=False)
-    mae = {key: _ridge_test_mae(s, mods) for key, mods in
-           {"t": ["text"], "a": ["audio"], "v": ["vision"], "tav": ["text", "audio", "vision"]}.items()}
+    mae = {
+        key: _ridge_test_mae(s, mods)
+        for key, mods in {
+            "t": ["text"],
+            "a": ["audio"],
+            "v": ["vision"],
+            "tav": ["text", "audio", "vision"],
+        }.items()
+    }
     assert mae["t"] < 0.8 * min(mae["a"], mae["v"]), mae
     assert mae["tav"] < 0.9 * mae["t"], mae
 
@@ -81,7 +92,11 @@ def test_other_profiles(tmp_path):
     _, d = load_dataset(tmp_path / "dep")
     subjects = {k: set(v.subjects.tolist()) for k, v in d.items()}
     assert not subjects["train"] & subjects["test"] and not subjects["train"] & subjects["valid"]
-    assert dep.splits["train"] % 12 == 0 and d["test"].labels.min() >= 0 and d["test"].labels.max() <= 27
+    assert (
+        dep.splits["train"] % 12 == 0
+        and d["test"].labels.min() >= 0
+        and d["test"].labels.max() <= 27
+    )
 
 
 def test_resynthesize_is_a_noop_and_bad_args(tmp_path):

@@ -35,23 +35,34 @@ runner = CliRunner()
 
 def _split(n: int = 5, prefix: str = "u", t: int = 3, seed: int = 0) -> SplitData:
     rng = np.random.default_rng(seed)
-    return SplitData(ids=np.array([f"{prefix}{i}" for i in range(n)]),
-                     labels=rng.uniform(-3, 3, n).astype(np.float32),
-                     features={"text": rng.standard_normal((n, t, 3)).astype(np.float32),
-                               "audio": rng.standard_normal((n, t, 2)).astype(np.float32)},
-                     lengths={"text": np.full(n, t), "audio": np.full(n, t)})
+    return SplitData(
+        ids=np.array([f"{prefix}{i}" for i in range(n)]),
+        labels=rng.uniform(-3, 3, n).astype(np.float32),
+        features={
+            "text": rng.standard_normal((n, t, 3)).astype(np.float32),
+            "audio": rng.standard_normal((n, t, 2)).astype(np.float32),
+        },
+        lengths={"text": np.full(n, t), "audio": np.full(n, t)},
+    )
 
 
 def _three() -> dict[str, SplitData]:
-    return {"train": _split(6, "tr"), "valid": _split(3, "va", seed=1), "test": _split(3, "te", seed=2)}
+    return {
+        "train": _split(6, "tr"),
+        "valid": _split(3, "va", seed=1),
+        "test": _split(3, "te", seed=2),
+    }
 
 
 def _tree(root: Path) -> dict[str, bytes | None]:
-    """Every path under ``root`` (and ``root`` itself) with its bytes: 'nothing written or deleted'."""
+    """Every path under ``root`` (and ``root`` itself) with its bytes: 'nothing written or
+    deleted'."""
     if not root.exists():
         return {}
-    return {str(p.relative_to(root.parent)): (p.read_bytes() if p.is_file() else None)
-            for p in [root, *sorted(root.rglob("*"))]}
+    return {
+        str(p.relative_to(root.parent)): (p.read_bytes() if p.is_file() else None)
+        for p in [root, *sorted(root.rglob("*"))]
+    }
 
 
 def _user_folder(root: Path) -> Path:
@@ -106,7 +117,10 @@ def test_force_adds_the_store_beside_user_files_and_replacing_keeps_them(tmp_pat
     write_dataset(user, {"train": _split(4, "n")}, name="second", source="unit")
     after = _tree(user)
     assert {k: v for k, v in after.items() if k in before} == before
-    assert sorted(set(after) - set(before)) == ["user/manifest.json", "user/train.parquet"]  # old splits gone
+    assert sorted(set(after) - set(before)) == [
+        "user/manifest.json",
+        "user/train.parquet",
+    ]  # old splits gone
     assert read_manifest(user).name == "second" and len(load_split(user, "train")) == 4
     assert sorted(os.listdir(tmp_path)) == ["user"]  # no temporaries or .old left
 
@@ -114,16 +128,24 @@ def test_force_adds_the_store_beside_user_files_and_replacing_keeps_them(tmp_pat
 def test_synth_force_cli_keeps_user_files(tmp_path):
     user = _user_folder(tmp_path / "user")
     before = _tree(user)
-    res = runner.invoke(app, ["synth", "--profile", "mosi", "--scale", "0.02", "--out", str(user), "--force"])
+    res = runner.invoke(
+        app, ["synth", "--profile", "mosi", "--scale", "0.02", "--out", str(user), "--force"]
+    )
     assert res.exit_code == 0, res.output
     assert {k: v for k, v in _tree(user).items() if k in before} == before
     assert runner.invoke(app, ["validate", str(user)]).exit_code == 0
 
 
-@pytest.mark.parametrize("name, content", [
-    ("manifest.json", b'{"hello": "not a store"}'),  # a manifest that is not ours is a user file
-    ("train.parquet", b"my own parquet"),
-])
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        (
+            "manifest.json",
+            b'{"hello": "not a store"}',
+        ),  # a manifest that is not ours is a user file
+        ("train.parquet", b"my own parquet"),
+    ],
+)
 def test_force_never_overwrites_a_user_file(tmp_path, name, content):
     user = _user_folder(tmp_path / "user")
     (user / name).write_bytes(content)
@@ -186,7 +208,9 @@ s.write_dataset(sys.argv[1], {"train": split}, name="killed", source="unit")
 def test_sigkill_mid_write_keeps_the_old_store_and_the_next_write_cleans_up(tmp_path):
     out = tmp_path / "s"
     write_dataset(out, {"train": _split(4, "old")}, name="old", source="unit")
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(out)], stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(out)], stdout=subprocess.PIPE
+    )
     try:
         assert proc.stdout.readline().strip() == b"written"
     finally:
@@ -240,7 +264,9 @@ def test_duplicate_ids_within_a_split_are_an_error(tmp_path):
     s.ids[3] = s.ids[1]
     with pytest.raises(DataError) as info:
         write_dataset(tmp_path / "s", {"train": s}, name="x", source="unit")
-    assert info.value.field == "train.id" and "1 ids" in str(info.value) and "'u1'" in str(info.value)
+    assert (
+        info.value.field == "train.id" and "1 ids" in str(info.value) and "'u1'" in str(info.value)
+    )
     assert not (tmp_path / "s").exists()
 
 
@@ -284,8 +310,10 @@ def test_opt_out_is_recorded_and_honoured_by_validate(tmp_path):
     _refused(res, str(mpath), "test.id", "leakage", "'tr0'")
 
 
-@pytest.mark.parametrize("value, kind", [(np.nan, "NaN/inf"), (np.inf, "NaN/inf"), (-np.inf, "NaN/inf"),
-                                         (3e38, "exceed")])
+@pytest.mark.parametrize(
+    "value, kind",
+    [(np.nan, "NaN/inf"), (np.inf, "NaN/inf"), (-np.inf, "NaN/inf"), (3e38, "exceed")],
+)
 def test_validate_finds_non_finite_and_extreme_features(tmp_path, monkeypatch, value, kind):
     out = tmp_path / "s"
     splits = _three()
@@ -360,8 +388,9 @@ def test_json_from_synth_and_ingest_is_plain(tmp_path, mult_pickle):
     assert res.exit_code == 0 and json.loads(res.stdout)["splits"]["train"] == 26
     path, _ = mult_pickle
     name = "[italic]" + "z" * 100
-    res = runner.invoke(app, ["ingest", str(path), "--format", "mult", "--out", str(tmp_path / "m"),
-                              "--name", name])
+    res = runner.invoke(
+        app, ["ingest", str(path), "--format", "mult", "--out", str(tmp_path / "m"), "--name", name]
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["name"] == name and read_manifest(tmp_path / "m").name == name
 
@@ -383,7 +412,9 @@ def test_errors_show_markup_in_paths_on_one_line(tmp_path):
 
 def test_ingest_name_option_reaches_the_manifest(tmp_path, mmsa_pickle):
     path, _ = mmsa_pickle()
-    res = runner.invoke(app, ["ingest", str(path), "--out", str(tmp_path / "s"), "--name", "mosi-mine"])
+    res = runner.invoke(
+        app, ["ingest", str(path), "--out", str(tmp_path / "s"), "--name", "mosi-mine"]
+    )
     assert res.exit_code == 0, res.output
     assert read_manifest(tmp_path / "s").name == "mosi-mine"
 
@@ -391,14 +422,18 @@ def test_ingest_name_option_reaches_the_manifest(tmp_path, mmsa_pickle):
 def test_an_empty_folder_is_used_without_force(tmp_path):
     (tmp_path / "empty").mkdir()
     write_dataset(tmp_path / "empty", {"train": _split(3)}, name="x", source="unit")
-    assert read_manifest(tmp_path / "empty").name == "x" and sorted(os.listdir(tmp_path)) == ["empty"]
+    assert read_manifest(tmp_path / "empty").name == "x" and sorted(os.listdir(tmp_path)) == [
+        "empty"
+    ]
 
 
 def test_ingest_force_keeps_the_source_and_user_files(tmp_path, mult_pickle):
     path, _ = mult_pickle
     (tmp_path / "sub").mkdir()
     before = _tree(tmp_path)
-    res = runner.invoke(app, ["ingest", str(path), "--format", "mult", "--out", str(tmp_path), "--force"])
+    res = runner.invoke(
+        app, ["ingest", str(path), "--format", "mult", "--out", str(tmp_path), "--force"]
+    )
     assert res.exit_code == 0, res.output
     assert {k: v for k, v in _tree(tmp_path).items() if k in before} == before
     validate_dataset(tmp_path)

@@ -26,12 +26,20 @@ def test_task_runner_for_kinds():
 def test_pipeline_on_local_dask_cluster(tiny_sim, mlflow_uri):
     runner = task_runner_for("dask", workers=2, processes=False)
     result = pipeline.with_options(task_runner=runner)(
-        data=str(tiny_sim), variants=["none", "full"], seeds=[3], epochs=1, experiment="dask",
-        tracking_uri=mlflow_uri, train_overrides={"batch_size": 16})
+        data=str(tiny_sim),
+        variants=["none", "full"],
+        seeds=[3],
+        epochs=1,
+        experiment="dask",
+        tracking_uri=mlflow_uri,
+        train_overrides={"batch_size": 16},
+    )
     assert not result["failures"], result["failures"]
     client = MlflowClient(mlflow_uri)
-    children = client.search_runs([result["experiment_id"]],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{result['parent_run_id']}'")
+    children = client.search_runs(
+        [result["experiment_id"]],
+        filter_string=f"tags.`mlflow.parentRunId` = '{result['parent_run_id']}'",
+    )
     assert {r.info.run_name for r in children} == {"mmafnet/none/seed3", "mmafnet/full/seed3"}
     assert all(r.info.status == "FINISHED" for r in children)
     assert client.get_run(result["parent_run_id"]).info.status == "FINISHED"

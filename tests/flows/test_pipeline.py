@@ -1,4 +1,5 @@
-"""The pipeline end to end on a tiny simulation: real Prefect (test harness), real MLflow (SQLite)."""
+"""The pipeline end to end on a tiny simulation: real Prefect (test harness), real MLflow
+(SQLite)."""
 
 import mlflow
 import pytest
@@ -10,26 +11,50 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def _children(client, experiment_id, parent_run_id):
-    return client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    return client.search_runs(
+        [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    )
 
 
 def test_pipeline_end_to_end_then_cached(tiny_sim, mlflow_uri):
-    kwargs = dict(data=str(tiny_sim), variants=["none", "full"], seeds=[1], epochs=2, experiment="e2e",
-                  tracking_uri=mlflow_uri, train_overrides={"batch_size": 16})
+    kwargs = dict(
+        data=str(tiny_sim),
+        variants=["none", "full"],
+        seeds=[1],
+        epochs=2,
+        experiment="e2e",
+        tracking_uri=mlflow_uri,
+        train_overrides={"batch_size": 16},
+    )
     result = pipeline(**kwargs)
     assert not result["failures"]
     client = MlflowClient(mlflow_uri)
     parent = client.get_run(result["parent_run_id"])
     assert parent.info.status == "FINISHED"
-    children = {r.info.run_name: r for r in _children(client, result["experiment_id"], result["parent_run_id"])}
+    children = {
+        r.info.run_name: r
+        for r in _children(client, result["experiment_id"], result["parent_run_id"])
+    }
     assert set(children) == {"mmafnet/none/seed1", "mmafnet/full/seed1"}
     full = children["mmafnet/full/seed1"]
     assert full.info.status == "FINISHED"
-    assert full.data.tags["variant"] == "full" and full.data.tags["seed"] == "1" and full.data.tags["model"] == "mmafnet"
+    assert (
+        full.data.tags["variant"] == "full"
+        and full.data.tags["seed"] == "1"
+        and full.data.tags["model"] == "mmafnet"
+    )
     assert "msaflow.git_commit" in full.data.tags and full.data.tags["dataset"]
     assert full.data.params["train.epochs"] == "2" and full.data.params["model_cfg.sgm"] == "True"
-    for key in ("test/acc2_has0", "test/acc2_non0", "test/f1_has0", "test/f1_non0", "test/acc5", "test/acc7",
-                "test/mae", "test/corr"):
+    for key in (
+        "test/acc2_has0",
+        "test/acc2_non0",
+        "test/f1_has0",
+        "test/f1_non0",
+        "test/acc5",
+        "test/acc7",
+        "test/mae",
+        "test/corr",
+    ):
         assert key in full.data.metrics, key
     assert len(client.get_metric_history(full.info.run_id, "valid/mae")) == 2
     assert len(client.get_metric_history(full.info.run_id, "sgm/omega_t")) > 2
@@ -38,11 +63,17 @@ def test_pipeline_end_to_end_then_cached(tiny_sim, mlflow_uri):
     none = children["mmafnet/none/seed1"]
     assert "sgm/omega_t" not in none.data.metrics and "afm/g_t" not in none.data.metrics
     artifacts = {a.path for a in client.list_artifacts(full.info.run_id, "plots")}
-    assert {"plots/learning_curves.png", "plots/sgm_traces.png", "plots/ipr_traces.png"} <= artifacts
+    assert {
+        "plots/learning_curves.png",
+        "plots/sgm_traces.png",
+        "plots/ipr_traces.png",
+    } <= artifacts
     stats = mlflow.artifacts.load_dict(f"runs:/{full.info.run_id}/data/standardization.json")
     assert stats["fit_on"] == "train" and set(stats["modalities"]) == {"text", "audio", "vision"}
     assert full.inputs.dataset_inputs, "dataset manifest must be a logged input"
-    models = mlflow.search_logged_models(experiment_ids=[result["experiment_id"]], output_format="list")
+    models = mlflow.search_logged_models(
+        experiment_ids=[result["experiment_id"]], output_format="list"
+    )
     assert {m.source_run_id for m in models} >= {full.info.run_id}
     parent_artifacts = {a.path for a in client.list_artifacts(result["parent_run_id"])}
     assert {"summary.csv", "summary.md"} <= parent_artifacts
@@ -50,7 +81,10 @@ def test_pipeline_end_to_end_then_cached(tiny_sim, mlflow_uri):
     again = pipeline(**kwargs)
     assert all(row["cached"] for row in again["rows"]) and len(again["rows"]) == 2
     # Issue 14.10: the re-run's parent was empty. Each cached result now has a link child in it.
-    links = {r.info.run_name: r for r in _children(client, result["experiment_id"], again["parent_run_id"])}
+    links = {
+        r.info.run_name: r
+        for r in _children(client, result["experiment_id"], again["parent_run_id"])
+    }
     assert set(links) == set(children)
     for name, link in links.items():
         source = children[name]
@@ -69,15 +103,21 @@ def test_pipeline_end_to_end_then_cached(tiny_sim, mlflow_uri):
     retrained = client.get_run(rows["full"]["run_id"])
     assert retrained.data.tags["mlflow.parentRunId"] == third["parent_run_id"]
     assert retrained.info.status == "FINISHED" and "test/mae" in retrained.data.metrics
-    assert len(client.get_metric_history(retrained.info.run_id, "valid/mae")) == 2, "trained, not reloaded"
-    assert "msaflow.resumed_from_epoch" not in retrained.data.tags, "from scratch, not its old checkpoint"
+    assert len(client.get_metric_history(retrained.info.run_id, "valid/mae")) == 2, (
+        "trained, not reloaded"
+    )
+    assert "msaflow.resumed_from_epoch" not in retrained.data.tags, (
+        "from scratch, not its old checkpoint"
+    )
 
     # --force retrains what the cache holds.
     forced = pipeline(**{**kwargs, "variants": ["none"]}, force=True)
     (row,) = forced["rows"]
     assert not row["cached"] and row["run_id"] != none.info.run_id
     assert client.get_run(row["run_id"]).data.tags["mlflow.parentRunId"] == forced["parent_run_id"]
-    assert "msaflow.resumed_from_epoch" not in client.get_run(row["run_id"]).data.tags, "from scratch"
+    assert "msaflow.resumed_from_epoch" not in client.get_run(row["run_id"]).data.tags, (
+        "from scratch"
+    )
 
 
 def test_one_failing_cell_loses_nothing(tiny_sim, mlflow_uri, monkeypatch):
@@ -85,20 +125,31 @@ def test_one_failing_cell_loses_nothing(tiny_sim, mlflow_uri, monkeypatch):
 
     real = tasks.train.train_model
 
-    def broken_sgm(cfg, *args, **kw):  # a run that fails while training (a bad config fails earlier)
+    def broken_sgm(
+        cfg, *args, **kw
+    ):  # a run that fails while training (a bad config fails earlier)
         if cfg.variant == "sgm":
             raise FloatingPointError("simulated divergence: loss is nan")
         return real(cfg, *args, **kw)
 
     monkeypatch.setattr(tasks.train, "train_model", broken_sgm)
     cells = [{"name": "none", "variant": "none"}, {"name": "broken", "variant": "sgm"}]
-    result = pipeline(data=str(tiny_sim), cells=cells, seeds=[7], epochs=1, experiment="fail",
-                      tracking_uri=mlflow_uri)
+    result = pipeline(
+        data=str(tiny_sim),
+        cells=cells,
+        seeds=[7],
+        epochs=1,
+        experiment="fail",
+        tracking_uri=mlflow_uri,
+    )
     assert [r["cell"] for r in result["rows"]] == ["none"]
     assert [f["cell"] for f in result["failures"]] == ["broken"]
     assert "simulated divergence" in result["failures"][0]["error"]
     client = MlflowClient(mlflow_uri)
-    runs = {r.info.run_name: r for r in _children(client, result["experiment_id"], result["parent_run_id"])}
+    runs = {
+        r.info.run_name: r
+        for r in _children(client, result["experiment_id"], result["parent_run_id"])
+    }
     assert runs["mmafnet/none/seed7"].info.status == "FINISHED"
     assert runs["mmafnet/broken/seed7"].info.status == "FAILED"
     assert "simulated divergence" in runs["mmafnet/broken/seed7"].data.tags["msaflow.error"]
@@ -108,8 +159,17 @@ def test_one_failing_cell_loses_nothing(tiny_sim, mlflow_uri, monkeypatch):
 def test_subject_folds_cross_validation(mlflow_uri, msaflow_home):
     from feature_store import load_split
 
-    result = pipeline(data="sim-cmdc", model="mmcl", variants=["full"], seeds=[1], epochs=1, folds=3,
-                      scale=0.5, experiment="cv", tracking_uri=mlflow_uri)
+    result = pipeline(
+        data="sim-cmdc",
+        model="mmcl",
+        variants=["full"],
+        seeds=[1],
+        epochs=1,
+        folds=3,
+        scale=0.5,
+        experiment="cv",
+        tracking_uri=mlflow_uri,
+    )
     assert not result["failures"]
     assert sorted(r["cell"] for r in result["rows"]) == ["full/fold1", "full/fold2", "full/fold3"]
     client = MlflowClient(mlflow_uri)
@@ -130,8 +190,14 @@ def test_folds_need_subjects(tiny_sim, mlflow_uri):
     from feature_store import DataError
 
     with pytest.raises(DataError, match="subject"):
-        pipeline(data=str(tiny_sim), variants=["none"], epochs=1, folds=2, experiment="nofolds",
-                 tracking_uri=mlflow_uri)
+        pipeline(
+            data=str(tiny_sim),
+            variants=["none"],
+            epochs=1,
+            folds=2,
+            experiment="nofolds",
+            tracking_uri=mlflow_uri,
+        )
     exp = MlflowClient(mlflow_uri).get_experiment_by_name("nofolds")
     assert exp is None or not MlflowClient(mlflow_uri).search_runs([exp.experiment_id])
 
@@ -140,8 +206,14 @@ def test_bad_folds_fail_before_any_run(tiny_sim, mlflow_uri):
     from tasks.config import ConfigError
 
     with pytest.raises(ConfigError, match="--folds"):
-        pipeline(data=str(tiny_sim), variants=["none"], epochs=1, folds=1, experiment="badfolds",
-                 tracking_uri=mlflow_uri)
+        pipeline(
+            data=str(tiny_sim),
+            variants=["none"],
+            epochs=1,
+            folds=1,
+            experiment="badfolds",
+            tracking_uri=mlflow_uri,
+        )
     assert MlflowClient(mlflow_uri).get_experiment_by_name("badfolds") is None
 
 
@@ -154,7 +226,13 @@ def test_parent_ends_failed_on_any_error(tiny_sim, mlflow_uri, monkeypatch):
 
     monkeypatch.setattr(flows.pipeline, "run_grid", lost)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        pipeline(data=str(tiny_sim), variants=["none"], epochs=1, experiment="crash", tracking_uri=mlflow_uri)
+        pipeline(
+            data=str(tiny_sim),
+            variants=["none"],
+            epochs=1,
+            experiment="crash",
+            tracking_uri=mlflow_uri,
+        )
     client = MlflowClient(mlflow_uri)
     (parent,) = client.search_runs([client.get_experiment_by_name("crash").experiment_id])
     assert parent.info.status == "FAILED" and "simulated crash" in parent.data.tags["msaflow.error"]

@@ -217,19 +217,42 @@ def test_reproduce_takes_params_as_run_does(tiny_sim, tmp_path, prefect_harness)
     params = tmp_path / "params.yaml"
     params.write_text("model: {alpha: 0.7}\ntrain: {lr: 0.002, batch_size: 16}\n")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    one = TableSpec(model="mmafnet", cells=(Cell("sgm", "sgm"),), baseline="sgm",
-                    paper="mmafnet-table2", description="one cell")
+    one = TableSpec(
+        model="mmafnet",
+        cells=(Cell("sgm", "sgm"),),
+        baseline="sgm",
+        paper="mmafnet-table2",
+        description="one cell",
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(TABLES, "one-cell", one)
-        result = CliRunner().invoke(app, [
-            "reproduce", "one-cell", "--data", str(tiny_sim), "--seeds", "1", "--epochs", "1",
-            "--tracking-uri", uri, "--params", str(params), "--out", str(tmp_path / "r" / "report.md"),
-            "--json"])
+        result = CliRunner().invoke(
+            app,
+            [
+                "reproduce",
+                "one-cell",
+                "--data",
+                str(tiny_sim),
+                "--seeds",
+                "1",
+                "--epochs",
+                "1",
+                "--tracking-uri",
+                uri,
+                "--params",
+                str(params),
+                "--out",
+                str(tmp_path / "r" / "report.md"),
+                "--json",
+            ],
+        )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     (run,) = summary["runs"]
     child = MlflowClient(uri).get_run(run["run_id"])
-    assert child.data.params["model_cfg.alpha"] == "0.7" and child.data.params["train.lr"] == "0.002"
+    assert (
+        child.data.params["model_cfg.alpha"] == "0.7" and child.data.params["train.lr"] == "0.002"
+    )
     assert child.data.params["model_cfg.sgm"] == "True", "the cell's variant still applies"
     parent = MlflowClient(uri).get_run(summary["parent_run_id"])
     assert json.loads(parent.data.tags["msaflow.params"])["model"] == {"alpha": 0.7}

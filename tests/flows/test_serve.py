@@ -46,11 +46,17 @@ def test_prefect_yaml_names_existing_entrypoints():
     for dep in deployments.values():
         assert dep["work_pool"]["name"] == "gpu"
         module, _, func = dep["entrypoint"].partition(":")
-        assert func and not module.endswith(".py"), f"module entrypoint expected: {dep['entrypoint']}"
+        assert func and not module.endswith(".py"), (
+            f"module entrypoint expected: {dep['entrypoint']}"
+        )
         assert all("cron" in s and s["active"] is False for s in dep["schedules"])
     assert deployments["pipeline-nightly"]["entrypoint"] == ENTRYPOINTS["pipeline"]
-    assert entrypoint_exists(deployments["pipeline-nightly"]["entrypoint"]), "the pipeline flow must exist"
-    for dep in deployments.values():  # others land in parallel: present -> must define the flow function
+    assert entrypoint_exists(deployments["pipeline-nightly"]["entrypoint"]), (
+        "the pipeline flow must exist"
+    )
+    for (
+        dep
+    ) in deployments.values():  # others land in parallel: present -> must define the flow function
         if entrypoint_file(dep["entrypoint"]).is_file():
             assert entrypoint_exists(dep["entrypoint"]), dep["entrypoint"]
 
@@ -66,16 +72,27 @@ def test_entrypoints_are_flows():
 
 
 def test_deploy_skips_what_no_worker_could_run(tmp_path):
-    """A plain function or a flow whose required parameters are unset is reported, not deployed (no server
-    is contacted for skipped entries)."""
+    """A plain function or a flow whose required parameters are unset is reported, not deployed (no
+    server is contacted for skipped entries)."""
     from flows.serve import deploy_from_yaml
 
-    spec = {"deployments": [
-        {"name": "plain", "entrypoint": "flows.serve:parse_params", "work_pool": {"name": "gpu"}},
-        {"name": "no-table", "entrypoint": ENTRYPOINTS["reproduce"], "parameters": {}, "work_pool": {"name": "gpu"}},
-        {"name": "typo", "entrypoint": ENTRYPOINTS["pipeline"], "parameters": {"epoch": 3}},
-        {"name": "absent", "entrypoint": "flows.nothing_here:flow"},
-    ]}
+    spec = {
+        "deployments": [
+            {
+                "name": "plain",
+                "entrypoint": "flows.serve:parse_params",
+                "work_pool": {"name": "gpu"},
+            },
+            {
+                "name": "no-table",
+                "entrypoint": ENTRYPOINTS["reproduce"],
+                "parameters": {},
+                "work_pool": {"name": "gpu"},
+            },
+            {"name": "typo", "entrypoint": ENTRYPOINTS["pipeline"], "parameters": {"epoch": 3}},
+            {"name": "absent", "entrypoint": "flows.nothing_here:flow"},
+        ]
+    }
     path = tmp_path / "prefect.yaml"
     path.write_text(yaml.safe_dump(spec))
     report = {r["name"]: r for r in deploy_from_yaml(path=path, source=ROOT)}
@@ -89,12 +106,17 @@ def test_deploy_skips_what_no_worker_could_run(tmp_path):
 
 def test_parse_params():
     assert parse_params(["variants=[none, full]", "epochs=3", "data=sim-mosi", "x="]) == {
-        "variants": ["none", "full"], "epochs": 3, "data": "sim-mosi", "x": None}
+        "variants": ["none", "full"],
+        "epochs": 3,
+        "data": "sim-mosi",
+        "x": None,
+    }
     with pytest.raises(ServeError):
         parse_params(["novalue"])
 
 
 # --- a real server, two workers -----------------------------------------------------------------
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -127,7 +149,8 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             proc.wait(timeout=10)
 
 
-TRIGGER = """
+TRIGGER = (
+    """
 import json, sys, time
 from prefect.client.orchestration import get_client
 runs = json.loads(sys.argv[1])
@@ -143,52 +166,110 @@ with get_client(sync_client=True) as c:
     print(json.dumps([{"state": r.state.type.value, "message": r.state.message,
                        "worker": r.labels.get("prefect.worker.name"), "pool": r.work_pool_name,
                        "deployment_paused": dep.paused,
-                       "schedules": [[s.active, s.schedule.cron] for s in dep.schedules]} for r in flow_runs]))
+                       "schedules": [[s.active, s.schedule.cron] for s in dep.schedules]} """
+    """for r in flow_runs]))
 """
+)
 
 
 @pytest.mark.slow
 def test_two_workers_share_the_gpu_pool(tiny_sim, tmp_path):
     home = tmp_path / "home"
     port = _free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "INFO",
-           "PREFECT_WORKER_QUERY_SECONDS": "2", "MSAFLOW_HOME": str(home),
-           "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "prefect" / "results")}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "MSAFLOW_HOME": str(home),
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "prefect" / "results"),
+    }
     procs: list[subprocess.Popen] = []
     logs = {}
 
     def start(name: str, cmd: list[str]) -> subprocess.Popen:
         logs[name] = tmp_path / f"{name}.log"
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=logs[name].open("w"), stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=tmp_path,
+            env=env,
+            stdout=logs[name].open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         procs.append(proc)
         return proc
 
     try:
-        server = start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)])
+        server = start(
+            "server",
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        )
         _wait_http(f"http://127.0.0.1:{port}/api/health", 120, server)
         msaflow = [str(BIN / "msaflow"), "serve"]
-        setup = subprocess.run(msaflow + ["--setup-pool", "--concurrency", "2"], env=env, cwd=ROOT,
-                               capture_output=True, text=True, timeout=120)
+        setup = subprocess.run(
+            msaflow + ["--setup-pool", "--concurrency", "2"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert setup.returncode == 0, setup.stderr
         assert json.loads(setup.stdout.strip().splitlines()[-1])["concurrency_limit"] == 2
-        deploy = subprocess.run(msaflow + ["--deploy"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        deploy = subprocess.run(
+            msaflow + ["--deploy"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
         assert deploy.returncode == 0, deploy.stderr
         assert "pipeline-nightly: deployed" in deploy.stderr
         for name in ("w1", "w2"):  # --limit 1: each worker holds one run, so two runs need both
-            start(name, [str(BIN / "prefect"), "worker", "start", "--pool", "gpu", "--name", name, "--limit", "1"])
-        runs = [{"data": str(tiny_sim), "variants": ["none"], "seeds": [seed], "epochs": 1, "experiment": "served",
-                 "tracking_uri": f"sqlite:///{tmp_path / f'mlflow-{seed}.db'}",
-                 "train_overrides": {"batch_size": 16}} for seed in (1, 2)]
-        trig = subprocess.run([sys.executable, "-c", TRIGGER, json.dumps(runs), "420"], env=env, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=480)
+            start(
+                name,
+                [
+                    str(BIN / "prefect"),
+                    "worker",
+                    "start",
+                    "--pool",
+                    "gpu",
+                    "--name",
+                    name,
+                    "--limit",
+                    "1",
+                ],
+            )
+        runs = [
+            {
+                "data": str(tiny_sim),
+                "variants": ["none"],
+                "seeds": [seed],
+                "epochs": 1,
+                "experiment": "served",
+                "tracking_uri": f"sqlite:///{tmp_path / f'mlflow-{seed}.db'}",
+                "train_overrides": {"batch_size": 16},
+            }
+            for seed in (1, 2)
+        ]
+        trig = subprocess.run(
+            [sys.executable, "-c", TRIGGER, json.dumps(runs), "420"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=480,
+        )
         assert trig.returncode == 0, trig.stderr
         result = json.loads(trig.stdout.strip().splitlines()[-1])
-        assert [r["state"] for r in result] == ["COMPLETED", "COMPLETED"], (result, logs["w1"].read_text()[-3000:])
+        assert [r["state"] for r in result] == ["COMPLETED", "COMPLETED"], (
+            result,
+            logs["w1"].read_text()[-3000:],
+        )
         assert {r["worker"] for r in result} == {"w1", "w2"}, result
         assert {r["pool"] for r in result} == {"gpu"}
-        assert result[0]["schedules"] == [[False, "0 3 * * *"]], "nightly schedule declared, inactive"
+        assert result[0]["schedules"] == [[False, "0 3 * * *"]], (
+            "nightly schedule declared, inactive"
+        )
     finally:
         _stop(procs)
     assert all(p.poll() is not None for p in procs)

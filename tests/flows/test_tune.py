@@ -1,4 +1,5 @@
-"""The tune flow and ``msaflow tune`` end to end: real Prefect (harness), Optuna (SQLite), MLflow (SQLite)."""
+"""The tune flow and ``msaflow tune`` end to end: real Prefect (harness), Optuna (SQLite), MLflow
+(SQLite)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,19 @@ runner = CliRunner()
 
 def test_tune_flow_end_to_end(tiny_sim, tmp_path, mlflow_uri):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    kwargs = dict(data=str(tiny_sim), epochs=2, n_trials=3, storage=storage, study="flow", sampler="random",
-                  tracking_uri=mlflow_uri, experiment="tune-flow", eval_seeds=[1], out=str(tmp_path / "best.yaml"),
-                  train_overrides={"batch_size": 16})
+    kwargs = dict(
+        data=str(tiny_sim),
+        epochs=2,
+        n_trials=3,
+        storage=storage,
+        study="flow",
+        sampler="random",
+        tracking_uri=mlflow_uri,
+        experiment="tune-flow",
+        eval_seeds=[1],
+        out=str(tmp_path / "best.yaml"),
+        train_overrides={"batch_size": 16},
+    )
     result = tune(**kwargs)
     assert result["finished"] == 3 and result["best_path"] == str(tmp_path / "best.yaml")
     best = load_overrides_file(result["best_path"])
@@ -29,8 +40,10 @@ def test_tune_flow_end_to_end(tiny_sim, tmp_path, mlflow_uri):
     assert parent.info.run_name == "tune/flow" and parent.data.tags["msaflow.kind"] == "tune"
     assert parent.info.status == "FINISHED" and "best.alpha" in parent.data.params
     assert "best_test_mae_mean" in parent.data.metrics
-    children = client.search_runs([result["experiment_id"]],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{result['parent_run_id']}'")
+    children = client.search_runs(
+        [result["experiment_id"]],
+        filter_string=f"tags.`mlflow.parentRunId` = '{result['parent_run_id']}'",
+    )
     names = sorted(r.info.run_name for r in children)
     assert names == ["mmafnet/best/seed1", "trial-0", "trial-1", "trial-2"]
     evaluated = next(r for r in children if r.info.run_name == "mmafnet/best/seed1")
@@ -40,17 +53,27 @@ def test_tune_flow_end_to_end(tiny_sim, tmp_path, mlflow_uri):
         if run.info.run_name.startswith("trial-"):
             assert "test/mae" not in run.data.metrics, "tuning never sees the test split"
 
-    again = tune(**kwargs)  # resumed: the study already holds its 3 trials, the same parent run is reused
-    assert again["parent_run_id"] == result["parent_run_id"] and again["counts"]["COMPLETE"] + again["counts"]["PRUNED"] == 3
+    again = tune(
+        **kwargs
+    )  # resumed: the study already holds its 3 trials, the same parent run is reused
+    assert (
+        again["parent_run_id"] == result["parent_run_id"]
+        and again["counts"]["COMPLETE"] + again["counts"]["PRUNED"] == 3
+    )
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--storage", "nosuchdb://x/y"], ["--storage", "cannot open the Optuna storage"]),
-    (["--metric", "test/mae"], ["validation metric"]),
-    (["--include", "gamma"], ["gamma", "optional parameter"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--storage", "nosuchdb://x/y"], ["--storage", "cannot open the Optuna storage"]),
+        (["--metric", "test/mae"], ["validation metric"]),
+        (["--include", "gamma"], ["gamma", "optional parameter"]),
+    ],
+)
 def test_cli_bad_input_is_a_clear_error(args, words, tiny_sim, mlflow_uri):
-    result = runner.invoke(app, ["tune", "--data", str(tiny_sim), "--tracking-uri", mlflow_uri, *args])
+    result = runner.invoke(
+        app, ["tune", "--data", str(tiny_sim), "--tracking-uri", mlflow_uri, *args]
+    )
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())  # rich wraps long lines
     assert "Traceback" not in text
@@ -61,15 +84,27 @@ def test_cli_bad_input_is_a_clear_error(args, words, tiny_sim, mlflow_uri):
 def test_cli_empty_range_is_a_clear_error(tmp_path, tiny_sim, mlflow_uri):
     space = tmp_path / "space.yaml"
     space.write_text("alpha: {low: 0.5, high: 0.5}\n")
-    result = runner.invoke(app, ["tune", "--data", str(tiny_sim), "--tracking-uri", mlflow_uri, "--space", str(space)])
+    result = runner.invoke(
+        app, ["tune", "--data", str(tiny_sim), "--tracking-uri", mlflow_uri, "--space", str(space)]
+    )
     text = " ".join(result.output.split())
     assert result.exit_code == 2 and "alpha" in text and "empty or inverted range" in text, text
 
 
 def test_default_metric_follows_the_data_task(tmp_path, mlflow_uri):
     """Emotion data is tuned on valid/f1_weighted (maximised) unless --metric says otherwise."""
-    result = tune(model="mmcl", data="sim-iemocap", scale=0.05, epochs=1, n_trials=1, sampler="random",
-                  storage=f"sqlite:///{tmp_path / 'optuna.db'}", tracking_uri=mlflow_uri, eval_seeds=[],
-                  out=str(tmp_path / "best.yaml"), train_overrides={"batch_size": 16})
+    result = tune(
+        model="mmcl",
+        data="sim-iemocap",
+        scale=0.05,
+        epochs=1,
+        n_trials=1,
+        sampler="random",
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+        tracking_uri=mlflow_uri,
+        eval_seeds=[],
+        out=str(tmp_path / "best.yaml"),
+        train_overrides={"batch_size": 16},
+    )
     assert result["metric"] == "valid/f1_weighted" and result["direction"] == "maximize"
     assert "f1_weighted" in result["study"]

@@ -15,10 +15,24 @@ import random
 import struct
 from typing import Any
 
-# --- byte level ------------------------------------------------------------------------------------
+# --- byte level -----------------------------------------------------------------------------------
 INTERESTING_BYTES = (0x00, 0x01, 0x7F, 0x80, 0xFF, 0x2E, 0x28, 0x63, 0x52, 0x62, 0x0A, 0x22, 0x5C)
-INTERESTING_INTS = (0, 1, -1, 2, 7, 255, 256, 65535, 1 << 31, (1 << 31) - 1, (1 << 32) - 1, 1 << 40,
-                    (1 << 63) - 1, 1 << 62)
+INTERESTING_INTS = (
+    0,
+    1,
+    -1,
+    2,
+    7,
+    255,
+    256,
+    65535,
+    1 << 31,
+    (1 << 31) - 1,
+    (1 << 32) - 1,
+    1 << 40,
+    (1 << 63) - 1,
+    1 << 62,
+)
 
 
 def flip(data: bytes, rng: random.Random) -> bytes:
@@ -40,7 +54,7 @@ def set_byte(data: bytes, rng: random.Random) -> bytes:
 
 
 def truncate(data: bytes, rng: random.Random) -> bytes:
-    return data[:rng.randrange(len(data) + 1)] if data else data
+    return data[: rng.randrange(len(data) + 1)] if data else data
 
 
 def cut(data: bytes, rng: random.Random) -> bytes:
@@ -69,7 +83,7 @@ def splice(data: bytes, other: bytes, rng: random.Random) -> bytes:
     """The head of one input and the tail of another."""
     if not data or not other:
         return data or other
-    return data[:rng.randrange(len(data) + 1)] + other[rng.randrange(len(other) + 1):]
+    return data[: rng.randrange(len(data) + 1)] + other[rng.randrange(len(other) + 1) :]
 
 
 BYTE_MUTATIONS = (flip, set_byte, truncate, cut, duplicate, insert_random)
@@ -81,11 +95,11 @@ def mutate_bytes(data: bytes, rng: random.Random, others: list[bytes] = ()) -> b
     return rng.choice(BYTE_MUTATIONS)(data, rng)
 
 
-# --- pickle opcodes ----------------------------------------------------------------------------------
+# --- pickle opcodes -------------------------------------------------------------------------------
 # Payloads that, if anything in them ran, would create the file named by $FUZZ_MARKER (the harness
 # sets it and checks for the file after every input). Written as raw opcodes so that they do not
 # depend on the path: the shell and os.environ expand it at run time.
-_SHELL = b"touch \"$FUZZ_MARKER\""
+_SHELL = b'touch "$FUZZ_MARKER"'
 _PY = b"open(__import__('os').environ['FUZZ_MARKER'],'w').close()"
 
 
@@ -100,7 +114,13 @@ PAYLOADS = (
     b"cbuiltins\nexec\n(V" + _PY + b"\ntR",
     b"c__builtin__\neval\n(V" + _PY + b"\ntR",
     _bu(b"os") + _bu(b"system") + b"\x93" + _bu(_SHELL) + b"\x85R",  # STACK_GLOBAL
-    _bu(b"numpy") + _bu(b"dtypes.__builtins__.get") + b"\x93" + _bu(b"eval") + b"\x85R" + _bu(_PY) + b"\x85R",
+    _bu(b"numpy")
+    + _bu(b"dtypes.__builtins__.get")
+    + b"\x93"
+    + _bu(b"eval")
+    + b"\x85R"
+    + _bu(_PY)
+    + b"\x85R",
     b"cnumpy\ndtypes.__builtins__\n",
     b"cbuiltins\ngetattr\n(cbuiltins\ndict\nVget\ntR",
     b"cfunctools\npartial\n(cos\nsystem\nV" + _SHELL + b"\ntR)R",
@@ -118,10 +138,20 @@ PAYLOADS = (
     b"\x81",  # NEWOBJ
 )
 
-_LEN_PREFIXED = {  # opcode name -> (length struct format, offset of the length after the opcode byte)
-    "BINUNICODE": "<I", "BINBYTES": "<I", "BINSTRING": "<i", "SHORT_BINUNICODE": "<B",
-    "SHORT_BINBYTES": "<B", "SHORT_BINSTRING": "<B", "BINUNICODE8": "<Q", "BINBYTES8": "<Q",
-    "BYTEARRAY8": "<Q", "FRAME": "<Q", "LONG1": "<B", "LONG4": "<i",
+# opcode name -> (length struct format, offset of the length after the opcode byte)
+_LEN_PREFIXED = {
+    "BINUNICODE": "<I",
+    "BINBYTES": "<I",
+    "BINSTRING": "<i",
+    "SHORT_BINUNICODE": "<B",
+    "SHORT_BINBYTES": "<B",
+    "SHORT_BINSTRING": "<B",
+    "BINUNICODE8": "<Q",
+    "BINBYTES8": "<Q",
+    "BYTEARRAY8": "<Q",
+    "FRAME": "<Q",
+    "LONG1": "<B",
+    "LONG4": "<i",
 }
 
 
@@ -148,25 +178,45 @@ def _random_opcode(rng: random.Random) -> bytes:
         return code + n.to_bytes(size, "little")
     if argname.startswith("string") or argname.startswith("bytes") or argname.startswith("unicode"):
         body = rng.choice((b"", b"x", b"os", b"system", b"numpy", b"\xff" * 4))
-        fmt = {"unicodestring1": "<B", "unicodestring4": "<I", "unicodestring8": "<Q", "bytes1": "<B",
-               "bytes4": "<I", "bytes8": "<Q", "string1": "<B", "string4": "<i", "bytearray8": "<Q"}.get(argname)
+        fmt = {
+            "unicodestring1": "<B",
+            "unicodestring4": "<I",
+            "unicodestring8": "<Q",
+            "bytes1": "<B",
+            "bytes4": "<I",
+            "bytes8": "<Q",
+            "string1": "<B",
+            "string4": "<i",
+            "bytearray8": "<Q",
+        }.get(argname)
         if fmt:
             return code + struct.pack(fmt, len(body)) + body
         return code + body + b"\n"
     if argname in ("decimalnl_short", "decimalnl_long", "floatnl"):
-        return code + rng.choice((b"0", b"1", b"-1", b"99999999999999999999", b"nan", b"1e400")) + b"\n"
+        return (
+            code
+            + rng.choice((b"0", b"1", b"-1", b"99999999999999999999", b"nan", b"1e400"))
+            + b"\n"
+        )
     if argname == "float8":
         return code + struct.pack(">d", rng.choice((0.0, float("nan"), float("inf"), 1e308)))
     if argname in ("long1", "long4"):
         body = bytes(rng.randrange(256) for _ in range(rng.choice((0, 1, 8))))
-        return code + (struct.pack("<B", len(body)) if argname == "long1" else struct.pack("<i", len(body))) + body
+        return (
+            code
+            + (struct.pack("<B", len(body)) if argname == "long1" else struct.pack("<i", len(body)))
+            + body
+        )
     if argname == "stringnl_noescape_pair":
-        return code + rng.choice((b"numpy\ndtype\n", b"builtins\ndict\n", b"os\nsystem\n", b"numpy\nndarray\n"))
+        return code + rng.choice(
+            (b"numpy\ndtype\n", b"builtins\ndict\n", b"os\nsystem\n", b"numpy\nndarray\n")
+        )
     return code + b"x\n"
 
 
 def grow_length(data: bytes, rng: random.Random) -> bytes:
-    """Rewrite one length field (strings, bytes, frames, longs) to a larger, smaller or huge value."""
+    """Rewrite one length field (strings, bytes, frames, longs) to a larger, smaller or huge
+    value."""
     cands = [(op, pos) for op, _, pos in ops(data) if op.name in _LEN_PREFIXED]
     if not cands:
         return flip(data, rng)
@@ -174,11 +224,15 @@ def grow_length(data: bytes, rng: random.Random) -> bytes:
     fmt = _LEN_PREFIXED[op.name]
     size = struct.calcsize(fmt)
     start = pos + 1
-    (old,) = struct.unpack(fmt, data[start:start + size])
+    (old,) = struct.unpack(fmt, data[start : start + size])
     bits = 8 * size - (1 if fmt[-1].islower() and fmt[-1] != "b" and fmt[-1] in "iq" else 0)
     new = rng.choice((old + 1, old * 2 + 1, old - 1, 0, (1 << bits) - 1, old + 4096, old << 8))
-    new = max(-(1 << bits), min(new, (1 << bits) - 1)) if fmt[-1] in "iq" else max(0, min(new, (1 << (8 * size)) - 1))
-    return data[:start] + struct.pack(fmt, new) + data[start + size:]
+    new = (
+        max(-(1 << bits), min(new, (1 << bits) - 1))
+        if fmt[-1] in "iq"
+        else max(0, min(new, (1 << (8 * size)) - 1))
+    )
+    return data[:start] + struct.pack(fmt, new) + data[start + size :]
 
 
 def insert_opcode(data: bytes, rng: random.Random) -> bytes:
@@ -194,7 +248,7 @@ def drop_opcode(data: bytes, rng: random.Random) -> bytes:
     if len(found) < 2:
         return cut(data, rng)
     k = rng.randrange(len(found) - 1)
-    return data[:found[k][2]] + data[found[k + 1][2]:]
+    return data[: found[k][2]] + data[found[k + 1][2] :]
 
 
 def dup_opcode(data: bytes, rng: random.Random) -> bytes:
@@ -208,12 +262,16 @@ def dup_opcode(data: bytes, rng: random.Random) -> bytes:
 
 def replace_strings(data: bytes, rng: random.Random) -> bytes:
     """Swap a dtype string / global name / shape-bearing text for another one of the same family."""
-    swaps = ((b"<f4", (b"<f8", b"|O", b"<c8", b"|b1", b"<U4", b"|V4", b"<M8", b">f4", b"<f2", b"<i8")),
-             (b"f4", (b"O8", b"V4", b"U1", b"f8", b"i4", b"S9", b"M8")),
-             (b"<i8", (b"<u8", b"|O", b"<f4")), (b"ndarray", (b"matrix", b"recarray", b"memmap")),
-             (b"_reconstruct", (b"_frombuffer", b"scalar", b"empty", b"zeros")),
-             (b"dtype", (b"load", b"fromfile", b"frombuffer")),
-             (b"multiarray", (b"numeric", b"_multiarray_umath")), (b"latin1", (b"utf-8", b"rot13", b"zlib")))
+    swaps = (
+        (b"<f4", (b"<f8", b"|O", b"<c8", b"|b1", b"<U4", b"|V4", b"<M8", b">f4", b"<f2", b"<i8")),
+        (b"f4", (b"O8", b"V4", b"U1", b"f8", b"i4", b"S9", b"M8")),
+        (b"<i8", (b"<u8", b"|O", b"<f4")),
+        (b"ndarray", (b"matrix", b"recarray", b"memmap")),
+        (b"_reconstruct", (b"_frombuffer", b"scalar", b"empty", b"zeros")),
+        (b"dtype", (b"load", b"fromfile", b"frombuffer")),
+        (b"multiarray", (b"numeric", b"_multiarray_umath")),
+        (b"latin1", (b"utf-8", b"rot13", b"zlib")),
+    )
     present = [(a, bs) for a, bs in swaps if a in data]
     if not present:
         return flip(data, rng)
@@ -224,19 +282,50 @@ def replace_strings(data: bytes, rng: random.Random) -> bytes:
     idx = -1
     for _ in range(k + 1):
         idx = data.index(a, idx + 1)
-    out = data[:idx] + b + data[idx + len(a):]
-    if len(a) != len(b) and idx > 0 and data[idx - 1] == len(a):  # keep a SHORT_BINUNICODE length right
-        out = out[:idx - 1] + bytes([len(b)]) + out[idx:]
+    out = data[:idx] + b + data[idx + len(a) :]
+    if (
+        len(a) != len(b) and idx > 0 and data[idx - 1] == len(a)
+    ):  # keep a SHORT_BINUNICODE length right
+        out = out[: idx - 1] + bytes([len(b)]) + out[idx:]
     return out
 
 
 PICKLE_MUTATIONS = (grow_length, insert_opcode, drop_opcode, dup_opcode, replace_strings)
 
 
-# --- JSON / YAML / CSV helpers ----------------------------------------------------------------------
-WEIRD_VALUES = (None, True, False, 0, -1, 1, 2 ** 31, 2 ** 63, 2 ** 64 + 1, -(2 ** 63), 1e308, -1e308,
-                float("nan"), float("inf"), 0.5, "", "x", "../../x.parquet", "/etc/hostname", "[/]evil",
-                "a\nb", "\x00", "é" * 3, [], [1, 2], {}, {"a": 1}, [[[[[]]]]], "1e999", "NaN")
+# --- JSON / YAML / CSV helpers --------------------------------------------------------------------
+WEIRD_VALUES = (
+    None,
+    True,
+    False,
+    0,
+    -1,
+    1,
+    2**31,
+    2**63,
+    2**64 + 1,
+    -(2**63),
+    1e308,
+    -1e308,
+    float("nan"),
+    float("inf"),
+    0.5,
+    "",
+    "x",
+    "../../x.parquet",
+    "/etc/hostname",
+    "[/]evil",
+    "a\nb",
+    "\x00",
+    "é" * 3,
+    [],
+    [1, 2],
+    {},
+    {"a": 1},
+    [[[[[]]]]],
+    "1e999",
+    "NaN",
+)
 
 
 def weird(rng: random.Random) -> Any:
@@ -312,14 +401,18 @@ def mutate_tree(obj: Any, rng: random.Random) -> Any:
 
 def duplicate_json_key(text: str, rng: random.Random) -> str:
     """Repeat one ``"key": value`` member inside its object (the last one wins in json.loads)."""
-    idxs = [i for i in range(len(text)) if text.startswith('"', i) and text[i - 1:i] in ("{", " ", "\n")]
+    idxs = [
+        i
+        for i in range(len(text))
+        if text.startswith('"', i) and text[i - 1 : i] in ("{", " ", "\n")
+    ]
     if not idxs:
         return text
     i = rng.choice(idxs)
     j = text.find(",", i)
     if j < 0:
         return text
-    return text[:j + 1] + text[i:j + 1] + text[j + 1:]
+    return text[: j + 1] + text[i : j + 1] + text[j + 1 :]
 
 
 def pickle_object(obj: Any, rng: random.Random) -> bytes:

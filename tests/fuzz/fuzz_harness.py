@@ -60,12 +60,16 @@ def write_case(case: Case, directory: Path) -> None:
 
 
 def read_case(directory: Path) -> Case:
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())
-            if p.is_file() and p.name != "finding.json"}
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(directory.iterdir())
+        if p.is_file() and p.name != "finding.json"
+    }
 
 
 def gen_case(target: Target, seeds: list[Case], seed: int, i: int) -> Case:
-    """Input ``i`` of campaign ``seed``: the seeds themselves first, then one mutation chain each."""
+    """Input ``i`` of campaign ``seed``: the seeds themselves first, then one mutation chain
+    each."""
     if i < len(seeds):
         return seeds[i]
     rng = random.Random(f"{target.name}:{seed}:{i}")
@@ -82,7 +86,11 @@ def gen_case(target: Target, seeds: list[Case], seed: int, i: int) -> Case:
 def _where(exc: BaseException) -> str:
     """file:function of the innermost frame in project code (stable across line edits)."""
     frames = traceback.extract_tb(exc.__traceback__)
-    ours = [f for f in frames if any(f"/{d}/" in f.filename for d in PROJECT_DIRS) and "/tests/" not in f.filename]
+    ours = [
+        f
+        for f in frames
+        if any(f"/{d}/" in f.filename for d in PROJECT_DIRS) and "/tests/" not in f.filename
+    ]
     f = (ours or frames or [None])[-1]
     if f is None:
         return "?"
@@ -125,7 +133,9 @@ class Sandbox:
             return Result("finding", "code-exec", "the payload's marker file was created")
         extra = sorted(set(os.listdir(self.root)) - {"case", "work", "sentinel"})
         if extra or _snapshot(self.sentinel) != self.snap:
-            return Result("finding", "outside-write", f"files outside the target changed: {extra[:3]}")
+            return Result(
+                "finding", "outside-write", f"files outside the target changed: {extra[:3]}"
+            )
         return None
 
 
@@ -137,8 +147,9 @@ def _named(target: Target, exc: BaseException, sandbox: Sandbox) -> bool:
     return any(name in str(exc) for name in os.listdir(sandbox.case_dir))
 
 
-def check(target: Target, case: Case, sandbox: Sandbox, timeout: float = 5.0,
-          mem_budget: int = MEM_BUDGET) -> Result:
+def check(
+    target: Target, case: Case, sandbox: Sandbox, timeout: float = 5.0, mem_budget: int = MEM_BUDGET
+) -> Result:
     """Run one input through the reader's entry point, in this process; classify the outcome."""
     write_case(case, sandbox.case_dir)
     if sandbox.work.exists():
@@ -158,13 +169,21 @@ def check(target: Target, case: Case, sandbox: Sandbox, timeout: float = 5.0,
     except clean as exc:
         result = Result("clean", detail=str(exc)[:300])
         if not _named(target, exc, sandbox):
-            result = Result("finding", f"unnamed:{_where(exc)}", f"error does not name the file: {str(exc)[:300]}")
+            result = Result(
+                "finding",
+                f"unnamed:{_where(exc)}",
+                f"error does not name the file: {str(exc)[:300]}",
+            )
     except RecursionError as exc:
         result = Result("finding", f"RecursionError@{_where(exc)}", str(exc)[:300])
     except BaseException as exc:  # noqa: BLE001 - every other exception is a finding
         if isinstance(exc, KeyboardInterrupt):
             raise
-        result = Result("finding", f"{type(exc).__name__}@{_where(exc)}", f"{type(exc).__name__}: {str(exc)[:300]}")
+        result = Result(
+            "finding",
+            f"{type(exc).__name__}@{_where(exc)}",
+            f"{type(exc).__name__}: {str(exc)[:300]}",
+        )
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
@@ -174,7 +193,7 @@ def check(target: Target, case: Case, sandbox: Sandbox, timeout: float = 5.0,
     return sandbox.after() or result
 
 
-# --- isolation: a forked worker with an address-space limit ---------------------------------------------
+# --- isolation: a forked worker with an address-space limit ---------------------------------------
 def _vm_size() -> int:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -225,7 +244,8 @@ def _record(c: Campaign, i: int, sig: str, detail: str) -> None:
 
 
 def warm(target: Target, root: Path) -> None:
-    """Import what the reader imports (prefect, mlflow, torch: seconds) before any time limit runs."""
+    """Import what the reader imports (prefect, mlflow, torch: seconds) before any time limit
+    runs."""
     import contextlib
     import io
 
@@ -233,17 +253,29 @@ def warm(target: Target, root: Path) -> None:
     for case in target.seeds():  # every seed: e.g. only a resampled WAV imports librosa/numba
         write_case(case, sandbox.case_dir)
         sandbox.work.mkdir(exist_ok=True)
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
-                contextlib.suppress(Exception):
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+            contextlib.suppress(Exception),
+        ):
             target.run(sandbox.case_dir, sandbox.work)
     shutil.rmtree(root, ignore_errors=True)
 
 
-def run_campaign(reader: str, inputs: int, seed: int = 0, *, isolate: bool = True, timeout: float = 5.0,
-                 root: Path | None = None, batch: int = 2000, progress=None) -> Campaign:
-    """``inputs`` inputs of campaign ``seed`` through ``reader``. ``isolate``: forked workers with an
-    address-space limit, restarted past an input that killed or hung them (the hang/memory oracle);
-    otherwise in this process (fast; SIGALRM and peak-RSS checks only)."""
+def run_campaign(
+    reader: str,
+    inputs: int,
+    seed: int = 0,
+    *,
+    isolate: bool = True,
+    timeout: float = 5.0,
+    root: Path | None = None,
+    batch: int = 2000,
+    progress=None,
+) -> Campaign:
+    """``inputs`` inputs of campaign ``seed`` through ``reader``. ``isolate``: forked workers with
+    an address-space limit, restarted past an input that killed or hung them (the hang/memory
+    oracle); otherwise in this process (fast; SIGALRM and peak-RSS checks only)."""
     import tempfile
 
     target = TARGETS[reader]
@@ -267,14 +299,19 @@ def run_campaign(reader: str, inputs: int, seed: int = 0, *, isolate: bool = Tru
             while i < inputs:
                 stop = min(inputs, i + batch)
                 parent, child = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_worker, args=(reader, seed, i, stop, child, str(base / f"w{i}"), timeout))
+                proc = ctx.Process(
+                    target=_worker,
+                    args=(reader, seed, i, stop, child, str(base / f"w{i}"), timeout),
+                )
                 proc.start()
                 child.close()
                 current = i
                 while True:
                     if not parent.poll(timeout * 4 + 30):
                         proc.kill()
-                        _record(c, current, "hang", f"worker stuck past {timeout * 4 + 30:g} s (C code)")
+                        _record(
+                            c, current, "hang", f"worker stuck past {timeout * 4 + 30:g} s (C code)"
+                        )
                         c.counts["finding"] += 1
                         i = current + 1
                         break
@@ -307,8 +344,9 @@ def run_campaign(reader: str, inputs: int, seed: int = 0, *, isolate: bool = Tru
     return c
 
 
-def check_isolated(target: Target, case: Case, root: Path, timeout: float = 5.0,
-                   hard_timeout: float | None = None) -> Result:
+def check_isolated(
+    target: Target, case: Case, root: Path, timeout: float = 5.0, hard_timeout: float | None = None
+) -> Result:
     """``check`` in a forked child with the address-space limit; a hard hang or crash kills it."""
     ctx = mp.get_context("fork")
     parent, child = ctx.Pipe(duplex=False)
@@ -336,7 +374,7 @@ def check_isolated(target: Target, case: Case, root: Path, timeout: float = 5.0,
         parent.close()
 
 
-# --- shrinking ----------------------------------------------------------------------------------------
+# --- shrinking ------------------------------------------------------------------------------------
 def _isolated_kind(sig: str) -> bool:
     return sig in ("hang", "memory") or sig.startswith("crash:")
 
@@ -347,8 +385,14 @@ def reproduces(target: Target, case: Case, sig: str, sandbox: Sandbox, timeout: 
     return check(target, case, sandbox, timeout).signature == sig
 
 
-def shrink(target: Target, case: Case, sig: str, sandbox: Sandbox, timeout: float = 5.0,
-           max_tries: int = 400) -> Case:
+def shrink(
+    target: Target,
+    case: Case,
+    sig: str,
+    sandbox: Sandbox,
+    timeout: float = 5.0,
+    max_tries: int = 400,
+) -> Case:
     """Delta debugging (ddmin-style chunk removal) on each file of the case while ``sig`` holds."""
     tries = 0
     case = dict(case)
@@ -359,7 +403,7 @@ def shrink(target: Target, case: Case, sig: str, sandbox: Sandbox, timeout: floa
             chunk = max(1, len(data) // n)
             reduced = False
             for start in range(0, len(data), chunk):
-                cand = data[:start] + data[start + chunk:]
+                cand = data[:start] + data[start + chunk :]
                 tries += 1
                 if reproduces(target, {**case, name: cand}, sig, sandbox, timeout):
                     data, reduced = cand, True
@@ -375,18 +419,39 @@ def shrink(target: Target, case: Case, sig: str, sandbox: Sandbox, timeout: floa
     return case
 
 
-# --- corpus -------------------------------------------------------------------------------------------
+# --- corpus ---------------------------------------------------------------------------------------
 def finding_id(sig: str) -> str:
     return hashlib.sha1(sig.encode()).hexdigest()[:10]
 
 
-def save_finding(reader: str, case: Case, sig: str, detail: str, *, seed: int, index: int,
-                 status: str = "fixed", note: str = "") -> Path:
+def save_finding(
+    reader: str,
+    case: Case,
+    sig: str,
+    detail: str,
+    *,
+    seed: int,
+    index: int,
+    status: str = "fixed",
+    note: str = "",
+) -> Path:
     d = CORPUS / reader / finding_id(sig)
     write_case(case, d)
-    (d / "finding.json").write_text(json.dumps(
-        {"reader": reader, "signature": sig, "detail": detail, "seed": seed, "index": index,
-         "status": status, "note": note}, indent=1) + "\n")
+    (d / "finding.json").write_text(
+        json.dumps(
+            {
+                "reader": reader,
+                "signature": sig,
+                "detail": detail,
+                "seed": seed,
+                "index": index,
+                "status": status,
+                "note": note,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     return d
 
 
@@ -398,10 +463,14 @@ def corpus_bytes() -> int:
     return sum(p.stat().st_size for p in CORPUS.rglob("*") if p.is_file())
 
 
-# --- CLI oracle ---------------------------------------------------------------------------------------
+# --- CLI oracle -----------------------------------------------------------------------------------
 def msaflow_cmd() -> list[str]:
     exe = Path(sys.executable).with_name("msaflow")
-    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from msaflow.cli import main; main()"]
+    return (
+        [str(exe)]
+        if exe.exists()
+        else [sys.executable, "-c", "from msaflow.cli import main; main()"]
+    )
 
 
 def check_cli(target: Target, case: Case, sandbox: Sandbox, timeout: float = 120) -> Result:
@@ -412,10 +481,21 @@ def check_cli(target: Target, case: Case, sandbox: Sandbox, timeout: float = 120
         shutil.rmtree(sandbox.work)
     sandbox.work.mkdir()
     argv = target.cli(sandbox.case_dir, sandbox.work)
-    env = {**os.environ, "FUZZ_MARKER": str(sandbox.marker), "COLUMNS": "60", "MSAFLOW_HOME": str(sandbox.work / "home")}
+    env = {
+        **os.environ,
+        "FUZZ_MARKER": str(sandbox.marker),
+        "COLUMNS": "60",
+        "MSAFLOW_HOME": str(sandbox.work / "home"),
+    }
     try:
-        p = subprocess.run([*msaflow_cmd(), *argv], capture_output=True, text=True, timeout=timeout, env=env,
-                           cwd=sandbox.work)
+        p = subprocess.run(
+            [*msaflow_cmd(), *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd=sandbox.work,
+        )
     except subprocess.TimeoutExpired:
         return Result("finding", "cli-hang", f"msaflow {' '.join(argv[:2])} ran past {timeout} s")
     err = p.stderr.strip()
@@ -425,7 +505,9 @@ def check_cli(target: Target, case: Case, sandbox: Sandbox, timeout: float = 120
     elif p.returncode not in (0, 2):
         res = Result("finding", f"cli-exit{p.returncode}", err[-300:])
     elif p.returncode == 2 and (len(lines) != 1 or str(sandbox.root) not in lines[0]):
-        res = Result("finding", "cli-message", f"expected one line naming the file, got: {err[:300]!r}")
+        res = Result(
+            "finding", "cli-message", f"expected one line naming the file, got: {err[:300]!r}"
+        )
     else:
         res = Result("ok" if p.returncode == 0 else "clean", detail=err[:300])
     return sandbox.after() or res

@@ -24,7 +24,7 @@ def _copies() -> list[tuple[str, int, str, str]]:
                 start = (node.decorator_list[0].lineno if node.decorator_list else node.lineno) - 1
                 m = MARK.match(lines[start - 1]) if start else None
                 if m:
-                    body = textwrap.dedent("\n".join(lines[start:node.end_lineno]))
+                    body = textwrap.dedent("\n".join(lines[start : node.end_lineno]))
                     found.append((path.name, start, m.group(1), body))
     return found
 
@@ -46,4 +46,6 @@ def test_copied_blocks_match_their_source():
     copies = _copies()
     assert copies, "expected at least one '# Copied from' block in models/"
     for name, line, dotted, body in copies:
-        assert body.rstrip() == _source(dotted), f"models/{name}:{line + 1} has drifted from {dotted}"
+        assert body.rstrip() == _source(dotted), (
+            f"models/{name}:{line + 1} has drifted from {dotted}"
+        )

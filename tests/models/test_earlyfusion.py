@@ -34,9 +34,13 @@ def make_batch(b: int = 4, t: int = 5, classes: int = 0, seed: int = 0):
 
 
 def test_masked_mean_respects_lengths_on_hand_made_tensors():
-    x = torch.tensor([[[1.0, 10.0], [3.0, 30.0], [1e6, 1e6]],
-                      [[4.0, 40.0], [1e6, 1e6], [1e6, 1e6]],
-                      [[7.0, 7.0], [7.0, 7.0], [7.0, 7.0]]])
+    x = torch.tensor(
+        [
+            [[1.0, 10.0], [3.0, 30.0], [1e6, 1e6]],
+            [[4.0, 40.0], [1e6, 1e6], [1e6, 1e6]],
+            [[7.0, 7.0], [7.0, 7.0], [7.0, 7.0]],
+        ]
+    )
     out = masked_mean(x, torch.tensor([2, 1, 0]))
     torch.testing.assert_close(out, torch.tensor([[2.0, 20.0], [4.0, 40.0], [0.0, 0.0]]))
     torch.testing.assert_close(masked_mean(x[:1, :2], None), torch.tensor([[2.0, 20.0]]))
@@ -103,8 +107,12 @@ def test_registered_with_variants_and_presets():
     for name, preset in SPEC.presets.items():
         apply_overrides(EarlyFusionConfig(), preset["model"], name)
         apply_overrides(TrainConfig(), preset["train"], name)
-    cfg = resolve_run_config("earlyfusion", None, "quick", input_spec={"text_dim": 3, "audio_dim": 2,
-                                                                        "vision_dim": 4, "seq_len": 1})
+    cfg = resolve_run_config(
+        "earlyfusion",
+        None,
+        "quick",
+        input_spec={"text_dim": 3, "audio_dim": 2, "vision_dim": 4, "seq_len": 1},
+    )
     assert cfg.model_cfg.hidden == 32 and cfg.variant == "default"
 
 
@@ -112,10 +120,15 @@ def _split(n: int, seed: int, t: int = 1):
     from feature_store.schema import SplitData
 
     rng = np.random.default_rng(seed)
-    feats = {m: (rng.standard_normal((n, t, d)) * 50 + 100).astype(np.float32) for m, d in DIMS.items()}
-    return SplitData(ids=np.array([f"{seed}-{i}" for i in range(n)]),
-                     labels=np.clip((feats["text"][:, 0, 0] - 100) / 25, -3, 3).astype(np.float32),
-                     features=feats, lengths=dict.fromkeys(DIMS, np.full(n, t)))
+    feats = {
+        m: (rng.standard_normal((n, t, d)) * 50 + 100).astype(np.float32) for m, d in DIMS.items()
+    }
+    return SplitData(
+        ids=np.array([f"{seed}-{i}" for i in range(n)]),
+        labels=np.clip((feats["text"][:, 0, 0] - 100) / 25, -3, 3).astype(np.float32),
+        features=feats,
+        lengths=dict.fromkeys(DIMS, np.full(n, t)),
+    )
 
 
 def test_trains_through_the_engine_at_t1_on_standardised_features():
@@ -123,9 +136,16 @@ def test_trains_through_the_engine_at_t1_on_standardised_features():
     from tasks.train import train_model
 
     spec = {"text_dim": 3, "audio_dim": 2, "vision_dim": 4, "seq_len": 1}
-    cfg = resolve_run_config("earlyfusion", None, "quick", train_overrides={"epochs": 2, "batch_size": 16},
-                             input_spec=spec)
-    splits, stats = standardize_splits({"train": _split(48, 0), "valid": _split(16, 1), "test": _split(16, 2)})
+    cfg = resolve_run_config(
+        "earlyfusion",
+        None,
+        "quick",
+        train_overrides={"epochs": 2, "batch_size": 16},
+        input_spec=spec,
+    )
+    splits, stats = standardize_splits(
+        {"train": _split(48, 0), "valid": _split(16, 1), "test": _split(16, 2)}
+    )
     assert abs(float(stats.mean["text"][0]) - 100) < 30
     result = train_model(cfg, splits)
     assert np.isfinite(result.test["test/mae"])

@@ -1,4 +1,5 @@
-"""MMAFNet: every equation on hand-made tensors, then the hooks and the model as the engine uses it."""
+"""MMAFNet: every equation on hand-made tensors, then the hooks and the model as the engine uses
+it."""
 
 from __future__ import annotations
 
@@ -32,8 +33,9 @@ DIMS = {"text": 6, "audio": 5, "vision": 4}
 
 
 def tiny_cfg(**kw) -> MMAFNetConfig:
-    base = dict(text_dim=6, audio_dim=5, vision_dim=4, seq_len=5, hidden=8, attn_heads=2,
-                dropout=0.0)
+    base = dict(
+        text_dim=6, audio_dim=5, vision_dim=4, seq_len=5, hidden=8, attn_heads=2, dropout=0.0
+    )
     return MMAFNetConfig(**{**base, **kw})
 
 
@@ -102,7 +104,9 @@ def test_diff_loss_orthogonal_is_zero_identical_is_known():
     a = torch.tensor([[1.0], [-1.0], [1.0], [-1.0]])
     b = torch.tensor([[1.0], [1.0], [-1.0], [-1.0]])  # centred columns with a . b = 0
     assert diff_loss(a, b).item() == pytest.approx(0.0, abs=1e-12)
-    x = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])  # normalised rows (+-1, 0): X^T X = [[2, 0], [0, 0]]
+    x = torch.tensor(
+        [[1.0, 0.0], [-1.0, 0.0]]
+    )  # normalised rows (+-1, 0): X^T X = [[2, 0], [0, 0]]
     assert diff_loss(x, x).item() == pytest.approx(4.0 / 4.0, rel=1e-5)
     assert diff_loss(3 * x + 7, x).item() == pytest.approx(1.0, rel=1e-5)  # centred and normalised
 
@@ -129,7 +133,9 @@ def test_difference_loss_sums_intra_and_inter_terms():
     b = torch.tensor([[1.0], [1.0], [-1.0], [-1.0]])
     # invariant orthogonal to specific, specifics identical: 0 + 3 inter terms of (a^T a)^2 = 4^2
     spec = {"t": a, "a": a, "v": a}
-    assert difference_loss({"t": b, "a": b, "v": b}, spec).item() == pytest.approx(3 * 16.0, rel=1e-5)
+    assert difference_loss({"t": b, "a": b, "v": b}, spec).item() == pytest.approx(
+        3 * 16.0, rel=1e-5
+    )
 
 
 # --- eqs. 6-9: probe accuracy, omega, phi ---------------------------------------------------------
@@ -151,23 +157,32 @@ def test_modulation_ratios_follow_eq8():
     omega = modulation_ratios({"t": 0.9, "a": 0.6, "v": 0.3})
     assert omega == pytest.approx({"t": 0.5, "a": 1 / 3, "v": 1 / 6})
     assert modulation_ratios({"t": 0.0, "a": 0.0, "v": 0.0}) == pytest.approx(
-        {"t": 1 / 3, "a": 1 / 3, "v": 1 / 3})
+        {"t": 1 / 3, "a": 1 / 3, "v": 1 / 3}
+    )
 
 
 def test_sgm_coefficients_only_for_the_dominant_modality():
     phi = sgm_coefficients({"t": 0.5, "a": 1 / 3, "v": 1 / 6}, alpha=0.3)
-    assert phi["t"] == pytest.approx(1 - math.tanh(0.15)) and phi["t"] == pytest.approx(0.851115, abs=1e-6)
+    assert phi["t"] == pytest.approx(1 - math.tanh(0.15)) and phi["t"] == pytest.approx(
+        0.851115, abs=1e-6
+    )
     assert phi["a"] == 1.0 and phi["v"] == 1.0
-    tied = sgm_coefficients({"t": 0.4, "a": 0.4, "v": 0.2}, alpha=0.3, tie="all")  # eq. 9 as printed
+    tied = sgm_coefficients(
+        {"t": 0.4, "a": 0.4, "v": 0.2}, alpha=0.3, tie="all"
+    )  # eq. 9 as printed
     assert tied == pytest.approx({"t": 1 - math.tanh(0.12), "a": 1 - math.tanh(0.12), "v": 1.0})
 
 
 def test_sgm_ties_follow_ogm_ge_a_full_tie_damps_nothing():
     pair, full = {"t": 0.4, "a": 0.4, "v": 0.2}, dict.fromkeys("tav", 1 / 3)
     damped = 1 - math.tanh(0.3 * 0.4)
-    assert sgm_coefficients(pair, 0.3, "none") == dict.fromkeys("tav", 1.0)  # default: strict max only
+    assert sgm_coefficients(pair, 0.3, "none") == dict.fromkeys(
+        "tav", 1.0
+    )  # default: strict max only
     assert sgm_coefficients(pair, 0.3) == dict.fromkeys("tav", 1.0)
-    assert sgm_coefficients(pair, 0.3, "pair") == pytest.approx({"t": damped, "a": damped, "v": 1.0})
+    assert sgm_coefficients(pair, 0.3, "pair") == pytest.approx(
+        {"t": damped, "a": damped, "v": 1.0}
+    )
     for tie in ("none", "pair"):
         assert sgm_coefficients(full, 0.3, tie) == dict.fromkeys("tav", 1.0)
     assert set(sgm_coefficients(full, 0.3, "all").values()) == {1 - math.tanh(0.1)}  # a uniform cut
@@ -188,8 +203,11 @@ def test_cosine_distance_hand_values():
 
 
 def test_ipr_distances_eq12():
-    z = {"t": torch.tensor([[1.0, 0.0]]), "a": torch.tensor([[0.0, 1.0]]),
-         "v": torch.tensor([[1.0, 0.0]])}
+    z = {
+        "t": torch.tensor([[1.0, 0.0]]),
+        "a": torch.tensor([[0.0, 1.0]]),
+        "v": torch.tensor([[1.0, 0.0]]),
+    }
     D = ipr_distances(z)  # D(t,a) = 1, D(t,v) = 0, D(a,v) = 1
     assert D["t"].item() == pytest.approx(0.5)
     assert D["a"].item() == pytest.approx(1.0)
@@ -225,7 +243,7 @@ def test_afm_gates_sum_to_one_and_weight_the_concatenation(attention):
     fused, g = afm(feats)
     assert g.shape == (2, 4) and torch.allclose(g.sum(-1), torch.ones(2))
     assert (g > 0).all()
-    expected = torch.cat([g[:, k:k + 1] * feats[:, k] for k in range(4)], dim=-1)
+    expected = torch.cat([g[:, k : k + 1] * feats[:, k] for k in range(4)], dim=-1)
     assert fused.shape == (2, 12) and torch.allclose(fused, expected)
     afm.rescale = True  # afm_rescale: uniform gates would give the plain concatenation
     assert torch.allclose(afm(feats)[0], 4 * expected)
@@ -328,7 +346,7 @@ def test_sgm_skips_a_batch_without_countable_labels():
     assert trace["sgm/phi_t"] == trace["sgm/phi_a"] == trace["sgm/phi_v"] == 1.0
 
 
-# --- IPR at on_epoch_end (eqs. 12-15) --------------------------------------------------------------
+# --- IPR at on_epoch_end (eqs. 12-15) -------------------------------------------------------------
 
 
 def _flat_distance_means(outs, batches) -> torch.Tensor:
@@ -337,13 +355,22 @@ def _flat_distance_means(outs, batches) -> torch.Tensor:
     for out, batch in zip(outs, batches, strict=True):
         z = {}
         for name, m in (("text", "t"), ("audio", "a"), ("vision", "v")):
-            mask = torch.arange(out.extras[f"zc_{m}"].shape[1])[None, :] < batch[f"{name}_len"][:, None]
+            mask = (
+                torch.arange(out.extras[f"zc_{m}"].shape[1])[None, :]
+                < batch[f"{name}_len"][:, None]
+            )
             z[m] = (out.extras[f"zc_{m}"] * mask[..., None]).flatten(1).detach()
         cos = torch.nn.functional.cosine_similarity
-        per_sample.append(torch.stack([
-            ((1 - cos(z["t"], z["a"])) + (1 - cos(z["t"], z["v"]))) / 2,
-            ((1 - cos(z["a"], z["t"])) + (1 - cos(z["a"], z["v"]))) / 2,
-            ((1 - cos(z["v"], z["t"])) + (1 - cos(z["v"], z["a"]))) / 2], dim=1))
+        per_sample.append(
+            torch.stack(
+                [
+                    ((1 - cos(z["t"], z["a"])) + (1 - cos(z["t"], z["v"]))) / 2,
+                    ((1 - cos(z["a"], z["t"])) + (1 - cos(z["a"], z["v"]))) / 2,
+                    ((1 - cos(z["v"], z["t"])) + (1 - cos(z["v"], z["a"]))) / 2,
+                ],
+                dim=1,
+            )
+        )
     return torch.cat(per_sample).mean(0)
 
 
@@ -359,8 +386,11 @@ def test_ipr_blends_towards_init_with_the_epochs_mean_distances():
     outs = [model(b) for b in batches]
     trace = model.on_epoch_end(0)
     # the reset waits for the next epoch: what the engine validates is the trained model
-    assert all(torch.equal(p, pc)
-               for m in "tav" for p, pc in zip(model.attn[m].parameters(), cur[m], strict=True))
+    assert all(
+        torch.equal(p, pc)
+        for m in "tav"
+        for p, pc in zip(model.attn[m].parameters(), cur[m], strict=True)
+    )
     model.before_epoch(1)
     assert float(model.ipr_pending.abs().sum()) == 0.0  # applied once
     expected_d = _flat_distance_means(outs, batches)
@@ -382,7 +412,9 @@ def test_ipr_closeness_weighting_and_eval_forwards_do_not_count():
     model.train()
     model(make_batch())
     trace = model.on_epoch_end(0)
-    assert trace["ipr/phi_t"] == pytest.approx(max(1 - math.tanh(trace["ipr/dist_t"]), 0.1), abs=1e-6)
+    assert trace["ipr/phi_t"] == pytest.approx(
+        max(1 - math.tanh(trace["ipr/dist_t"]), 0.1), abs=1e-6
+    )
 
 
 @pytest.mark.parametrize("kw,epoch", [({"ipr": False}, 0), ({"modulation_epochs": 2}, 2)])
@@ -488,8 +520,12 @@ def test_variants_forward_and_backward_without_nans(variant, classes):
     assert all(isinstance(v, float) and math.isfinite(v) for v in parts.values())
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     cfg = model.cfg
-    expected = (parts["loss/task"] + cfg.lambda1 * parts["loss/sim"]
-                + cfg.lambda2 * parts["loss/diff"] + cfg.probe_weight * parts["loss/probe"])
+    expected = (
+        parts["loss/task"]
+        + cfg.lambda1 * parts["loss/sim"]
+        + cfg.lambda2 * parts["loss/diff"]
+        + cfg.probe_weight * parts["loss/probe"]
+    )
     assert parts["loss/total"] == pytest.approx(expected, rel=1e-5)
     model.after_backward(out, batch, 0)
     assert all(math.isfinite(v) for v in model.on_epoch_end(0).values())
@@ -498,10 +534,19 @@ def test_variants_forward_and_backward_without_nans(variant, classes):
         assert torch.isfinite(model(batch).pred).all()
 
 
-@pytest.mark.parametrize("kw", [{"decouple_features": "frames"}, {"ipr_distance": "pooled"},
-                                {"invariant_fusion": "concat"}, {"probe_accuracy": "acc7"},
-                                {"probe_detach": False}, {"probe_norm": False, "probe_optimizer": "main"},
-                                {"sgm_tie": "pair"}, {"sgm_tie": "all"}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"decouple_features": "frames"},
+        {"ipr_distance": "pooled"},
+        {"invariant_fusion": "concat"},
+        {"probe_accuracy": "acc7"},
+        {"probe_detach": False},
+        {"probe_norm": False, "probe_optimizer": "main"},
+        {"sgm_tie": "pair"},
+        {"sgm_tie": "all"},
+    ],
+)
 def test_alternative_choices_run(kw):
     model = model_of(**kw)
     model.train()
@@ -528,7 +573,9 @@ def test_short_training_loop_reduces_the_loss():
     batches = []
     for s in range(4):  # every modality carries a per-sample offset c, the label is 2c
         b = make_batch(B=16, seed=s)
-        c = torch.linspace(-1, 1, 16)[torch.randperm(16, generator=torch.Generator().manual_seed(s))]
+        c = torch.linspace(-1, 1, 16)[
+            torch.randperm(16, generator=torch.Generator().manual_seed(s))
+        ]
         for name in DIMS:
             b[name] = 0.5 * b[name] + c[:, None, None]
         b["label"] = 2 * c
@@ -567,7 +614,9 @@ def test_state_dict_carries_theta_init_and_reloads_exactly():
     opt.step()
     model.on_epoch_end(0)  # as the engine: the checkpoint is written before the reset it decided
     assert float(model.ipr_pending.min()) > 0 and "ipr_pending" in model.state_dict()
-    assert not torch.equal(model.attn["t"].attn.in_proj_weight, init["ipr_init.t.attn__in_proj_weight"])
+    assert not torch.equal(
+        model.attn["t"].attn.in_proj_weight, init["ipr_init.t.attn__in_proj_weight"]
+    )
     assert all(torch.equal(init[n], b) for n, b in model.state_dict().items() if n in init)
 
     other = model_of(seed=123)  # different initial weights and theta_init
@@ -597,10 +646,16 @@ def test_bad_config_is_a_config_error():
 
 
 def test_spec_variants_and_presets_apply_to_the_configs():
-    assert set(SPEC.variants) == {"none", "sgm", "sgm_ipr", "full"} and SPEC.default_variant == "full"
+    assert (
+        set(SPEC.variants) == {"none", "sgm", "sgm_ipr", "full"} and SPEC.default_variant == "full"
+    )
     switches = {v: (o["sgm"], o["ipr"], o["afm"]) for v, o in SPEC.variants.items()}
-    assert switches == {"none": (False, False, False), "sgm": (True, False, False),
-                        "sgm_ipr": (True, True, False), "full": (True, True, True)}
+    assert switches == {
+        "none": (False, False, False),
+        "sgm": (True, False, False),
+        "sgm_ipr": (True, True, False),
+        "full": (True, True, True),
+    }
     for preset in SPEC.presets.values():
         assert set(preset) <= {"model", "train"}
         cfg = apply_overrides(MMAFNetConfig(), preset.get("model", {}), "model")
@@ -611,7 +666,12 @@ def test_spec_variants_and_presets_apply_to_the_configs():
     assert paper["train"] == {"optimizer": "sgd", "lr": 1e-4, "epochs": 50, "batch_size": 32}
     cfg = apply_overrides(MMAFNetConfig(), paper["model"], "model")
     assert (cfg.lambda1, cfg.lambda2, cfg.alpha, cfg.delta, cfg.modulation_epochs) == (
-        0.1, 0.01, 0.3, 0.1, 25)
+        0.1,
+        0.01,
+        0.3,
+        0.1,
+        25,
+    )
     assert dataclasses.asdict(cfg) == dataclasses.asdict(MMAFNetConfig())  # defaults = paper
     quick = SPEC.presets["quick"]
     assert quick["model"]["modulation_epochs"] < quick["train"]["epochs"]
@@ -619,15 +679,17 @@ def test_spec_variants_and_presets_apply_to_the_configs():
 
 def test_paper_preset_text_probe_is_the_most_accurate_after_one_epoch(tmp_path):
     """On sim-mosi text is the planted strong modality: the probes must see it within an epoch of
-    the paper's SGD lr 1e-4 (before, they sat at chance and initialisation picked the damped one)."""
+    the paper's SGD lr 1e-4 (before, they sat at chance and initialisation picked the damped
+    one)."""
     from feature_store import load_dataset, synthesize
     from tasks.config import resolve_run_config
     from tasks.train import train_model
 
     synthesize("mosi", tmp_path / "sim", seed=0, scale=0.25)  # 321 training utterances, 11 steps
     manifest, splits = load_dataset(tmp_path / "sim")
-    cfg = resolve_run_config("mmafnet", "full", "paper", train_overrides={"epochs": 1},
-                             input_spec=manifest.input_spec())
+    cfg = resolve_run_config(
+        "mmafnet", "full", "paper", train_overrides={"epochs": 1}, input_spec=manifest.input_spec()
+    )
     epoch = train_model(cfg, splits, evaluate_test=False).epoch_traces[0]
     acc = {m: epoch[f"probe/epoch_acc_{m}"] for m in "tav"}
     assert acc["t"] > max(acc["a"], acc["v"]), acc

@@ -29,8 +29,17 @@ DIMS = {"text": 6, "audio": 5, "vision": 4}
 
 
 def tiny(**kw) -> MMCLConfig:
-    base = dict(text_dim=DIMS["text"], audio_dim=DIMS["audio"], vision_dim=DIMS["vision"], seq_len=7,
-                d=8, heads=2, ff_mult=2, head_hidden=8, dropout=0.0)
+    base = dict(
+        text_dim=DIMS["text"],
+        audio_dim=DIMS["audio"],
+        vision_dim=DIMS["vision"],
+        seq_len=7,
+        d=8,
+        heads=2,
+        ff_mult=2,
+        head_hidden=8,
+        dropout=0.0,
+    )
     return MMCLConfig(**{**base, **kw})
 
 
@@ -67,9 +76,11 @@ def test_cosine_similarity_matrix_of_known_vectors():
 
 
 def test_common_weights_are_the_min_over_the_other_two_modalities():
-    z = {"text": t2([[1.0, 0.0], [0.0, 1.0]]),
-         "audio": t2([[1.0, 0.0], [1.0, 0.0]]),
-         "vision": t2([[0.0, 1.0], [1.0, 1.0]])}
+    z = {
+        "text": t2([[1.0, 0.0], [0.0, 1.0]]),
+        "audio": t2([[1.0, 0.0], [1.0, 0.0]]),
+        "vision": t2([[0.0, 1.0], [1.0, 1.0]]),
+    }
     # by hand: Sim_ta = [[1,1],[0,0]], Sim_tv = [[0,S],[1,S]], Sim_av = [[0,S],[0,S]]
     raw = raw_common_weights(z)
     torch.testing.assert_close(raw["text"], torch.tensor([[[0.0, S], [0.0, 0.0]]]))
@@ -80,18 +91,24 @@ def test_common_weights_are_the_min_over_the_other_two_modalities():
     torch.testing.assert_close(none["vision"], raw["vision"])
     soft = common_weights(z)
     e = math.exp(S)
-    torch.testing.assert_close(soft["text"], torch.tensor([[[1 / (1 + e), e / (1 + e)], [0.5, 0.5]]]))
+    torch.testing.assert_close(
+        soft["text"], torch.tensor([[[1 / (1 + e), e / (1 + e)], [0.5, 0.5]]])
+    )
 
 
 def test_normalise_weights_softmax_temperature_and_padding():
     raw = torch.tensor([[[0.0, math.log(3.0)], [0.2, -0.4]]])
-    torch.testing.assert_close(normalise_weights(raw), torch.tensor([[[0.25, 0.75],
-                                                                      [0.5 * (1 + math.tanh(0.3)),
-                                                                       0.5 * (1 - math.tanh(0.3))]]]))
-    torch.testing.assert_close(normalise_weights(raw[:, :1], temperature=0.5),
-                               torch.tensor([[[0.1, 0.9]]]))
+    torch.testing.assert_close(
+        normalise_weights(raw),
+        torch.tensor([[[0.25, 0.75], [0.5 * (1 + math.tanh(0.3)), 0.5 * (1 - math.tanh(0.3))]]]),
+    )
+    torch.testing.assert_close(
+        normalise_weights(raw[:, :1], temperature=0.5), torch.tensor([[[0.1, 0.9]]])
+    )
     keys = torch.tensor([[True, False]])
-    torch.testing.assert_close(normalise_weights(raw, keys), torch.tensor([[[1.0, 0.0], [1.0, 0.0]]]))
+    torch.testing.assert_close(
+        normalise_weights(raw, keys), torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
+    )
     none = normalise_weights(raw, keys, norm="none")
     torch.testing.assert_close(none, torch.tensor([[[0.0, 0.0], [0.2, 0.0]]]))
     # a sample with no real step: zero weights, not NaN
@@ -149,7 +166,9 @@ def test_unaligned_sequences_raise_a_clear_error():
     batch["audio"] = torch.randn(4, 9, DIMS["audio"])
     with pytest.raises(ValueError, match="aligned sequences") as err:
         MMCL(tiny())(batch)
-    assert all(f"{m} T={t}" in str(err.value) for m, t in (("text", 7), ("audio", 9), ("vision", 7)))
+    assert all(
+        f"{m} T={t}" in str(err.value) for m, t in (("text", 7), ("audio", 9), ("vision", 7))
+    )
 
 
 def test_interpolate_resamples_to_the_longest_sequence():
@@ -169,7 +188,9 @@ def test_masked_pool_ignores_padding():
     mask = torch.tensor([[True, True, False]])
     torch.testing.assert_close(masked_pool(x, mask, "mean"), torch.tensor([[2.0, 2.0]]))
     torch.testing.assert_close(masked_pool(x, mask, "max"), torch.tensor([[3.0, 5.0]]))
-    assert torch.equal(masked_pool(x, torch.zeros(1, 3, dtype=torch.bool), "max"), torch.zeros(1, 2))
+    assert torch.equal(
+        masked_pool(x, torch.zeros(1, 3, dtype=torch.bool), "max"), torch.zeros(1, 2)
+    )
 
 
 # ---- the model ------------------------------------------------------------------------------
@@ -189,19 +210,30 @@ def test_every_variant_runs_forward_and_backward(variant, task):
     total, parts = model.loss(out, batch)
     assert set(parts) == {"loss/task", "loss/cl", "loss/total"}
     assert all(isinstance(v, float) and math.isfinite(v) for v in parts.values())
-    assert parts["loss/total"] == pytest.approx(parts["loss/task"] + cfg.lambda_cl * parts["loss/cl"],
-                                                rel=1e-5)
+    assert parts["loss/total"] == pytest.approx(
+        parts["loss/task"] + cfg.lambda_cl * parts["loss/cl"], rel=1e-5
+    )
     total.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert model.proj["audio"].proj.weight.grad.abs().sum() > 0  # every modality is trained
 
 
-@pytest.mark.parametrize("override", [
-    {"enhance": "sequential"}, {"w_norm": "none"}, {"pool": "max"}, {"fusion": "sum"},
-    {"cl_on": "enhanced"}, {"cross_residual": False}, {"positional": True}, {"input_norm": False},
-    {"head_hidden": 0}, {"self_attn": False, "enhance": "sequential"},
-])
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"enhance": "sequential"},
+        {"w_norm": "none"},
+        {"pool": "max"},
+        {"fusion": "sum"},
+        {"cl_on": "enhanced"},
+        {"cross_residual": False},
+        {"positional": True},
+        {"input_norm": False},
+        {"head_hidden": 0},
+        {"self_attn": False, "enhance": "sequential"},
+    ],
+)
 def test_config_choices_run(override):
     model = MMCL(tiny(**override))
     batch = make_batch()
@@ -247,8 +279,9 @@ def test_epoch_trace_reports_common_weight_statistics():
     model(make_batch())
     model(make_batch(seed=1))
     trace = model.on_epoch_end(0)
-    assert set(trace) == {f"csd/{k}_{s}" for k in ("w_mean", "common_ratio", "w_tv_uniform")
-                          for s in "tav"}
+    assert set(trace) == {
+        f"csd/{k}_{s}" for k in ("w_mean", "common_ratio", "w_tv_uniform") for s in "tav"
+    }
     assert all(0.0 <= trace[f"csd/w_tv_uniform_{s}"] < 1.0 for s in "tav")
     assert all(-1.0 <= trace[f"csd/w_mean_{s}"] <= 1.0 for s in "tav")
     assert model.on_epoch_end(1) == {}  # reset after each epoch
@@ -300,14 +333,20 @@ def test_spec_variants_and_presets_apply_to_the_configs():
     assert SPEC.name == "mmcl" and SPEC.config_cls is MMCLConfig and SPEC.model_cls is MMCL
     assert list(SPEC.variants) == ["full", "no_csd", "no_selfattn", "no_crossattn"]  # Table I
     assert SPEC.default_variant == "full"
-    assert {"lambda_cl", "temperature", "csd", "self_attn", "cross_attn"} <= {f.name for f in fields(MMCLConfig)}
+    assert {"lambda_cl", "temperature", "csd", "self_attn", "cross_attn"} <= {
+        f.name for f in fields(MMCLConfig)
+    }
     for name, preset in SPEC.presets.items():
         cfg = apply_overrides(MMCLConfig(), preset["model"], name)
         train = apply_overrides(TrainConfig(), preset["train"], name)
         assert cfg.d % cfg.heads == 0
         assert train.optimizer == "adam"
-    assert SPEC.presets["paper"]["train"] == {"optimizer": "adam", "lr": 3e-4, "batch_size": 64,
-                                              "epochs": 200}
+    assert SPEC.presets["paper"]["train"] == {
+        "optimizer": "adam",
+        "lr": 3e-4,
+        "batch_size": 64,
+        "epochs": 200,
+    }
     assert SPEC.presets["paper_cls"]["train"]["batch_size"] == 128
     assert MMCLConfig().d == 256
     assert isinstance(MMCL(tiny())(make_batch()), ModelOutput)
@@ -324,9 +363,12 @@ def _split(n: int, seed: int):
     rng = np.random.default_rng(seed)
     feats = {m: rng.standard_normal((n, 7, d)).astype(np.float32) for m, d in DIMS.items()}
     lengths = rng.integers(3, 8, n)
-    return SplitData(ids=np.array([f"{seed}-{i}" for i in range(n)]),
-                     labels=np.clip(feats["text"][:, 0, 0] * 2, -3, 3).astype(np.float32),
-                     features=feats, lengths=dict.fromkeys(DIMS, lengths))
+    return SplitData(
+        ids=np.array([f"{seed}-{i}" for i in range(n)]),
+        labels=np.clip(feats["text"][:, 0, 0] * 2, -3, 3).astype(np.float32),
+        features=feats,
+        lengths=dict.fromkeys(DIMS, lengths),
+    )
 
 
 def test_trains_through_the_engine_with_the_quick_preset():
@@ -334,10 +376,13 @@ def test_trains_through_the_engine_with_the_quick_preset():
     from tasks.train import train_model
 
     spec = {"text_dim": 6, "audio_dim": 5, "vision_dim": 4, "seq_len": 7}
-    cfg = resolve_run_config("mmcl", "full", "quick", train_overrides={"epochs": 2, "batch_size": 16},
-                             input_spec=spec)
+    cfg = resolve_run_config(
+        "mmcl", "full", "quick", train_overrides={"epochs": 2, "batch_size": 16}, input_spec=spec
+    )
     assert cfg.model_cfg.d == 32 and cfg.train.lr == 1e-3
-    result = train_model(cfg, {"train": _split(48, 0), "valid": _split(16, 1), "test": _split(16, 2)})
+    result = train_model(
+        cfg, {"train": _split(48, 0), "valid": _split(16, 1), "test": _split(16, 2)}
+    )
     assert {"train/loss/task", "train/loss/cl", "train/loss/total"} <= set(result.history[0])
     assert "test/mae" in result.test
     assert [r["epoch"] for r in result.epoch_traces] == [0, 1]
@@ -376,8 +421,12 @@ def test_t1_softmax_csd_is_the_trivial_split_and_none_keeps_one():
 @pytest.mark.parametrize("w_norm", ["softmax", "none"])
 @pytest.mark.parametrize("classes", [0, 3])
 def test_t1_runs_through_every_block(w_norm, classes):
-    cfg = tiny(seq_len=1, w_norm=w_norm, enhance="sequential",
-               **({"task": "classification", "num_classes": classes} if classes else {}))
+    cfg = tiny(
+        seq_len=1,
+        w_norm=w_norm,
+        enhance="sequential",
+        **({"task": "classification", "num_classes": classes} if classes else {}),
+    )
     model = MMCL(cfg)
     batch = _t1_batch(classes=classes)
     out = model(batch)

@@ -129,16 +129,24 @@ def test_spec_variants_and_presets_apply_to_the_configs():
         apply_overrides(UnimodalConfig(), preset["model"], name)
         apply_overrides(TrainConfig(), preset["train"], name)
     assert SPEC.presets["quick"]["train"]["epochs"] == 4
-    assert SPEC.presets["paper"]["train"] == {"optimizer": "adam", "lr": 1e-3, "epochs": 30,
-                                              "batch_size": 32}
+    assert SPEC.presets["paper"]["train"] == {
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "epochs": 30,
+        "batch_size": 32,
+    }
 
 
 @pytest.mark.parametrize("encoder", ["gru", "mean"])
 @pytest.mark.parametrize("classes", [0, 3])
 def test_utterance_level_input_t1(encoder, classes):
     """bc-LSTM CMU-MOSI features have one step per utterance; a zero length still reads step 0."""
-    cfg = tiny(encoder=encoder, modality="audio", seq_len=1,
-               **({"task": "classification", "num_classes": classes} if classes else {}))
+    cfg = tiny(
+        encoder=encoder,
+        modality="audio",
+        seq_len=1,
+        **({"task": "classification", "num_classes": classes} if classes else {}),
+    )
     model = Unimodal(cfg)
     batch = make_batch(t=1, classes=classes)
     out = model(batch)

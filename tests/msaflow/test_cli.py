@@ -15,7 +15,9 @@ def test_help_everywhere():
 
 
 def test_bad_data_path_is_a_clear_error(tmp_path, mlflow_uri):
-    result = runner.invoke(app, ["run", "--data", str(tmp_path / "nope"), "--tracking-uri", mlflow_uri])
+    result = runner.invoke(
+        app, ["run", "--data", str(tmp_path / "nope"), "--tracking-uri", mlflow_uri]
+    )
     assert result.exit_code == 2
     assert "nope" in result.output and "Traceback" not in result.output
 
@@ -30,19 +32,28 @@ def test_corrupt_store_is_a_clear_error(tmp_path, mlflow_uri):
 
 
 def test_unreachable_tracking_server_fails_before_training(tiny_sim):
-    result = runner.invoke(app, ["run", "--data", str(tiny_sim), "--tracking-uri", "http://127.0.0.1:9"])
+    result = runner.invoke(
+        app, ["run", "--data", str(tiny_sim), "--tracking-uri", "http://127.0.0.1:9"]
+    )
     assert result.exit_code == 2
     assert "not usable" in result.output and "Traceback" not in result.output
 
 
-# --------------------------------------------------------------------- commands are all there (14.11)
+# ------------------------------------------------------------------- commands are all there (14.11)
+
 
 def test_every_documented_subcommand_is_mounted():
     """``_mount`` swallowed ImportError: a sub-command whose module failed to import vanished."""
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0, result.output
-    listed = {line.split()[1] for line in result.output.splitlines() if line.startswith("│ ") and len(line.split()) > 1}
-    assert {"data", "features", "run", "tune", "reproduce", "report", "serve", "ui"} <= listed, listed
+    listed = {
+        line.split()[1]
+        for line in result.output.splitlines()
+        if line.startswith("│ ") and len(line.split()) > 1
+    }
+    assert {"data", "features", "run", "tune", "reproduce", "report", "serve", "ui"} <= listed, (
+        listed
+    )
 
 
 def test_an_import_error_in_a_subcommand_shows():
@@ -55,6 +66,7 @@ def test_an_import_error_in_a_subcommand_shows():
 
 
 # ------------------------------------------------------------- user errors before any flow (14.9)
+
 
 def _one_error_line(output: str) -> str:
     lines = [line for line in output.splitlines() if line.strip()]
@@ -96,29 +108,44 @@ def test_bad_input_is_one_error_line_before_anything_runs(args, words, tmp_path)
     assert not store.exists(), "nothing ran: the tracking store was never opened"
 
 
-
 RAW_COMMANDS = [["run"], ["tune"], ["reproduce", "mmcl-table1"]]
 
 
 @pytest.mark.usefixtures("prefect_harness")
 @pytest.mark.parametrize("command", RAW_COMMANDS, ids=[c[0] for c in RAW_COMMANDS])
 def test_raw_manifest_without_a_usable_row_is_one_error_line(command, tmp_path):
-    """``--data utterances.csv`` goes through the one data resolver of run, tune and reproduce (15.5):
-    rows whose files are missing or whose label is bad leave nothing to extract -> exit 2, one line."""
+    """``--data utterances.csv`` goes through the one data resolver of run, tune and reproduce
+    (15.5): rows whose files are missing or whose label is bad leave nothing to extract -> exit 2,
+    one line."""
     manifest = tmp_path / "utterances.csv"
-    manifest.write_text("id,text,audio_path,visual_path,label,split\n"
-                        "u0,hello there,raw/u0.wav,raw/u0.csv,1,train\n"
-                        "u1,hello again,raw/u1.wav,raw/u1.csv,inf,test\n")
+    manifest.write_text(
+        "id,text,audio_path,visual_path,label,split\n"
+        "u0,hello there,raw/u0.wav,raw/u0.csv,1,train\n"
+        "u1,hello again,raw/u1.wav,raw/u1.csv,inf,test\n"
+    )
     store = tmp_path / "mlflow.db"
-    result = runner.invoke(app, [*command, "--data", str(manifest), "--tracking-uri", f"sqlite:///{store}",
-                                 "--epochs", "1"])
+    result = runner.invoke(
+        app,
+        [
+            *command,
+            "--data",
+            str(manifest),
+            "--tracking-uri",
+            f"sqlite:///{store}",
+            "--epochs",
+            "1",
+        ],
+    )
     assert result.exit_code == 2, result.output
     line = _one_error_line(result.output)
-    assert str(manifest) in line and "usable utterance" in line and "u0" in line and "label" in line, line
+    assert (
+        str(manifest) in line and "usable utterance" in line and "u0" in line and "label" in line
+    ), line
     assert not store.exists(), "nothing ran: the tracking store was never opened"
 
 
 # ------------------------------------------------------------ a user error inside a flow (14.9)
+
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_user_error_inside_a_flow_prints_no_prefect_traceback(tiny_sim, tmp_path):
@@ -144,9 +171,24 @@ def test_a_user_error_inside_a_flow_prints_no_prefect_traceback(tiny_sim, tmp_pa
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(root)}
     proc = subprocess.run(
-        [sys.executable, "-m", "msaflow.cli", "run", "--data", str(store), "--epochs", "1",
-         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
-        capture_output=True, text=True, env=env, cwd=root, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "msaflow.cli",
+            "run",
+            "--data",
+            str(store),
+            "--epochs",
+            "1",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        timeout=600,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -154,6 +196,7 @@ def test_a_user_error_inside_a_flow_prints_no_prefect_traceback(tiny_sim, tmp_pa
 
 
 # ------------------------------------------------------------------- --json and markup (13.8)
+
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_json_is_plain_and_names_are_never_markup(tiny_sim, tmp_path):
@@ -168,8 +211,19 @@ def test_json_is_plain_and_names_are_never_markup(tiny_sim, tmp_path):
     manifest = json.loads((store / "manifest.json").read_text())
     manifest["name"] = evil
     (store / "manifest.json").write_text(json.dumps(manifest))
-    args = ["run", "--data", str(store), "--variants", "none", "--epochs", "1",
-            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--experiment", "[b]exp"]
+    args = [
+        "run",
+        "--data",
+        str(store),
+        "--variants",
+        "none",
+        "--epochs",
+        "1",
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--experiment",
+        "[b]exp",
+    ]
     result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)  # the whole of stdout is one JSON document

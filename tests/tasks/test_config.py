@@ -30,7 +30,9 @@ def test_unknown_keys_and_bad_types_are_named():
 
 def test_never_select_on_test():
     with pytest.raises(ConfigError, match="validation metric"):
-        resolve_run_config("mmafnet", "full", "quick", train_overrides={"select_metric": "test/mae"})
+        resolve_run_config(
+            "mmafnet", "full", "quick", train_overrides={"select_metric": "test/mae"}
+        )
 
 
 def test_unknown_variant_and_preset():
@@ -56,7 +58,7 @@ def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
 
 
-# --- the selection metric defaults per task (issue 14.1) -------------------------------------------
+# --- the selection metric defaults per task (issue 14.1) ------------------------------------------
 EMOTION_SPEC = {"task": "classification", "num_classes": 4}
 IEMOCAP = ["neutral", "happy", "sad", "angry"]
 
@@ -66,7 +68,9 @@ def test_select_metric_defaults_per_task(model):
     """An emotion run once failed at epoch 1: the default 'valid/mae' is not an emotion metric."""
     emotion = resolve_run_config(model, input_spec=EMOTION_SPEC)
     assert (emotion.train.select_metric, emotion.train.select_mode) == ("valid/f1_weighted", "max")
-    exact = resolve_run_config(model, input_spec=EMOTION_SPEC, data_task="emotion", class_names=IEMOCAP)
+    exact = resolve_run_config(
+        model, input_spec=EMOTION_SPEC, data_task="emotion", class_names=IEMOCAP
+    )
     assert exact.train == emotion.train
     for task in ("sentiment", "depression"):
         cfg = resolve_run_config(model, input_spec={"task": "regression"}, data_task=task)
@@ -78,74 +82,116 @@ def test_select_metric_defaults_per_task(model):
 def test_resolved_config_logs_the_concrete_selection():
     cfg = resolve_run_config("mmcl", input_spec=EMOTION_SPEC)
     params = flatten(cfg.to_dict())
-    assert params["train.select_metric"] == "valid/f1_weighted" and params["train.select_mode"] == "max"
+    assert (
+        params["train.select_metric"] == "valid/f1_weighted"
+        and params["train.select_mode"] == "max"
+    )
     assert "auto" not in (params["train.select_metric"], params["train.select_mode"])
 
 
 def test_explicit_select_metric_wins_and_its_direction_follows_the_name():
-    cfg = resolve_run_config("mmcl", input_spec=EMOTION_SPEC, train_overrides={"select_metric": "valid/acc"})
+    cfg = resolve_run_config(
+        "mmcl", input_spec=EMOTION_SPEC, train_overrides={"select_metric": "valid/acc"}
+    )
     assert (cfg.train.select_metric, cfg.train.select_mode) == ("valid/acc", "max")
-    cfg = resolve_run_config("mmcl", input_spec=EMOTION_SPEC, train_overrides={"select_metric": "valid/loss"})
+    cfg = resolve_run_config(
+        "mmcl", input_spec=EMOTION_SPEC, train_overrides={"select_metric": "valid/loss"}
+    )
     assert cfg.train.select_mode == "min"
-    cfg = resolve_run_config("mmafnet", train_overrides={"select_metric": "valid/corr", "select_mode": "max"})
+    cfg = resolve_run_config(
+        "mmafnet", train_overrides={"select_metric": "valid/corr", "select_mode": "max"}
+    )
     assert (cfg.train.select_metric, cfg.train.select_mode) == ("valid/corr", "max")
-    cfg = resolve_run_config("mmafnet", data_task="emotion", class_names=IEMOCAP, input_spec=EMOTION_SPEC,
-                             train_overrides={"select_metric": "valid/f1_sad"})
+    cfg = resolve_run_config(
+        "mmafnet",
+        data_task="emotion",
+        class_names=IEMOCAP,
+        input_spec=EMOTION_SPEC,
+        train_overrides={"select_metric": "valid/f1_sad"},
+    )
     assert cfg.train.select_metric == "valid/f1_sad" and cfg.train.select_mode == "max"
 
 
 def test_explicit_select_metric_the_task_does_not_compute_is_a_clear_error():
-    with pytest.raises(ConfigError, match=r"train.select_metric: 'valid/mae' is not computed for task emotion"):
-        resolve_run_config("mmcl", input_spec=EMOTION_SPEC, train_overrides={"select_metric": "valid/mae"})
+    with pytest.raises(
+        ConfigError, match=r"train.select_metric: 'valid/mae' is not computed for task emotion"
+    ):
+        resolve_run_config(
+            "mmcl", input_spec=EMOTION_SPEC, train_overrides={"select_metric": "valid/mae"}
+        )
     with pytest.raises(ConfigError, match=r"'valid/f1_bored' is not computed .*valid/f1_sad"):
-        resolve_run_config("mmcl", input_spec=EMOTION_SPEC, data_task="emotion", class_names=IEMOCAP,
-                           train_overrides={"select_metric": "valid/f1_bored"})
+        resolve_run_config(
+            "mmcl",
+            input_spec=EMOTION_SPEC,
+            data_task="emotion",
+            class_names=IEMOCAP,
+            train_overrides={"select_metric": "valid/f1_bored"},
+        )
     with pytest.raises(ConfigError, match=r"'valid/acc7' is not computed for task depression"):
-        resolve_run_config("mmafnet", input_spec={"task": "regression"}, data_task="depression",
-                           train_overrides={"select_metric": "valid/acc7"})
-    with pytest.raises(ConfigError, match=r"'valid/f1_weighted' is not computed for task sentiment/depression"):
-        resolve_run_config("mmafnet", input_spec={"task": "regression"},
-                           train_overrides={"select_metric": "valid/f1_weighted"})
+        resolve_run_config(
+            "mmafnet",
+            input_spec={"task": "regression"},
+            data_task="depression",
+            train_overrides={"select_metric": "valid/acc7"},
+        )
+    with pytest.raises(
+        ConfigError, match=r"'valid/f1_weighted' is not computed for task sentiment/depression"
+    ):
+        resolve_run_config(
+            "mmafnet",
+            input_spec={"task": "regression"},
+            train_overrides={"select_metric": "valid/f1_weighted"},
+        )
     with pytest.raises(ConfigError, match="dataset task: expected one of"):
         resolve_run_config("mmafnet", data_task="translation")
 
 
 # --- hyper-parameter ranges (issue 14.9) ----------------------------------------------------------
-@pytest.mark.parametrize(("model", "part", "key", "value", "expected"), [
-    ("mmafnet", "model", "alpha", -1, ">= 0"),
-    ("mmafnet", "model", "delta", 1.5, r"in \[0, 1\]"),
-    ("mmafnet", "model", "delta", -0.1, r"in \[0, 1\]"),
-    ("mmafnet", "model", "lambda1", -0.1, ">= 0"),
-    ("mmafnet", "model", "lambda2", -1e-3, ">= 0"),
-    ("mmafnet", "model", "dropout", 1.0, r"in \[0, 1\)"),
-    ("mmcl", "model", "lambda_cl", -0.5, ">= 0"),
-    ("mmcl", "model", "temperature", 0.0, "> 0"),
-    ("mmafnet", "train", "lr", 0.0, "> 0"),
-    ("mmafnet", "train", "lr", -1e-3, "> 0"),
-    ("mmafnet", "train", "lr", float("inf"), "> 0"),
-    ("mmafnet", "train", "lr", float("nan"), "> 0"),
-    ("mmafnet", "train", "epochs", 0, ">= 1"),
-    ("mmafnet", "train", "batch_size", 0, ">= 1"),
-    ("mmafnet", "train", "weight_decay", -1.0, ">= 0"),
-    ("unimodal", "model", "hidden", 0, ">= 1"),
-])
+@pytest.mark.parametrize(
+    ("model", "part", "key", "value", "expected"),
+    [
+        ("mmafnet", "model", "alpha", -1, ">= 0"),
+        ("mmafnet", "model", "delta", 1.5, r"in \[0, 1\]"),
+        ("mmafnet", "model", "delta", -0.1, r"in \[0, 1\]"),
+        ("mmafnet", "model", "lambda1", -0.1, ">= 0"),
+        ("mmafnet", "model", "lambda2", -1e-3, ">= 0"),
+        ("mmafnet", "model", "dropout", 1.0, r"in \[0, 1\)"),
+        ("mmcl", "model", "lambda_cl", -0.5, ">= 0"),
+        ("mmcl", "model", "temperature", 0.0, "> 0"),
+        ("mmafnet", "train", "lr", 0.0, "> 0"),
+        ("mmafnet", "train", "lr", -1e-3, "> 0"),
+        ("mmafnet", "train", "lr", float("inf"), "> 0"),
+        ("mmafnet", "train", "lr", float("nan"), "> 0"),
+        ("mmafnet", "train", "epochs", 0, ">= 1"),
+        ("mmafnet", "train", "batch_size", 0, ">= 1"),
+        ("mmafnet", "train", "weight_decay", -1.0, ">= 0"),
+        ("unimodal", "model", "hidden", 0, ">= 1"),
+    ],
+)
 def test_out_of_range_hyper_parameters_are_refused(model, part, key, value, expected):
     """``alpha: -1`` was accepted; now the field, the expected range and the value are named."""
-    kwargs = {"model_overrides": {key: value}} if part == "model" else {"train_overrides": {key: value}}
+    kwargs = (
+        {"model_overrides": {key: value}} if part == "model" else {"train_overrides": {key: value}}
+    )
     with pytest.raises(ConfigError, match=rf"^{part}\.{key}: expected .*{expected}.*, got"):
         resolve_run_config(model, **kwargs)
 
 
 def test_ranges_accept_the_edges():
-    cfg = resolve_run_config("mmafnet", model_overrides={"alpha": 0, "delta": 1, "lambda1": 0, "lambda2": 0},
-                             train_overrides={"epochs": 1, "batch_size": 1, "lr": 1e-9})
+    cfg = resolve_run_config(
+        "mmafnet",
+        model_overrides={"alpha": 0, "delta": 1, "lambda1": 0, "lambda2": 0},
+        train_overrides={"epochs": 1, "batch_size": 1, "lr": 1e-9},
+    )
     assert cfg.model_cfg.alpha == 0.0 and cfg.model_cfg.delta == 1.0 and cfg.train.epochs == 1
 
 
 def test_range_error_names_the_params_file(tmp_path):
     path = tmp_path / "best.yaml"
     path.write_text("model: {alpha: -1}\n")
-    with pytest.raises(ConfigError, match=r"best.yaml: model.alpha: expected a finite number >= 0, got -1"):
+    with pytest.raises(
+        ConfigError, match=r"best.yaml: model.alpha: expected a finite number >= 0, got -1"
+    ):
         load_overrides_file(path)
     path.write_text("train: {lr: .nan}\n")
     with pytest.raises(ConfigError, match=r"best.yaml: train.lr: expected .*> 0, got nan"):
@@ -156,7 +202,9 @@ def test_range_error_names_the_params_file(tmp_path):
 
 
 def test_choices_are_checked():
-    with pytest.raises(ConfigError, match=r"train.select_mode: expected one of \['auto', 'min', 'max'\]"):
+    with pytest.raises(
+        ConfigError, match=r"train.select_mode: expected one of \['auto', 'min', 'max'\]"
+    ):
         resolve_run_config("mmafnet", train_overrides={"select_mode": "up"})
     with pytest.raises(ConfigError, match=r"train.optimizer: expected one of"):
         resolve_run_config("mmafnet", train_overrides={"optimizer": "lion"})

@@ -24,7 +24,8 @@ def test_sentiment_hand_computed():
     assert m["acc2_has0"] == pytest.approx(0.8)
     # non0 (labels 1.2, 0.5, 3.0, -0.4): pred>0 [T,F,T,F] vs label>0 [T,T,T,F] -> 3/4
     assert m["acc2_non0"] == pytest.approx(0.75)
-    # weighted F1 on non0: positives (3): tp=2, fp=0, fn=1 -> f1=0.8; negatives (1): tp=1, fp=1 -> 2/3
+    # weighted F1 on non0: positives (3): tp=2, fp=0, fn=1 -> f1=0.8; negatives (1): tp=1, fp=1
+    # -> 2/3
     assert m["f1_non0"] == pytest.approx((3 * 0.8 + 1 * (2 / 3)) / 4)
     # acc7: round(clip) pred [1,-1,0,3,-0] vs label [1,0,0,3,-0] -> 4/5
     assert m["acc7"] == pytest.approx(0.8)
@@ -65,10 +66,12 @@ def test_emotion_per_class_one_vs_rest():
     # fn 1) 4/5; MulT weighted = (1 * 2/3 + 3 * 4/5) / 4
     assert m["acc_h"] == pytest.approx(0.75) and m["f1pos_h"] == pytest.approx(2 / 3)
     assert m["f1_h"] == pytest.approx((2 / 3 + 3 * 0.8) / 4)
-    # class s: truth [F,T,T,F] pred [F,T,F,F] -> acc 3/4; positive 2/3; negative (tp 2, fn 0, fp 1) 4/5
+    # class s: truth [F,T,T,F] pred [F,T,F,F] -> acc 3/4; positive 2/3; negative (tp 2, fn 0, fp 1)
+    # 4/5
     assert m["acc_s"] == pytest.approx(0.75) and m["f1pos_s"] == pytest.approx(2 / 3)
     assert m["f1_s"] == pytest.approx((2 * (2 / 3) + 2 * 0.8) / 4)
-    # class a: truth [F,F,F,T] pred [F,F,T,F] -> acc 2/4; positive 0; negative (tp 2, fp 1, fn 1) 2/3
+    # class a: truth [F,F,F,T] pred [F,F,T,F] -> acc 2/4; positive 0; negative (tp 2, fp 1, fn 1)
+    # 2/3
     assert m["acc_a"] == pytest.approx(0.5) and m["f1pos_a"] == 0.0
     assert m["f1_a"] == pytest.approx(3 * (2 / 3) / 4)
     assert m["acc_avg"] == pytest.approx((0.75 + 0.75 + 0.5) / 3)
@@ -86,12 +89,14 @@ def _from_confusion(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_emotion_f1_follows_mults_eval_iemocap():
-    """f1_<emo> is MulT's ``f1_score(test_truth_i, test_preds_i, average='weighted')`` per emotion."""
+    """f1_<emo> is MulT's ``f1_score(test_truth_i, test_preds_i, average='weighted')`` per
+    emotion."""
     truth, pred = _from_confusion(CONFUSION_77)
     names = ["neutral", "happy", "sad", "angry"]
     m = emotion_metrics(np.eye(4)[pred], truth, names)
     assert m["acc"] == pytest.approx(0.77)
-    # Independently, as MulT's eval_iemocap: per emotion, 0/1 truth and argmax of a 2-way prediction.
+    # Independently, as MulT's eval_iemocap: per emotion, 0/1 truth and argmax of a 2-way
+    # prediction.
     mult_f1, mult_acc, positive_f1 = [], [], []
     for i, name in enumerate(names):
         truth_i, preds_i = (truth == i).astype(int), (pred == i).astype(int)
@@ -113,7 +118,8 @@ def test_emotion_keeps_one_of_f1_avg_and_f1_macro():
     m = emotion_metrics(np.eye(4)[[0, 1, 2, 3, 0]], np.array([0, 1, 2, 2, 3]), ["n", "h", "s", "a"])
     assert "f1pos_avg" not in m and m["f1_avg"] != m["f1_macro"]
     assert set(m) == {"acc", "f1_weighted", "f1_macro", "acc_avg", "f1_avg"} | {
-        f"{k}_{c}" for k in ("acc", "f1", "f1pos") for c in "nhsa"}
+        f"{k}_{c}" for k in ("acc", "f1", "f1pos") for c in "nhsa"
+    }
 
 
 def _mmsa_metrics_top(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -139,7 +145,9 @@ def test_sentiment_matches_mmsa_definitions():
     # and values past +-3 (clipped for Acc7/Acc5, not for MAE).
     label = np.round(rng.uniform(-3, 3, 300) * 3) / 3
     label[:30] = 0.0
-    pred = np.concatenate([rng.normal(0, 2, 260), [0.0] * 10, [0.5, -0.5, 1.5, -2.5, 2.5] * 4, [4.0, -5.0] * 5])
+    pred = np.concatenate(
+        [rng.normal(0, 2, 260), [0.0] * 10, [0.5, -0.5, 1.5, -2.5, 2.5] * 4, [4.0, -5.0] * 5]
+    )
     ours, mmsa = sentiment_metrics(pred, label), _mmsa_metrics_top(pred, label)
     assert set(ours) == set(mmsa)
     for key, value in mmsa.items():
@@ -180,7 +188,9 @@ def test_depression_threshold_against_an_independent_count():
 
 def test_default_selection_is_computed_by_each_task_with_its_direction():
     for task, (metric, mode) in DEFAULT_SELECTION.items():
-        assert metric.removeprefix("valid/") in metric_names(task, ["neutral", "happy", "sad", "angry"])
+        assert metric.removeprefix("valid/") in metric_names(
+            task, ["neutral", "happy", "sad", "angry"]
+        )
         assert selection_mode(metric) == mode
     assert DEFAULT_SELECTION["emotion"] == ("valid/f1_weighted", "max")
     assert selection_mode("valid/loss") == selection_mode("valid/rmse") == "min"
@@ -194,7 +204,11 @@ def test_depression_threshold_and_errors():
     assert m["mae"] == pytest.approx(1.5)
     assert m["rmse"] == pytest.approx(math.sqrt((1 + 4 + 1 + 4) / 4))
     # depressed = score > 9: truth [F,T,T,T], pred [F,T,F,T] -> precision 1, recall 2/3
-    assert m["precision"] == 1.0 and m["recall"] == pytest.approx(2 / 3) and m["f1"] == pytest.approx(0.8)
+    assert (
+        m["precision"] == 1.0
+        and m["recall"] == pytest.approx(2 / 3)
+        and m["f1"] == pytest.approx(0.8)
+    )
 
 
 def test_metric_fn_unknown_task():

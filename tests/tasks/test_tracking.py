@@ -55,7 +55,8 @@ def test_a_killed_attempt_is_superseded_by_its_rerun(tmp_path):
 
 @pytest.fixture(scope="module")
 def race_uri(tmp_path_factory) -> str:
-    """One store for the race tests (a fresh SQLite schema costs seconds); each uses new experiments."""
+    """One store for the race tests (a fresh SQLite schema costs seconds); each uses new
+    experiments."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('race') / 'mlflow.db'}"
     check_tracking(uri)
     return uri
@@ -84,8 +85,8 @@ def _race(work, n: int = 2) -> list[BaseException]:
 
 @pytest.mark.parametrize("locked", [True, False], ids=["threads", "processes-retry-only"])
 def test_concurrent_dataset_inputs_never_collide(race_uri, tiny_sim, monkeypatch, locked):
-    """Two training tasks log the same dataset input at once (issue 14.12): with the old code 8 of 10
-    repetitions raised ``UNIQUE constraint failed: datasets.experiment_id, datasets.name, ...``.
+    """Two training tasks log the same dataset input at once (issue 14.12): with the old code 8 of
+    10 repetitions raised ``UNIQUE constraint failed: datasets.experiment_id, datasets.name, ...``.
     Without the process lock (workers in other processes) the retry alone must hold."""
     import contextlib
 
@@ -115,5 +116,7 @@ def test_concurrent_experiment_creation_is_get_or_create(race_uri, monkeypatch):
     uri = race_uri
     for rep in range(5):
         ids: list[str] = []
-        assert not _race(lambda i, rep=rep, ids=ids: ids.append(tr.ensure_experiment(uri, f"new-{rep}")))
+        assert not _race(
+            lambda i, rep=rep, ids=ids: ids.append(tr.ensure_experiment(uri, f"new-{rep}"))
+        )
         assert len(ids) == 2 and ids[0] == ids[1]

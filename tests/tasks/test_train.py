@@ -1,4 +1,5 @@
-"""The engine: learning, model selection, exact resume, safe checkpoints, one evaluation, clear errors."""
+"""The engine: learning, model selection, exact resume, safe checkpoints, one evaluation, clear
+errors."""
 
 import pickle
 import random
@@ -36,8 +37,13 @@ def tiny(tiny_sim):
 
 
 def _cfg(manifest, variant="full", **train):
-    return resolve_run_config("mmafnet", variant, "quick", train_overrides={"epochs": 4, "batch_size": 16, **train},
-                              input_spec=manifest.input_spec())
+    return resolve_run_config(
+        "mmafnet",
+        variant,
+        "quick",
+        train_overrides={"epochs": 4, "batch_size": 16, **train},
+        input_spec=manifest.input_spec(),
+    )
 
 
 def test_short_run_lowers_valid_mae(tiny):
@@ -45,13 +51,17 @@ def test_short_run_lowers_valid_mae(tiny):
     cfg = _cfg(manifest)
     seed_everything(cfg.train.seed)
     untrained = build_model(cfg)
-    pred, target, _ = predict(untrained, split_to_tensors(splits["valid"]), 256, torch.device("cpu"))
+    pred, target, _ = predict(
+        untrained, split_to_tensors(splits["valid"]), 256, torch.device("cpu")
+    )
     before = sentiment_metrics(pred, target)["mae"]
     result = train_model(cfg, splits)
     assert result.best_valid["valid/mae"] < before
     assert len(result.history) == 4 and 0 <= result.best_epoch < 4
     assert result.best_valid["valid/mae"] == min(r["valid/mae"] for r in result.history)
-    assert {"test/mae", "test/acc7", "test/acc2_non0", "test/f1_has0", "test/corr"} <= set(result.test)
+    assert {"test/mae", "test/acc7", "test/acc2_non0", "test/f1_has0", "test/corr"} <= set(
+        result.test
+    )
     assert result.step_traces and "sgm/omega_t" in result.step_traces[0]
     assert any("ipr/phi_t" in r for r in result.epoch_traces)
 
@@ -82,7 +92,9 @@ def test_checkpoint_of_another_config_is_refused(tiny, tmp_path):
     manifest, splits = tiny
     train_model(_cfg(manifest, epochs=1), splits, checkpoint_dir=tmp_path, evaluate_test=False)
     with pytest.raises(ConfigError, match="another config"):
-        train_model(_cfg(manifest, epochs=1, lr=0.5), splits, checkpoint_dir=tmp_path, evaluate_test=False)
+        train_model(
+            _cfg(manifest, epochs=1, lr=0.5), splits, checkpoint_dir=tmp_path, evaluate_test=False
+        )
 
 
 def test_missing_split_is_a_clear_error(tiny):
@@ -95,8 +107,11 @@ def test_nan_loss_is_reported(tiny):
     manifest, splits = tiny
     # a divergent step size: the weights overflow after the first updates and the loss follows
     with pytest.raises(FloatingPointError, match=r"loss became (nan|inf)"):
-        train_model(_cfg(manifest, epochs=2, optimizer="sgd", lr=1e36, momentum=0.0), splits,
-                    evaluate_test=False)
+        train_model(
+            _cfg(manifest, epochs=2, optimizer="sgd", lr=1e36, momentum=0.0),
+            splits,
+            evaluate_test=False,
+        )
 
 
 def test_seeds_differ_and_repeat(tiny):
@@ -170,14 +185,16 @@ def test_truncated_checkpoint_is_a_data_error(tiny, tmp_path):
         train_model(_cfg(manifest, epochs=1), splits, checkpoint_dir=tmp_path, evaluate_test=False)
 
 
-# --- RNG state: plain data, restored from CPU tensors (issues 13.4, 14.3) --------------------------
+# --- RNG state: plain data, restored from CPU tensors (issues 13.4, 14.3) -------------------------
 
 
 def test_checkpoints_load_weights_only_and_rng_state_is_cpu_bytes(tiny, tmp_path):
     manifest, splits = tiny
     train_model(_cfg(manifest, epochs=1), splits, checkpoint_dir=tmp_path, evaluate_test=False)
     for name in ("last.pt", "best.pt"):
-        torch.load(tmp_path / name, weights_only=True)  # no safe globals needed: tensors and plain data
+        torch.load(
+            tmp_path / name, weights_only=True
+        )  # no safe globals needed: tensors and plain data
     rng = load_checkpoint(tmp_path / "last.pt")["rng"]
     # set_rng_state needs a CPU ByteTensor (a CUDA one raised TypeError on resume)
     assert rng["torch"].device.type == "cpu" and rng["torch"].dtype == torch.uint8
@@ -191,10 +208,14 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
     seed_everything(8)
     _set_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"])
     got = (torch.rand(3), np.random.rand(3), random.random())
-    assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]
+    assert (
+        torch.equal(expected[0], got[0])
+        and np.array_equal(expected[1], got[1])
+        and expected[2] == got[2]
+    )
 
 
-# --- IPR resets after validation and checkpoint (issue 14.4) ---------------------------------------
+# --- IPR resets after validation and checkpoint (issue 14.4) --------------------------------------
 
 
 def test_validated_and_checkpointed_model_is_the_trained_one_before_the_ipr_reset(tiny, tmp_path):
@@ -205,19 +226,29 @@ def test_validated_and_checkpointed_model_is_the_trained_one_before_the_ipr_rese
     valid_t = split_to_tensors(standardize_splits(splits)[0]["valid"])  # the engine's inputs
 
     def score(model):
-        return evaluate(model, valid_t, split="valid", task="sentiment", class_names=None, kind="regression",
-                        batch_size=256, device=torch.device("cpu"))[0]
+        return evaluate(
+            model,
+            valid_t,
+            split="valid",
+            task="sentiment",
+            class_names=None,
+            kind="regression",
+            batch_size=256,
+            device=torch.device("cpu"),
+        )[0]
 
     model = load_best_model(tmp_path, cfg)
     assert float(model.ipr_pending.min()) > 0  # the checkpoint holds the reset still to apply
-    assert {k: result.history[0][k] for k in score(model)} == score(model)  # validated = checkpointed
+    assert {k: result.history[0][k] for k in score(model)} == score(
+        model
+    )  # validated = checkpointed
     attn = [p.detach().clone() for p in model.attn.parameters()]
     model.before_epoch(1)  # what the next epoch would start from
     assert not all(torch.equal(a, p) for a, p in zip(attn, model.attn.parameters(), strict=True))
     assert score(model)["valid/mae"] != result.history[0]["valid/mae"]
 
 
-# --- one evaluation, fp32 (issue 14.7) -------------------------------------------------------------
+# --- one evaluation, fp32 (issue 14.7) ------------------------------------------------------------
 
 
 def test_valid_metrics_during_training_equal_evaluate_on_the_best_checkpoint(tiny, tmp_path):
@@ -225,8 +256,13 @@ def test_valid_metrics_during_training_equal_evaluate_on_the_best_checkpoint(tin
     cfg = _cfg(manifest, epochs=2)
     result = train_model(cfg, splits, checkpoint_dir=tmp_path, evaluate_test=True)
     model = load_best_model(tmp_path, cfg)
-    kw = dict(task="sentiment", class_names=None, kind="regression", batch_size=cfg.train.eval_batch_size,
-              device=torch.device("cpu"))
+    kw = dict(
+        task="sentiment",
+        class_names=None,
+        kind="regression",
+        batch_size=cfg.train.eval_batch_size,
+        device=torch.device("cpu"),
+    )
     splits = standardize_splits(splits)[0]  # the model was trained on train-standardised features
     valid, _, _ = evaluate(model, split_to_tensors(splits["valid"]), split="valid", **kw)
     assert valid == result.best_valid
@@ -234,11 +270,13 @@ def test_valid_metrics_during_training_equal_evaluate_on_the_best_checkpoint(tin
     assert test == result.test
     # a caller's bf16 autocast does not reach the predictions: evaluation is fp32 everywhere
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        in_bf16_region, _, _ = evaluate(model, split_to_tensors(splits["valid"]), split="valid", **kw)
+        in_bf16_region, _, _ = evaluate(
+            model, split_to_tensors(splits["valid"]), split="valid", **kw
+        )
     assert in_bf16_region == valid
 
 
-# --- feature standardisation inside the engine (issue 15.1) ------------------------------------------
+# --- feature standardisation inside the engine (issue 15.1) ---------------------------------------
 
 
 def test_engine_standardises_with_train_statistics_and_the_switch_turns_it_off(tiny):
@@ -256,12 +294,16 @@ def test_engine_standardises_with_train_statistics_and_the_switch_turns_it_off(t
 
 def test_clear_checkpoints_removes_only_what_msaflow_wrote(tiny, tmp_path):
     manifest, splits = tiny
-    train_model(_cfg(manifest, epochs=1), splits, checkpoint_dir=tmp_path / "ck", evaluate_test=False)
+    train_model(
+        _cfg(manifest, epochs=1), splits, checkpoint_dir=tmp_path / "ck", evaluate_test=False
+    )
     (tmp_path / "ck" / "notes.txt").write_text("mine")
     (tmp_path / "ck" / ".last.pt.tmp-1").write_bytes(b"x")  # a killed save's temporary
     clear_checkpoints(tmp_path / "ck")
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["notes.txt"]
     (tmp_path / "ck" / "notes.txt").unlink()
-    train_model(_cfg(manifest, epochs=1), splits, checkpoint_dir=tmp_path / "ck", evaluate_test=False)
+    train_model(
+        _cfg(manifest, epochs=1), splits, checkpoint_dir=tmp_path / "ck", evaluate_test=False
+    )
     clear_checkpoints(tmp_path / "ck")
     assert not (tmp_path / "ck").exists()  # nothing else there: the folder goes too

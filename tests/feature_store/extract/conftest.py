@@ -10,9 +10,16 @@ import pytest
 from feature_store.extract.visual import FACET_COLUMNS, OPENFACE_COLUMNS
 
 
-def write_tone(path: Path, seconds: float = 1.0, f0: float = 220.0, sr: int = 16000, silence: float = 0.0,
-               channels: int = 1) -> Path:
-    """A harmonic tone (f0, 2f0 at half amplitude) followed by ``silence`` seconds of near-silence."""
+def write_tone(
+    path: Path,
+    seconds: float = 1.0,
+    f0: float = 220.0,
+    sr: int = 16000,
+    silence: float = 0.0,
+    channels: int = 1,
+) -> Path:
+    """A harmonic tone (f0, 2f0 at half amplitude) followed by ``silence`` seconds of
+    near-silence."""
     import soundfile as sf
 
     t = np.arange(int(seconds * sr)) / sr
@@ -23,16 +30,23 @@ def write_tone(path: Path, seconds: float = 1.0, f0: float = 220.0, sr: int = 16
     return path
 
 
-def write_openface(path: Path, seconds: float = 1.0, fps: float = 30.0, fail: tuple[float, float] | None = None,
-                   drop: tuple[str, ...] = ()) -> Path:
+def write_openface(
+    path: Path,
+    seconds: float = 1.0,
+    fps: float = 30.0,
+    fail: tuple[float, float] | None = None,
+    drop: tuple[str, ...] = (),
+) -> Path:
     """An OpenFace 2.x CSV (header with leading spaces, as OpenFace writes it).
 
-    Feature value of every column at frame i is ``i`` (so span means are easy to check); frames whose
-    time falls inside ``fail`` have success=0 and value 999.
+    Feature value of every column at frame i is ``i`` (so span means are easy to check); frames
+    whose time falls inside ``fail`` have success=0 and value 999.
     """
     n = int(seconds * fps)
     times = np.arange(n) / fps
-    cols = ["frame", "face_id", "timestamp", "confidence", "success"] + [c for c in OPENFACE_COLUMNS if c not in drop]
+    cols = ["frame", "face_id", "timestamp", "confidence", "success"] + [
+        c for c in OPENFACE_COLUMNS if c not in drop
+    ]
     lines = [", ".join(cols)]
     for i, t in enumerate(times):
         bad = fail is not None and fail[0] <= t < fail[1]

@@ -25,7 +25,7 @@ def test_word_pooling_matches_manual_mean(minilm):
     for w in range(4):
         toks = [i for i, x in enumerate(ids) if x == w]
         np.testing.assert_allclose(out[1][w], states[toks].mean(0).numpy(), atol=1e-4)
-    assert sum(x == 2 for x in ids if x is not None) > 1             # "tokenized" really has sub-tokens
+    assert sum(x == 2 for x in ids if x is not None) > 1  # "tokenized" really has sub-tokens
 
 
 def test_max_words_and_token_ids(minilm):
@@ -47,15 +47,23 @@ def test_offline_hub_name_gives_clear_error(monkeypatch):
 
 
 def test_text_cache_and_empty_transcript(tmp_path, minilm):
-    utts = [Utterance(str(i), t, None, None, None, 0.0, "train")
-            for i, t in enumerate(["it was good", "not great at all", "meh", "   "])]
+    utts = [
+        Utterance(str(i), t, None, None, None, 0.0, "train")
+        for i, t in enumerate(["it was good", "not great at all", "meh", "   "])
+    ]
     first = extract_text_batch(utts, cache_dir=tmp_path)
     assert first["cache"] == {"hits": 0, "misses": 3} and first["dim"] == 384
-    assert [f["id"] for f in first["failures"]] == ["3"] and "at least one word" in first["failures"][0]["error"]
+    assert [f["id"] for f in first["failures"]] == ["3"] and "at least one word" in first[
+        "failures"
+    ][0]["error"]
     assert extract_text_batch(utts, cache_dir=tmp_path)["cache"] == {"hits": 3, "misses": 0}
     utts[1].text = "not great at all, honestly"
     assert extract_text_batch(utts, cache_dir=tmp_path)["cache"] == {"hits": 2, "misses": 1}
-    utts[0].words = [("it", 0.0, 0.1), ("was", 0.1, 0.2), ("good", 0.2, 0.5)]   # timings are content too
+    utts[0].words = [
+        ("it", 0.0, 0.1),
+        ("was", 0.1, 0.2),
+        ("good", 0.2, 0.5),
+    ]  # timings are content too
     assert extract_text_batch(utts, cache_dir=tmp_path)["cache"]["misses"] == 1
 
 
@@ -65,7 +73,11 @@ def test_real_mosi_transcripts_first_rows(mosi_label_csv, tmp_path, minilm):
 
     manifest = mosi_transcripts_manifest(mosi_label_csv, tmp_path / "m.csv", limit=20)
     utts, present, failures = read_extraction_manifest(manifest)
-    assert len(utts) == 20 and present == {"text": True, "audio": False, "vision": False} and not failures
+    assert (
+        len(utts) == 20
+        and present == {"text": True, "audio": False, "vision": False}
+        and not failures
+    )
     assert utts[0].id == "03bSnISJMiM$_$1" and utts[0].split == "train"
     res = extract_text_batch(utts, cache_dir=tmp_path / "c")
     assert len(res["entries"]) == 20 and not res["failures"]

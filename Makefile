@@ -29,6 +29,7 @@ fuzz: setup   # the long fuzz campaign (RELIABILITY.md): 10,000 inputs per reade
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 ui: setup
 	$(BIN)/msaflow ui

@@ -245,7 +245,10 @@ def reproduce_flow(
         train_overrides["epochs"] = epochs
     first = spec.cells[0]
     resolved_epochs = resolve_run_config(
-        spec.model, first.variant, preset, model_overrides=model_overrides,
+        spec.model,
+        first.variant,
+        preset,
+        model_overrides=model_overrides,
         train_overrides=train_overrides,
     ).train.epochs
     cells = spec.resolve_cells(resolved_epochs)
@@ -261,8 +264,21 @@ def reproduce_flow(
     )
     try:
         return _reproduce_into(
-            parent_run_id, resumed, key, table, spec, cells, seeds, preset, resolved_epochs,
-            data_ref, tracking, workers, out, model_overrides, train_overrides,
+            parent_run_id,
+            resumed,
+            key,
+            table,
+            spec,
+            cells,
+            seeds,
+            preset,
+            resolved_epochs,
+            data_ref,
+            tracking,
+            workers,
+            out,
+            model_overrides,
+            train_overrides,
         )
     except BaseException as exc:  # never leave the parent RUNNING
         tr.fail_run(tracking_uri, parent_run_id, exc)

@@ -65,7 +65,9 @@ class Report:
     # the simulation's best achievable test figures per modality subset (manifest ``oracle``)
     oracle: dict[str, dict[str, float]] | None = None
     curve_metric: str = ""  # the selection metric, per epoch: the learning curves
-    curves: dict[str, dict[int, list[float]]] = field(default_factory=dict)  # cell -> epoch -> seeds
+    curves: dict[str, dict[int, list[float]]] = field(
+        default_factory=dict
+    )  # cell -> epoch -> seeds
     windows: dict[str, int] = field(default_factory=dict)  # cell -> SGM/IPR modulation epochs
     traces: dict[str, dict[str, dict[int, list[float]]]] = field(default_factory=dict)
     figures: dict[str, bytes] = field(default_factory=dict)  # file name -> PNG
@@ -76,8 +78,11 @@ class Report:
         """``out`` is the Markdown path; the HTML and PNGs go beside it."""
         md = Path(out)
         md.parent.mkdir(parents=True, exist_ok=True)
-        paths = {"markdown": md, "html": md.with_suffix(".html"),
-                 **{name: md.parent / name for name in self.figures}}
+        paths = {
+            "markdown": md,
+            "html": md.with_suffix(".html"),
+            **{name: md.parent / name for name in self.figures},
+        }
         contents = {"markdown": self.markdown.encode(), "html": self.html.encode(), **self.figures}
         for key, path in paths.items():  # each file whole or not at all (a crash keeps the old one)
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -224,7 +229,9 @@ def _oracle(c: Any, parent: Any) -> dict[str, dict[str, float]] | None:
     return oracle if isinstance(oracle, dict) and oracle else None
 
 
-def _curves(c: Any, picked: dict[tuple[str, int], Any], metric: str) -> dict[str, dict[int, list[float]]]:
+def _curves(
+    c: Any, picked: dict[tuple[str, int], Any], metric: str
+) -> dict[str, dict[int, list[float]]]:
     """``{cell: {epoch: [value per seed]}}`` of the per-epoch validation metric."""
     out: dict[str, dict[int, list[float]]] = {}
     for (cell, _seed), run in picked.items():
@@ -550,27 +557,35 @@ def oracle_blocks(r: Report) -> list[Block]:
             base = r.summaries[r.baselines[cell]][m].mean
             gap = base - r.oracle["tav"][m]
             closed = (base - mean) / gap if gap and math.isfinite(mean) else math.nan
-            rows.append({
-                "cell": cell,
-                "metric": m,
-                "ours (mean)": f"{mean * scale:.{dec}f}",
-                **{f"− oracle {k} ({v})": f"{(mean - r.oracle[k][m]) * scale:+.{dec}f}"
-                   for k, v in ORACLE_SUBSETS.items()},
-                f"gap to oracle tav closed vs {r.baselines[cell]}": (
-                    "—" if cell == r.baselines[cell] or not math.isfinite(closed)
-                    else f"{closed:+.0%}"
-                ),
-            })
+            rows.append(
+                {
+                    "cell": cell,
+                    "metric": m,
+                    "ours (mean)": f"{mean * scale:.{dec}f}",
+                    **{
+                        f"− oracle {k} ({v})": f"{(mean - r.oracle[k][m]) * scale:+.{dec}f}"
+                        for k, v in ORACLE_SUBSETS.items()
+                    },
+                    f"gap to oracle tav closed vs {r.baselines[cell]}": (
+                        "—"
+                        if cell == r.baselines[cell] or not math.isfinite(closed)
+                        else f"{closed:+.0%}"
+                    ),
+                }
+            )
     oracle = "; ".join(
         f"{ORACLE_SUBSETS[k]}: " + ", ".join(f"{m} {fmt_value(m, r.oracle[k][m])}" for m in shown)
         for k in ORACLE_SUBSETS
     )
     return [
         ("h2", "Against the simulation's oracle"),
-        ("p", "The generator knows what is learnable: a least-squares fit on the latent "
-              f"observations gives the best achievable test figures ({oracle}). A model that uses "
-              "the weak modalities gets closer to the all-modality oracle than the text-only one. "
-              "Gap closed = (baseline − cell) / (baseline − oracle tav)."),
+        (
+            "p",
+            "The generator knows what is learnable: a least-squares fit on the latent "
+            f"observations gives the best achievable test figures ({oracle}). A model that uses "
+            "the weak modalities gets closer to the all-modality oracle than the text-only one. "
+            "Gap closed = (baseline − cell) / (baseline − oracle tav).",
+        ),
         ("table", rows),
     ]
 
@@ -791,8 +806,13 @@ def curves_figure(r: Report) -> bytes:
     if r.oracle and r.curve_metric == "valid/mae" and "mae" in r.oracle.get("tav", {}):
         for k, style in (("t", ":"), ("tav", "-.")):
             if "mae" in r.oracle.get(k, {}):
-                ax.axhline(r.oracle[k]["mae"], color="black", linewidth=0.8, linestyle=style,
-                           label=f"oracle {k} (test)")
+                ax.axhline(
+                    r.oracle[k]["mae"],
+                    color="black",
+                    linewidth=0.8,
+                    linestyle=style,
+                    label=f"oracle {k} (test)",
+                )
     ax.set_xlabel("epoch")
     ax.set_ylabel(r.curve_metric)
     ax.legend(fontsize=7, ncol=2)

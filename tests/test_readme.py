@@ -1,11 +1,12 @@
 """Every command in the README's ``bash`` code blocks runs here, at a tiny scale.
 
-``RULES`` says how each command runs: as written, with ``~`` pointing at a temporary home holding the
-files the README names (``~/data/MOSI/aligned_50.pkl``, ``utterances.csv`` ...), and with tiny-scale
-flags appended where they apply (``--scale``, ``--epochs``, ``--trials``, ``--seeds``). A README command
-that matches no rule fails ``test_every_readme_command_has_a_rule``: a command added to the README
-without a passing run here fails the suite. The few that cannot run on this machine as written (no
-Docker engine; the test command itself) are listed in ``NOT_RUN_HERE`` with the test that covers them.
+``RULES`` says how each command runs: as written, with ``~`` pointing at a temporary home holding
+the files the README names (``~/data/MOSI/aligned_50.pkl``, ``utterances.csv`` ...), and with
+tiny-scale flags appended where they apply (``--scale``, ``--epochs``, ``--trials``, ``--seeds``). A
+README command that matches no rule fails ``test_every_readme_command_has_a_rule``: a command added
+to the README without a passing run here fails the suite. The few that cannot run on this machine as
+written (no Docker engine; the test command itself) are listed in ``NOT_RUN_HERE`` with the test
+that covers them.
 
 msaflow commands run in-process (typer's CliRunner) with the working directory set to a temporary
 copy of the layout the README assumes (``.venv`` and ``experiments`` linked in, ``../shared/data``
@@ -44,7 +45,9 @@ def readme_commands(text: str | None = None) -> list[str]:
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         pending = ""
         for line in block.splitlines():
-            line = re.sub(r"(^|\s)#\s.*$", "", line).rstrip()  # a comment starts with "# " after blank
+            line = re.sub(
+                r"(^|\s)#\s.*$", "", line
+            ).rstrip()  # a comment starts with "# " after blank
             if not line.strip():
                 continue
             if line.endswith("\\"):
@@ -55,7 +58,7 @@ def readme_commands(text: str | None = None) -> list[str]:
     return commands
 
 
-# ------------------------------------------------------------------------------------- how each runs
+# ------------------------------------------------------------------------------ how each runs
 @dataclass(frozen=True)
 class Rule:
     pattern: str  # a regex the whole command must match
@@ -68,66 +71,129 @@ class Rule:
 
 MSAFLOW = r"\.venv/bin/msaflow"
 RULES: list[Rule] = [
-    Rule(r"make run", kind="shell", slow=True,
-         replace=((r"^make run$", 'make run ARGS="--variants none --scale 0.05 --epochs 1"'),)),
+    Rule(
+        r"make run",
+        kind="shell",
+        slow=True,
+        replace=((r"^make run$", 'make run ARGS="--variants none --scale 0.05 --epochs 1"'),),
+    ),
     Rule(rf"{MSAFLOW} --help"),
     Rule(rf"{MSAFLOW} run --variants none,full --seeds 1,2,3", extra=tuple(TINY)),
     Rule(rf"{MSAFLOW} run --preset paper", extra=(*TINY, "--variants", "full")),
     Rule(rf"{MSAFLOW} run --model mmcl --data sim-iemocap", extra=(*TINY, "--variants", "full")),
     # 5 subject folds need at least 5 subjects: sim-cmdc has 10 at scale 0.15 (4 at 0.05)
-    Rule(rf"{MSAFLOW} run --model mmcl --data sim-cmdc --folds 5",
-         extra=("--scale", "0.15", "--epochs", "1", "--variants", "full")),
+    Rule(
+        rf"{MSAFLOW} run --model mmcl --data sim-cmdc --folds 5",
+        extra=("--scale", "0.15", "--epochs", "1", "--variants", "full"),
+    ),
     Rule(rf"{MSAFLOW} run --workers 2", extra=(*TINY, "--variants", "none,full")),
     Rule(rf"{MSAFLOW} run --json > summary\.json", extra=(*TINY, "--variants", "none")),
     Rule(rf"{MSAFLOW} ui", kind="ui", slow=True),
-    Rule(rf"{MSAFLOW} data ingest --format mmsa ~/data/MOSI/aligned_50\.pkl --out ~/stores/mosi-aligned"),
-    Rule(rf"{MSAFLOW} run --data ~/stores/mosi-aligned", extra=("--epochs", "1", "--variants", "full")),
-    Rule(rf"{MSAFLOW} run --data ~/data/MOSI/aligned_50\.pkl", extra=("--epochs", "1", "--variants", "full")),
+    Rule(
+        rf"{MSAFLOW} data ingest --format mmsa ~/data/MOSI/aligned_50\.pkl"
+        r" --out ~/stores/mosi-aligned"
+    ),
+    Rule(
+        rf"{MSAFLOW} run --data ~/stores/mosi-aligned",
+        extra=("--epochs", "1", "--variants", "full"),
+    ),
+    Rule(
+        rf"{MSAFLOW} run --data ~/data/MOSI/aligned_50\.pkl",
+        extra=("--epochs", "1", "--variants", "full"),
+    ),
     Rule(rf"{MSAFLOW} features extract --manifest utterances\.csv --out ~/stores/mine"),
     Rule(rf"{MSAFLOW} run --data utterances\.csv", extra=("--epochs", "1", "--variants", "full")),
-    Rule(rf"{MSAFLOW} features mosi-text --csv \.\./shared/data/mosi_label\.csv --out ~/stores/mosi-text",
-         extra=("--limit", "40"), needs_shared=True),
-    Rule(rf"{MSAFLOW} reproduce mmafnet-table2 --seeds 5", extra=(*TINY[:2], "--epochs", "2"),
-         replace=((r"--seeds 5", "--seeds 2"),)),
-    Rule(rf"{MSAFLOW} reproduce mmafnet-table3", extra=(*TINY[:2], "--epochs", "2", "--seeds", "1")),
-    Rule(rf"{MSAFLOW} reproduce mmcl-table1 --data ~/stores/mosi-aligned", extra=("--epochs", "1", "--seeds", "1")),
-    Rule(rf"{MSAFLOW} reproduce mmcl-table1 --data sim-iemocap --params experiments/mmcl-iemocap\.yaml",
-         extra=(*TINY, "--seeds", "1")),
-    Rule(rf"{MSAFLOW} report --experiment <name>",
-         replace=((r"<name>", "readme-report"),)),
-    Rule(rf"{MSAFLOW} reproduce mmafnet-sgd-lr --data sim-mosi --preset paper --seeds 1",
-         extra=("--scale", "0.05", "--epochs", "1")),
-    Rule(rf"{MSAFLOW} reproduce mmafnet-table2 --data sim-mosi --preset paper-fast --seeds 5 --workers 2",
-         extra=("--scale", "0.05", "--epochs", "1"), replace=((r"--seeds 5", "--seeds 2"),)),
+    Rule(
+        rf"{MSAFLOW} features mosi-text --csv \.\./shared/data/mosi_label\.csv"
+        r" --out ~/stores/mosi-text",
+        extra=("--limit", "40"),
+        needs_shared=True,
+    ),
+    Rule(
+        rf"{MSAFLOW} reproduce mmafnet-table2 --seeds 5",
+        extra=(*TINY[:2], "--epochs", "2"),
+        replace=((r"--seeds 5", "--seeds 2"),),
+    ),
+    Rule(
+        rf"{MSAFLOW} reproduce mmafnet-table3", extra=(*TINY[:2], "--epochs", "2", "--seeds", "1")
+    ),
+    Rule(
+        rf"{MSAFLOW} reproduce mmcl-table1 --data ~/stores/mosi-aligned",
+        extra=("--epochs", "1", "--seeds", "1"),
+    ),
+    Rule(
+        rf"{MSAFLOW} reproduce mmcl-table1 --data sim-iemocap"
+        r" --params experiments/mmcl-iemocap\.yaml",
+        extra=(*TINY, "--seeds", "1"),
+    ),
+    Rule(rf"{MSAFLOW} report --experiment <name>", replace=((r"<name>", "readme-report"),)),
+    Rule(
+        rf"{MSAFLOW} reproduce mmafnet-sgd-lr --data sim-mosi --preset paper --seeds 1",
+        extra=("--scale", "0.05", "--epochs", "1"),
+    ),
+    Rule(
+        rf"{MSAFLOW} reproduce mmafnet-table2 --data sim-mosi --preset paper-fast"
+        r" --seeds 5 --workers 2",
+        extra=("--scale", "0.05", "--epochs", "1"),
+        replace=((r"--seeds 5", "--seeds 2"),),
+    ),
     # the spec is replaced by one naming the experiment the README's `report --experiment` made
-    Rule(rf"{MSAFLOW} report --evidence docs/results\.yaml --out docs/results\.md",
-         replace=((r"docs/results\.yaml", "readme-evidence.yaml"),)),
-    Rule(rf"{MSAFLOW} tune --trials 30 --metric valid/mae", extra=(*TINY, "--eval-seeds", "1"),
-         replace=((r"--trials 30", "--trials 2"),)),
-    Rule(rf"{MSAFLOW} tune --workers 2 --study mystudy", extra=(*TINY, "--trials", "2", "--eval-seeds", "none"),
-         slow=True),
-    Rule(rf"{MSAFLOW} run --params \.msaflow/studies/mystudy/best\.yaml", extra=(*TINY, "--variants", "full")),
+    Rule(
+        rf"{MSAFLOW} report --evidence docs/results\.yaml --out docs/results\.md",
+        replace=((r"docs/results\.yaml", "readme-evidence.yaml"),),
+    ),
+    Rule(
+        rf"{MSAFLOW} tune --trials 30 --metric valid/mae",
+        extra=(*TINY, "--eval-seeds", "1"),
+        replace=((r"--trials 30", "--trials 2"),),
+    ),
+    Rule(
+        rf"{MSAFLOW} tune --workers 2 --study mystudy",
+        extra=(*TINY, "--trials", "2", "--eval-seeds", "none"),
+        slow=True,
+    ),
+    Rule(
+        rf"{MSAFLOW} run --params \.msaflow/studies/mystudy/best\.yaml",
+        extra=(*TINY, "--variants", "full"),
+    ),
     Rule(r"cp \.env\.example \.env && \$EDITOR \.env", kind="shell"),
-    Rule(rf"{MSAFLOW} data ingest --format mmsa \.\./shared/data/mosi_bclstm_utterance\.pkl --out ~/stores/mosi-bclstm",
-         needs_shared=True),
-    Rule(rf"{MSAFLOW} run --data ~/stores/mosi-bclstm --model unimodal --variants text,audio,vision",
-         extra=("--epochs", "1"), needs_shared=True),
-    Rule(rf"{MSAFLOW} run --data ~/stores/mosi-bclstm --model earlyfusion", extra=("--epochs", "1"),
-         needs_shared=True),
-    Rule(rf"{MSAFLOW} run --data ~/stores/mosi-bclstm --model mmafnet --seeds 1,2,3", extra=("--epochs", "1"),
-         needs_shared=True),
+    Rule(
+        rf"{MSAFLOW} data ingest --format mmsa \.\./shared/data/mosi_bclstm_utterance\.pkl"
+        r" --out ~/stores/mosi-bclstm",
+        needs_shared=True,
+    ),
+    Rule(
+        rf"{MSAFLOW} run --data ~/stores/mosi-bclstm --model unimodal --variants text,audio,vision",
+        extra=("--epochs", "1"),
+        needs_shared=True,
+    ),
+    Rule(
+        rf"{MSAFLOW} run --data ~/stores/mosi-bclstm --model earlyfusion",
+        extra=("--epochs", "1"),
+        needs_shared=True,
+    ),
+    Rule(
+        rf"{MSAFLOW} run --data ~/stores/mosi-bclstm --model mmafnet --seeds 1,2,3",
+        extra=("--epochs", "1"),
+        needs_shared=True,
+    ),
     Rule(rf"{MSAFLOW} run", extra=(*TINY, "--variants", "none")),
 ]
 NOT_RUN_HERE = {
     "make test": "the command running this suite (CI's .ci/run calls it)",
-    "docker compose up -d --build": "no Docker engine here: tests/test_compose.py validates the file "
-                                    "with docker-compose config and its services run as processes in "
-                                    "tests/flows/test_serve.py",
-    "export MLFLOW_TRACKING_URI=http://127.0.0.1:5000 PREFECT_API_URL=http://127.0.0.1:4200/api":
-        "points at the compose stack (above); a real MLflow and Prefect server on 127.0.0.1 are tested "
-        "in tests/flows/test_serve.py and tests/msaflow/test_mlflow_ui.py",
-    "export PREFECT_API_AUTH_STRING='admin:<the value in .env>'":
-        "the compose stack's Prefect credentials; the auth wrapper is tested in tests/test_compose.py",
+    "docker compose up -d --build": (
+        "no Docker engine here: tests/test_compose.py validates the file "
+        "with docker-compose config and its services run as processes in "
+        "tests/flows/test_serve.py"
+    ),
+    "export MLFLOW_TRACKING_URI=http://127.0.0.1:5000 PREFECT_API_URL=http://127.0.0.1:4200/api": (
+        "points at the compose stack (above); a real MLflow and Prefect server on 127.0.0.1 are "
+        "tested in tests/flows/test_serve.py and tests/msaflow/test_mlflow_ui.py"
+    ),
+    "export PREFECT_API_AUTH_STRING='admin:<the value in .env>'": (
+        "the compose stack's Prefect credentials; the auth wrapper is tested in "
+        "tests/test_compose.py"
+    ),
 }
 
 
@@ -145,11 +211,14 @@ def test_every_readme_command_has_a_rule():
 
 
 def test_parser_joins_and_strips():
-    text = "```bash\nfoo --a 1 \\\n  --b 2   # a comment\n# only a comment\nbar\n```\n```yaml\nx: 1\n```"
+    text = (
+        "```bash\nfoo --a 1 \\\n  --b 2   # a comment\n# only a comment\nbar\n```\n"
+        "```yaml\nx: 1\n```"
+    )
     assert readme_commands(text) == ["foo --a 1 --b 2", "bar"]
 
 
-# --------------------------------------------------------------------------------- the README's world
+# ------------------------------------------------------------------------- the README's world
 def _mmsa_pickle(path: Path, seed: int = 0) -> None:
     """A tiny MMSA-format aligned pickle (float64 audio/vision as MMSA ships them)."""
     rng = np.random.default_rng(seed)
@@ -170,7 +239,8 @@ def _mmsa_pickle(path: Path, seed: int = 0) -> None:
 
 
 def _raw_manifest(workdir: Path) -> None:
-    """utterances.csv with real WAV tones and OpenFace-style CSVs, as `features extract` reads them."""
+    """utterances.csv with real WAV tones and OpenFace-style CSVs, as `features extract` reads
+    them."""
     import soundfile as sf
 
     from feature_store.extract.visual import OPENFACE_COLUMNS
@@ -181,21 +251,32 @@ def _raw_manifest(workdir: Path) -> None:
     for i in range(12):
         sr, seconds = 16000, 0.5
         t = np.arange(int(sr * seconds)) / sr
-        sf.write(str(raw / f"u{i}.wav"), (0.4 * np.sin(2 * np.pi * (150 + 10 * i) * t)).astype(np.float32), sr)
+        sf.write(
+            str(raw / f"u{i}.wav"),
+            (0.4 * np.sin(2 * np.pi * (150 + 10 * i) * t)).astype(np.float32),
+            sr,
+        )
         cols = ["frame", "face_id", "timestamp", "confidence", "success", *OPENFACE_COLUMNS]
         lines = [", ".join(cols)]
         for f in range(15):
-            lines.append(", ".join([str(f + 1), "0", f"{f / 30:.3f}", "0.98", "1"]
-                                   + [f"{0.01 * (f + i):.3f}"] * len(OPENFACE_COLUMNS)))
+            lines.append(
+                ", ".join(
+                    [str(f + 1), "0", f"{f / 30:.3f}", "0.98", "1"]
+                    + [f"{0.01 * (f + i):.3f}"] * len(OPENFACE_COLUMNS)
+                )
+            )
         (raw / f"u{i}.csv").write_text("\n".join(lines) + "\n")
         split = "train" if i < 8 else ("valid" if i < 10 else "test")
-        rows.append(f"u{i},this is utterance number {i},raw/u{i}.wav,raw/u{i}.csv,{(i % 7) - 3},{split}")
+        rows.append(
+            f"u{i},this is utterance number {i},raw/u{i}.wav,raw/u{i}.csv,{(i % 7) - 3},{split}"
+        )
     (workdir / "utterances.csv").write_text("\n".join(rows) + "\n")
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A user's machine: $HOME with the README's files, a checkout-like work dir, its own MSAFLOW_HOME."""
+    """A user's machine: $HOME with the README's files, a checkout-like work dir, its own
+    MSAFLOW_HOME."""
     base = tmp_path_factory.mktemp("readme")
     home, workdir = base / "home", base / "work"
     home.mkdir()
@@ -243,15 +324,26 @@ def run_readme_command(command: str, world: dict) -> None:
         command = re.sub(pattern, repl, command)
     env = {**os.environ, **world["env"]}
     if rule.kind == "shell":
-        proc = subprocess.run(["bash", "-c", command + " " + " ".join(map(shlex.quote, rule.extra))],
-                              cwd=world["workdir"], env=env, capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(
+            ["bash", "-c", command + " " + " ".join(map(shlex.quote, rule.extra))],
+            cwd=world["workdir"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert proc.returncode == 0, (command, proc.stdout[-3000:], proc.stderr[-3000:])
         return
     if rule.kind == "ui":
         port = _free_port()
-        proc = subprocess.Popen([str(ROOT / ".venv/bin/msaflow"), "ui", "--port", str(port)],
-                                cwd=world["workdir"], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(ROOT / ".venv/bin/msaflow"), "ui", "--port", str(port)],
+            cwd=world["workdir"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         try:
             deadline = time.time() + 120
             while time.time() < deadline:
@@ -271,7 +363,9 @@ def run_readme_command(command: str, world: dict) -> None:
     stdout_file = None
     if " > " in command:
         command, stdout_file = (part.strip() for part in command.split(" > ", 1))
-    tokens = [_expand(t, env) for t in shlex.split(command)][1:] + list(rule.extra)  # drop .venv/bin/msaflow
+    tokens = [_expand(t, env) for t in shlex.split(command)][1:] + list(
+        rule.extra
+    )  # drop .venv/bin/msaflow
     result = CliRunner().invoke(app, tokens)
     assert result.exit_code == 0, (command, tokens, result.output[-4000:], repr(result.exception))
     if stdout_file:
@@ -297,25 +391,42 @@ def test_readme_command_runs(command, rule, in_world, prefect_harness):
     if "report --evidence" in command:  # a one-section spec over a tiny reproduction
         from msaflow.cli import app
 
-        made = CliRunner().invoke(app, ["reproduce", "mmafnet-table2", "--seeds", "2", *TINY,
-                                        "--experiment", "readme-evidence"])
+        made = CliRunner().invoke(
+            app,
+            [
+                "reproduce",
+                "mmafnet-table2",
+                "--seeds",
+                "2",
+                *TINY,
+                "--experiment",
+                "readme-evidence",
+            ],
+        )
         assert made.exit_code == 0, made.output[-3000:]
         (in_world["workdir"] / "readme-evidence.yaml").write_text(
-            "title: README evidence\nsections:\n  - {experiment: readme-evidence, title: Table 2}\n",
-            encoding="utf-8")
+            "title: README evidence\nsections:\n"
+            "  - {experiment: readme-evidence, title: Table 2}\n",
+            encoding="utf-8",
+        )
     if "report --experiment" in command:  # the report reads an experiment the README made earlier
         from msaflow.cli import app
 
-        made = CliRunner().invoke(app, ["reproduce", "mmafnet-table2", "--seeds", "1", *TINY,
-                                        "--experiment", "readme-report"])
+        made = CliRunner().invoke(
+            app,
+            ["reproduce", "mmafnet-table2", "--seeds", "1", *TINY, "--experiment", "readme-report"],
+        )
         assert made.exit_code == 0, made.output[-3000:]
     if "run --params .msaflow/studies/mystudy/best.yaml" in command:
         study = in_world["workdir"] / ".msaflow/studies/mystudy/best.yaml"
-        if not study.is_file():  # written by the README's `tune --study mystudy` (slow): make it here
+        if (
+            not study.is_file()
+        ):  # written by the README's `tune --study mystudy` (slow): make it here
             from msaflow.cli import app
 
-            made = CliRunner().invoke(app, ["tune", "--study", "mystudy", "--trials", "1", *TINY,
-                                            "--eval-seeds", "none"])
+            made = CliRunner().invoke(
+                app, ["tune", "--study", "mystudy", "--trials", "1", *TINY, "--eval-seeds", "none"]
+            )
             assert made.exit_code == 0, made.output[-3000:]
     store = re.search(r"--data ~/(stores/[\w.-]+)", command)
     if store and not (in_world["home"] / store.group(1)).exists():  # the README's ingest runs first
@@ -323,8 +434,9 @@ def test_readme_command_runs(command, rule, in_world, prefect_harness):
         run_readme_command(ingest, in_world)
     run_readme_command(command, in_world)
     if "report --evidence" in command:
-        assert "## Table 2" in (in_world["workdir"] / "docs" / "results.md").read_text(encoding="utf-8")
+        assert "## Table 2" in (in_world["workdir"] / "docs" / "results.md").read_text(
+            encoding="utf-8"
+        )
     if command.endswith("> summary.json"):
         summary = json.loads((in_world["workdir"] / "summary.json").read_text())
         assert summary["runs"] and all("test" in r for r in summary["runs"])
-

@@ -29,11 +29,27 @@ def evidence(tiny_sim, tmp_path_factory, prefect_harness):
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(TABLES, "tiny-evidence", TINY)
-        reproduce("tiny-evidence", data=str(tiny_sim), seeds=2, epochs=2, tracking_uri=uri,
-                  experiment="ev-t2", out=str(tmp / "r" / "report.md"))
-    tune(data=str(tiny_sim), epochs=2, n_trials=2, storage=f"sqlite:///{tmp / 'optuna.db'}",
-         study="ev", sampler="random", tracking_uri=uri, experiment="ev-tune", eval_seeds=[1, 2],
-         out=str(tmp / "best.yaml"))
+        reproduce(
+            "tiny-evidence",
+            data=str(tiny_sim),
+            seeds=2,
+            epochs=2,
+            tracking_uri=uri,
+            experiment="ev-t2",
+            out=str(tmp / "r" / "report.md"),
+        )
+    tune(
+        data=str(tiny_sim),
+        epochs=2,
+        n_trials=2,
+        storage=f"sqlite:///{tmp / 'optuna.db'}",
+        study="ev",
+        sampler="random",
+        tracking_uri=uri,
+        experiment="ev-tune",
+        eval_seeds=[1, 2],
+        out=str(tmp / "best.yaml"),
+    )
     spec = tmp / "results.yaml"
     spec.write_text(
         "title: Evidence test\nintro: Why.\nconclusions: What the numbers say.\n"
@@ -45,19 +61,30 @@ def evidence(tiny_sim, tmp_path_factory, prefect_harness):
         encoding="utf-8",
     )
     out = tmp / "docs" / "results.md"
-    result = CliRunner().invoke(app, ["report", "--evidence", str(spec), "--out", str(out),
-                                      "--tracking-uri", uri])
+    result = CliRunner().invoke(
+        app, ["report", "--evidence", str(spec), "--out", str(out), "--tracking-uri", uri]
+    )
     assert result.exit_code == 0, result.output
     return {"md": out.read_text(encoding="utf-8"), "out": out, "uri": uri, "spec": spec}
 
 
 def test_the_document_has_every_part(evidence):
     md = evidence["md"]
-    for part in ("# Evidence test", "## Headline: each module against its baseline",
-                 "## Conclusions", "## Table two", "### Mechanisms, from the traces",
-                 "### IPR's φ per epoch", "## Tuning", "The tuned params on test",
-                 "## Regenerating this document", "```bash\nmsaflow reproduce tiny\n```",
-                 "p (Holm)", "Against the simulation's oracle", "NOT CMU-MOSI"):
+    for part in (
+        "# Evidence test",
+        "## Headline: each module against its baseline",
+        "## Conclusions",
+        "## Table two",
+        "### Mechanisms, from the traces",
+        "### IPR's φ per epoch",
+        "## Tuning",
+        "The tuned params on test",
+        "## Regenerating this document",
+        "```bash\nmsaflow reproduce tiny\n```",
+        "p (Holm)",
+        "Against the simulation's oracle",
+        "NOT CMU-MOSI",
+    ):
         assert part in md, part
     assert "| Table two | sim-mosi-x0.05 (simulation) | full vs none | 2 |" in md
     assert "| Tuning | sim-mosi-x0.05 | tuned vs paper values | 2 |" in md
@@ -80,9 +107,14 @@ def test_the_selection_uses_validation_only(evidence):
 def test_selection_rule_by_hand():
     from types import SimpleNamespace
 
-    r = SimpleNamespace(curve_metric="valid/mae", cells=["a", "b"],
-                        curves={"a": {0: [1.0, 0.9], 1: [0.8, 1.0]},   # seed bests 0.8, 0.9
-                                "b": {0: [0.7, 1.2], 1: [0.95, 1.1]}})  # seed bests 0.7, 1.1
+    r = SimpleNamespace(
+        curve_metric="valid/mae",
+        cells=["a", "b"],
+        curves={
+            "a": {0: [1.0, 0.9], 1: [0.8, 1.0]},  # seed bests 0.8, 0.9
+            "b": {0: [0.7, 1.2], 1: [0.95, 1.1]},
+        },
+    )  # seed bests 0.7, 1.1
     rows, winner = selection_rows(r)
     assert winner == "a"  # 0.85 < 0.90
     assert [row["chosen"] for row in rows] == ["←", ""]
@@ -102,16 +134,27 @@ def test_a_bad_spec_names_the_file_and_the_field(tmp_path, text, field):
     path.write_text(text, encoding="utf-8")
     with pytest.raises(EvidenceError, match=re.escape(f"{path}: field {field}")):
         read_spec(path)
-    result = CliRunner().invoke(app, ["report", "--evidence", str(path), "--tracking-uri",
-                                      f"sqlite:///{tmp_path / 'm.db'}"])
+    result = CliRunner().invoke(
+        app, ["report", "--evidence", str(path), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
+    )
     assert result.exit_code == 2 and "Traceback" not in result.output
 
 
 def test_an_unknown_experiment_is_a_clear_error(evidence, tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text("sections: [{experiment: nowhere, title: Lost}]\n", encoding="utf-8")
-    result = CliRunner().invoke(app, ["report", "--evidence", str(path), "--out",
-                                      str(tmp_path / "r.md"), "--tracking-uri", evidence["uri"]])
+    result = CliRunner().invoke(
+        app,
+        [
+            "report",
+            "--evidence",
+            str(path),
+            "--out",
+            str(tmp_path / "r.md"),
+            "--tracking-uri",
+            evidence["uri"],
+        ],
+    )
     assert result.exit_code == 2 and "nowhere" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "r.md").exists(), "nothing half-written"
 
@@ -151,17 +194,28 @@ def test_a_section_missing_from_mlflow_comes_from_its_snapshot_or_says_not_run(e
     snap = out.parent / "results" / "sections" / "table-two.json"
     assert snap.is_file() and "ev-t2" in snap.read_text(encoding="utf-8")
     spec = read_spec(evidence["spec"])
-    spec.sections.append(type(spec.sections[0])(experiment="ev-later", title="Later",
-                                                pending="needs a GPU", command="msaflow later"))
+    spec.sections.append(
+        type(spec.sections[0])(
+            experiment="ev-later", title="Later", pending="needs a GPU", command="msaflow later"
+        )
+    )
     empty = f"sqlite:///{tmp_path / 'empty.db'}"  # another machine's store: none of it is there
     with pytest.raises(EvidenceError, match="Tuning"):  # no snapshot for a tune section yet? it has
-        spec_no_tune = type(spec)(spec.title, spec.intro, spec.conclusions,
-                                  [s for s in spec.sections if s.kind != "tune"] + [
-                                      type(spec.sections[0])(experiment="ev-x", title="Tuning 2",
-                                                             kind="tune")])
+        spec_no_tune = type(spec)(
+            spec.title,
+            spec.intro,
+            spec.conclusions,
+            [s for s in spec.sections if s.kind != "tune"]
+            + [type(spec.sections[0])(experiment="ev-x", title="Tuning 2", kind="tune")],
+        )
         build_evidence(empty, spec_no_tune, out)
-    doc = build_evidence(empty, type(spec)(spec.title, spec.intro, spec.conclusions,
-                                           [s for s in spec.sections if s.kind != "tune"]), out)
+    doc = build_evidence(
+        empty,
+        type(spec)(
+            spec.title, spec.intro, spec.conclusions, [s for s in spec.sections if s.kind != "tune"]
+        ),
+        out,
+    )
     assert "This section was built from MLflow on" in doc.markdown
     assert "| Table two | sim-mosi-x0.05 (simulation) | full vs none | 2 |" in doc.markdown
     assert "**Not run yet.** needs a GPU" in doc.markdown

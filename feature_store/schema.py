@@ -36,6 +36,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from msaflow.errors import DataError
+
 SCHEMA_VERSION = 2  # 2: sequences as fixed-size binary (1: nested fixed-size lists)
 MODALITIES = ("text", "audio", "vision")
 SPLITS = ("train", "valid", "test")
@@ -72,14 +74,6 @@ def _brief(v: Any, limit: int = 80) -> str:
     """A value from a user's file, on one short line."""
     text = repr(v)
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-class DataError(ValueError):
-    """Bad input data. Names the file, the field and what was expected."""
-
-    def __init__(self, path: str | os.PathLike | None, field: str, expected: str):
-        self.path, self.field, self.expected = path, field, expected
-        super().__init__(f"{path}: {field}: expected {expected}")
 
 
 @dataclass

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from models.base import MODALITIES, InputSpec, ModelOutput, ModelSpec, MSAModel, task_loss
+from msaflow.errors import ConfigError
 
 
 @dataclass
@@ -47,16 +48,16 @@ class EarlyFusion(MSAModel):
     def __init__(self, cfg: EarlyFusionConfig):
         super().__init__()
         if cfg.task == "classification" and cfg.num_classes < 2:
-            raise ValueError(
+            raise ConfigError(
                 f"earlyfusion: classification needs num_classes >= 2, got {cfg.num_classes}"
             )
         if cfg.layers < 1:
-            raise ValueError(f"earlyfusion: layers must be >= 1, got {cfg.layers}")
+            raise ConfigError(f"earlyfusion: layers must be >= 1, got {cfg.layers}")
         if cfg.hidden < 1:
-            raise ValueError(f"earlyfusion: hidden must be >= 1, got {cfg.hidden}")
+            raise ConfigError(f"earlyfusion: hidden must be >= 1, got {cfg.hidden}")
         self.modalities = tuple(m for m in MODALITIES if getattr(cfg, f"{m}_dim") > 0)
         if not self.modalities:
-            raise ValueError("earlyfusion: every *_dim is 0; the dataset has no features")
+            raise ConfigError("earlyfusion: every *_dim is 0; the dataset has no features")
         self.cfg = cfg
         d_in = sum(getattr(cfg, f"{m}_dim") for m in self.modalities)
         blocks: list[nn.Module] = []

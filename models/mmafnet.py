@@ -119,7 +119,7 @@ import torch
 from torch import nn
 
 from models.base import MODALITIES, SHORT, InputSpec, ModelOutput, ModelSpec, MSAModel, task_loss
-from tasks.config import ConfigError
+from msaflow.errors import ConfigError
 
 MODS: tuple[str, ...] = tuple(SHORT[m] for m in MODALITIES)  # ("t", "a", "v")
 PAIRS: tuple[tuple[str, str], ...] = (("a", "v"), ("a", "t"), ("v", "t"))  # eqs. 2-3

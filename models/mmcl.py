@@ -72,6 +72,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import SHORT, InputSpec, ModelOutput, ModelSpec, MSAModel, task_loss
+from msaflow.errors import ConfigError
 
 # The paper's order of the joint representation Z = [Z~_v; Z~_a; Z~_t].
 ORDER: tuple[str, ...] = ("vision", "audio", "text")
@@ -412,15 +413,15 @@ class MMCL(MSAModel):
     def __init__(self, cfg: MMCLConfig):
         super().__init__()
         if cfg.d % cfg.heads:
-            raise ValueError(f"mmcl: d={cfg.d} must be divisible by heads={cfg.heads}")
+            raise ConfigError(f"mmcl: d={cfg.d} must be divisible by heads={cfg.heads}")
         if cfg.task == "classification" and cfg.num_classes < 2:
-            raise ValueError(f"mmcl: classification needs num_classes >= 2, got {cfg.num_classes}")
+            raise ConfigError(f"mmcl: classification needs num_classes >= 2, got {cfg.num_classes}")
         dims = {"text": cfg.text_dim, "audio": cfg.audio_dim, "vision": cfg.vision_dim}
         if min(dims.values()) <= 0:
             # CSD and the cross-modal blocks pair every modality with the other two: no text-only
             # path
             missing = [m for m, d in dims.items() if d <= 0]
-            raise ValueError(
+            raise ConfigError(
                 f"mmcl needs all three modalities (text, audio, vision); the data has no "
                 f"{', '.join(missing)} features. For a text-only store use --model unimodal "
                 f"--variants text"
@@ -434,7 +435,7 @@ class MMCL(MSAModel):
         if cfg.fusion == "sum":
             self.fusion_logits = nn.Parameter(torch.zeros(len(ORDER)))
         elif cfg.fusion != "concat":
-            raise ValueError(f"fusion: expected 'concat' or 'sum', got {cfg.fusion!r}")
+            raise ConfigError(f"fusion: expected 'concat' or 'sum', got {cfg.fusion!r}")
         joint = cfg.d * len(ORDER) if cfg.fusion == "concat" else cfg.d
         self.head = PredictionHead(joint, cfg)
         self._stats: dict[str, torch.Tensor] = {}

@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from models.base import InputSpec, ModelOutput, ModelSpec, MSAModel, task_loss
+from msaflow.errors import ConfigError
 
 
 @dataclass
@@ -43,21 +44,21 @@ class Unimodal(MSAModel):
     def __init__(self, cfg: UnimodalConfig):
         super().__init__()
         if cfg.modality not in ("text", "audio", "vision"):
-            raise ValueError(
+            raise ConfigError(
                 f"unimodal: modality must be text, audio or vision, got {cfg.modality!r}"
             )
         d_in = getattr(cfg, f"{cfg.modality}_dim")
         if d_in <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"unimodal({cfg.modality}): {cfg.modality}_dim is {d_in}; "
                 f"the dataset has no {cfg.modality} features"
             )
         if cfg.task == "classification" and cfg.num_classes < 2:
-            raise ValueError(
+            raise ConfigError(
                 f"unimodal: classification needs num_classes >= 2, got {cfg.num_classes}"
             )
         if cfg.layers < 1:
-            raise ValueError(f"unimodal: layers must be >= 1, got {cfg.layers}")
+            raise ConfigError(f"unimodal: layers must be >= 1, got {cfg.layers}")
         self.cfg = cfg
         self.norm = nn.LayerNorm(d_in) if cfg.input_norm else nn.Identity()
         if cfg.encoder == "gru":

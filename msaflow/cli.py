@@ -41,8 +41,8 @@ def _register(name: str) -> None:
     app.command(name)(importlib.import_module(f"msaflow.commands.{name}").command)
 
 
-_mount("feature_store.cli", "data", "Feature stores: synthesize, ingest, inspect, validate.")
-_mount("feature_store.extract.cli", "features", "Extract features from raw text, audio and video.")
+_mount("msaflow.commands.data", "data", "Feature stores: synthesize, ingest, inspect, validate.")
+_mount("msaflow.commands.features", "features", "Extract features from raw text, audio and video.")
 for _name in ("reproduce", "report", "tune", "serve"):
     _register(_name)
 

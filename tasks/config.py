@@ -25,11 +25,8 @@ from typing import Any, Literal
 import yaml
 
 from models import get_spec
+from msaflow.errors import ConfigError
 from tasks.metrics import DEFAULT_SELECTION, TASKS, metric_names, selection_mode
-
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names the key and what was expected."""
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,11 @@ session.
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="msaflow-tests-"))
@@ -71,3 +73,70 @@ def mosi_label_csv() -> Path:
     if not path.is_file():
         pytest.skip(f"real MOSI labels not present at {path}")
     return path
+
+
+# ------------------------------------------------- hand-made MMSA and MulT pickles (ingest tests)
+
+
+def mmsa_split(
+    n: int, rng: np.random.Generator, aligned: bool = True, t: int = 6, start: int = 0
+) -> dict:
+    t_a, t_v = (t, t) if aligned else (9, 11)
+    d = {
+        "text": rng.standard_normal((n, t, 8)),  # float64 as MMSA ships it
+        "audio": rng.standard_normal((n, t_a, 5)),
+        "vision": rng.standard_normal((n, t_v, 4)),
+        "regression_labels": rng.uniform(-3, 3, n).astype(np.float32),
+        "id": np.array(
+            [f"03bSnISJMiM$_${i}" for i in range(start, start + n)], dtype="<U16"
+        ),  # unique across splits
+        "raw_text": np.array([f"utterance {i}" for i in range(n)]),
+        "text_bert": np.stack(
+            [np.ones((n, t)), (np.arange(t)[None] < 4).repeat(n, 0), np.zeros((n, t))], 1
+        ),
+        "classification_labels": np.zeros(n),
+    }
+    if not aligned:
+        d["audio_lengths"] = np.array([3 + i % 6 for i in range(n)])
+        d["vision_lengths"] = np.array([2 + i % 9 for i in range(n)])
+    return d
+
+
+@pytest.fixture
+def mmsa_pickle(tmp_path):
+    def make(aligned: bool = True, mutate=None, name: str = "aligned_50.pkl"):
+        rng = np.random.default_rng(0)
+        data = {
+            s: mmsa_split(n, rng, aligned, start=o)
+            for s, n, o in (("train", 12, 0), ("valid", 5, 20), ("test", 6, 40))
+        }
+        if mutate:
+            mutate(data)
+        path = tmp_path / name
+        with open(path, "wb") as fh:
+            pickle.dump(data, fh, protocol=4)
+        return path, data
+
+    return make
+
+
+@pytest.fixture
+def mult_pickle(tmp_path):
+    rng = np.random.default_rng(1)
+    data = {}
+    for s, n, o in (
+        ("train", 10, 0),
+        ("valid", 4, 100),
+        ("test", 5, 200),
+    ):  # ids unique across splits
+        data[s] = {
+            "text": rng.standard_normal((n, 7, 300)).astype(np.float32),
+            "audio": rng.standard_normal((n, 7, 5)).astype(np.float32),
+            "vision": rng.standard_normal((n, 7, 20)).astype(np.float32),
+            "labels": rng.uniform(-3, 3, (n, 1, 1)).astype(np.float32),
+            "id": np.array([[f"vid{i // 3}", str(i % 3)] for i in range(o, o + n)]),
+        }
+    path = tmp_path / "mosi_data.pkl"
+    with open(path, "wb") as fh:
+        pickle.dump(data, fh, protocol=2)
+    return path, data

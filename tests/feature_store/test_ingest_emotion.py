@@ -114,7 +114,7 @@ def test_depression_task_uses_the_phq_range(mult_pickle, tmp_path):
 
 
 def test_cli_ingest_task_emotion_then_unimodal_and_mmcl_train(iemocap_pickle, tmp_path):
-    from feature_store.cli import app
+    from msaflow.commands.data import app
     from tasks.config import resolve_run_config
     from tasks.train import train_model
 

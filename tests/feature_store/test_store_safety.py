@@ -27,8 +27,8 @@ from feature_store import (
     validate_dataset,
     write_dataset,
 )
-from feature_store.cli import app
 from feature_store.schema import clean_stale_temporaries
+from msaflow.commands.data import app
 
 runner = CliRunner()
 

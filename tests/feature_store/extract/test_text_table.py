@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from feature_store.extract import DataError
-from feature_store.extract.cli import app
 from feature_store.extract.text import TableColumns, mosi_transcripts_table, table_manifest
+from msaflow.commands.features import app
 
 SECRET = "SECRET-CONTENT-42"  # a value in a bad row; no error may quote it
 

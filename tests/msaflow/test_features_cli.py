@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from feature_store.extract.cli import app
+from msaflow.commands.features import app
 
 
 def test_help_lists_options():
@@ -35,7 +35,7 @@ def test_missing_manifest_is_a_clear_error(prefect_harness, tmp_path):
 def _visual_manifest(tmp_path, ids: list[str], labels: list[object]) -> str:
     import pandas as pd
 
-    from .conftest import write_openface
+    from tests.feature_store.extract.conftest import write_openface
 
     rows = [
         {
@@ -105,7 +105,7 @@ def test_unknown_visual_profile_is_a_usage_error(tmp_path):
 def test_visual_files_with_different_columns_exit_2_naming_both(prefect_harness, tmp_path):
     import pandas as pd
 
-    from .conftest import write_openface
+    from tests.feature_store.extract.conftest import write_openface
 
     full = write_openface(tmp_path / "full.csv", 0.3)
     part = write_openface(tmp_path / "no_gaze.csv", 0.3, drop=("gaze_0_x", "gaze_angle_y"))

@@ -4,7 +4,7 @@ import json
 
 from typer.testing import CliRunner
 
-from feature_store.cli import app
+from msaflow.commands.data import app
 
 runner = CliRunner()
 

@@ -1,0 +1,145 @@
+"""The layers import only downward, and no module imports itself back through others.
+
+    0  ground        msaflow (the package itself), msaflow.errors, msaflow.settings
+    1  data, models  feature_store, models (never each other)
+    2  tasks         tasks
+    3  flows         flows
+    4  entry points  the rest of msaflow: the CLI (msaflow.cli, msaflow.commands)
+
+Every import counts, at module level or inside a function: a lazy import that points up is still a
+dependency that points up. Read with ``ast``, so nothing is imported to check it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("feature_store", "models", "tasks", "flows", "msaflow")
+GROUND = {"msaflow", "msaflow.errors", "msaflow.settings"}
+LAYER = {"feature_store": 1, "models": 1, "tasks": 2, "flows": 3, "msaflow": 4}
+
+
+def layer(module: str) -> int:
+    return 0 if module in GROUND else LAYER[module.split(".")[0]]
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join(parts)] = path
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports (the longest importable prefix of each name)."""
+    modules = _modules()
+
+    def resolve(name: str) -> str | None:
+        parts = name.split(".")
+        for i in range(len(parts), 0, -1):
+            if ".".join(parts[:i]) in modules:
+                return ".".join(parts[:i])
+        return None
+
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets |= {t for a in node.names if (t := resolve(a.name))}
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: from the module's package, level - 1 further up
+                    base = module.split(".")
+                    if path.name != "__init__.py":
+                        base = base[:-1]
+                    base = base[: len(base) - (node.level - 1)]
+                    name = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    name = node.module or ""
+                for alias in node.names:  # `from pkg import submodule` imports the submodule
+                    if target := resolve(f"{name}.{alias.name}") or resolve(name):
+                        targets.add(target)
+        targets.discard(module)
+        graph[module] = targets
+    return graph
+
+
+def upward(graph: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for module, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            lm, lt = layer(module), layer(target)
+            sideways = lm == lt == 1 and module.split(".")[0] != target.split(".")[0]
+            if lt > lm or sideways:
+                bad.append(f"{module} -> {target}")
+    return bad
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    found: list[list[str]] = []
+    counter = 0
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    top = stack.pop()
+                    on_stack.discard(top)
+                    component.append(top)
+                    if top == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_imports_only_point_down():
+    assert upward(import_graph()) == []
+
+
+def test_no_import_circles():
+    assert cycles(import_graph()) == []
+
+
+def test_the_checks_catch_what_they_look_for():
+    graph = {
+        "models.x": {"tasks.y"},  # up
+        "tasks.y": {"models.x"},
+        "feature_store.a": {"models.x"},  # sideways
+        "flows.f": {"tasks.y", "msaflow.settings"},  # down, and to the ground
+    }
+    assert upward(graph) == ["feature_store.a -> models.x", "models.x -> tasks.y"]
+    assert cycles(graph) == [["models.x", "tasks.y"]]

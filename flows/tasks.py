@@ -254,7 +254,7 @@ def raw_inputs_task(manifest: str, options: dict[str, Any]) -> str:
     extraction options and the extractors' code. Equal hash: the store written last time is
     current."""
     from feature_store.extract import read_extraction_manifest
-    from feature_store.extract.cache import sha256_file
+    from feature_store.schema import file_sha256
 
     h = hashlib.sha256(Path(manifest).read_bytes())
     h.update(
@@ -265,7 +265,7 @@ def raw_inputs_task(manifest: str, options: dict[str, Any]) -> str:
         h.update(json.dumps([u.id, u.words], default=str).encode())
         for f in (u.audio, u.visual):
             h.update(
-                b"-" if f is None else (sha256_file(f).encode() if f.is_file() else b"missing")
+                b"-" if f is None else (file_sha256(f).encode() if f.is_file() else b"missing")
             )
     return h.hexdigest()
 
@@ -501,7 +501,7 @@ def train_task(
     the run trains from scratch instead of resuming a finished checkpoint.
     """
     from feature_store import load_dataset, read_manifest
-    from tasks.plots import learning_curves, trace_figures
+    from tasks.plots import learning_curves, run_trace_figures
     from tasks.train import clear_checkpoints, train_model
 
     uri = tracking["uri"]
@@ -561,7 +561,7 @@ def train_task(
             run_id,
             {
                 "plots/learning_curves.png": learning_curves(result.history),
-                **trace_figures(result.step_traces, result.epoch_traces),
+                **run_trace_figures(result.step_traces, result.epoch_traces),
             },
         )
     except BaseException as exc:

@@ -59,7 +59,9 @@ def trace_plot(
     return fig
 
 
-def trace_figures(step_traces: Sequence[dict], epoch_traces: Sequence[dict]) -> dict[str, Figure]:
+def run_trace_figures(
+    step_traces: Sequence[dict], epoch_traces: Sequence[dict]
+) -> dict[str, Figure]:
     """Figures for whichever trace groups the model produced, keyed by artifact file name."""
     figs: dict[str, Figure] = {}
     mods = ("t", "a", "v")

@@ -352,7 +352,7 @@ def build_report(
         report.figures = {"metrics.png": metrics_figure(report)}
         if any(report.curves.values()):
             report.figures["curves.png"] = curves_figure(report)
-        report.figures.update(trace_figures(report.traces, cells, simulated, name))
+        report.figures.update(cell_trace_figures(report.traces, cells, simulated, name))
     blocks = render_blocks(report, tags)
     report.markdown = to_markdown(blocks)
     report.html = to_html(blocks, report.figures, title=f"msaflow reproduction: {table}")
@@ -831,7 +831,7 @@ def _split_key(key: str) -> tuple[str, str, str]:
     return family, quantity, suffix
 
 
-def trace_figures(
+def cell_trace_figures(
     traces: dict[str, dict[str, dict[int, list[float]]]],
     cells: list[str],
     simulated: bool,

@@ -279,8 +279,9 @@ def extract_audio_batch(
     Each entry holds ``frames`` (F, 37) float32 and ``duration`` (s).
     """
     from feature_store.extract import failure_record
-    from feature_store.extract.cache import FeatureCache, sha256_file
+    from feature_store.extract.cache import FeatureCache
     from feature_store.extract.text import _progress
+    from feature_store.schema import file_sha256
 
     c = config or AudioConfig()
     cache = FeatureCache(NAME, VERSION, c.cache_config(), root=cache_dir)
@@ -291,7 +292,7 @@ def extract_audio_batch(
             try:
                 if not is_file(u.audio):
                     raise UtteranceError(u.id, u.audio, "audio_path", "an existing WAV file")
-                key = cache.key(sha256_file(u.audio))
+                key = cache.key(file_sha256(u.audio))
                 if not cache.has(key):
                     y = load_wav(u.audio, c.sr, utterance=u.id)
                     try:

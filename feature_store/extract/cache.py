@@ -21,14 +21,6 @@ import numpy as np
 from msaflow.settings import msaflow_home
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def sha256_text(*parts: Any) -> str:
     h = hashlib.sha256()
     for part in parts:

@@ -541,7 +541,8 @@ def extract_visual_batch(
     files must share one column set (``check_agreement``). ``manifest_config`` records the choice.
     """
     from feature_store.extract import failure_record
-    from feature_store.extract.cache import FeatureCache, sha256_file
+    from feature_store.extract.cache import FeatureCache
+    from feature_store.schema import file_sha256
 
     c = config or VisualConfig()
     cache = FeatureCache(NAME, VERSION, c.cache_config(), root=cache_dir)
@@ -552,7 +553,7 @@ def extract_visual_batch(
                 raise UtteranceError(
                     u.id, u.visual, "visual_path", "an existing per-frame CSV file"
                 )
-            key = cache.key(sha256_file(u.visual))
+            key = cache.key(file_sha256(u.visual))
             entry = cache.get(key)  # None when absent or torn
             if entry is None or "names" not in entry:
                 entry = read_visual_csv(u.visual, c, utterance=u.id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.tasks import (
@@ -184,6 +185,15 @@ def _cached_run_gone(trained, tracking: dict[str, str]) -> bool:
     return not tr.run_is_active(tracking["uri"], trained.result()["run_id"])
 
 
+def _runner_threads() -> int | None:
+    """The running flow's thread-pool size (None for other task runners)."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    n = getattr(getattr(ctx, "task_runner", None), "_max_workers", None)
+    return n if isinstance(n, int) and n > 0 else None
+
+
 def run_grid(
     *,
     data_ref: dict[str, Any],
@@ -197,8 +207,12 @@ def run_grid(
     parent_run_id: str,
     force: bool = False,
     link_cached: bool = False,
+    workers: int | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Submit train -> evaluate for every (cell, seed); a failure never loses the others' results.
+
+    ``workers`` trainings are in flight at once; by default as many as the flow's thread pool has
+    threads (every one for another task runner, e.g. Dask, whose scheduler places them).
 
     ``force`` retrains everything (Prefect's ``refresh_cache`` on both tasks, checkpoints cleared).
     A cache hit whose MLflow run has been deleted is retrained the same way. ``link_cached`` gives
@@ -206,7 +220,7 @@ def run_grid(
     (``tracking.link_cached_run``; its id in the row's ``linked_run_id``), so the parent shows all
     its results.
     """
-    jobs = []
+    configs = []
     for cell in cells:
         for seed in seeds:
             cfg = resolve_run_config(
@@ -223,13 +237,25 @@ def run_grid(
                 data_task=data_ref["task"],
                 class_names=data_ref["class_names"],
             )
-            jobs.append(
-                [cfg, cell, _submit_train(cfg, cell, data_ref, tracking, parent_run_id, force)]
-            )
-    # Every train before any evaluate: a submitted task holds a pool thread while it waits for its
-    # inputs, so train1, evaluate1, train2, ... with two workers would run one training at a time.
-    for job in jobs:
-        cfg, cell, trained = job
+            configs.append((cfg, cell))
+    # At most `workers` trainings in flight, each one's evaluation submitted as it ends: a task
+    # waiting for its inputs holds a pool thread, so train1, evaluate1, train2, ... submitted at
+    # once would train one run at a time, and every training submitted first would leave every
+    # run unfinished (unevaluated) until the last training ends.
+    jobs: list[list[Any]] = []
+    in_flight: dict[Any, list[Any]] = {}
+    pending = iter(configs)
+    capacity = max(1, workers or _runner_threads() or len(configs))
+    while True:
+        while len(in_flight) < capacity and (nxt := next(pending, None)) is not None:
+            cfg, cell = nxt
+            job = [cfg, cell, _submit_train(cfg, cell, data_ref, tracking, parent_run_id, force)]
+            jobs.append(job)
+            in_flight[job[2]] = job
+        if not in_flight:
+            break
+        done = next(as_completed(list(in_flight)))
+        cfg, cell, trained = job = in_flight.pop(done)
         job.append(_submit_evaluate(trained, cfg, cell, data_ref, tracking, force))
     for job in jobs:
         cfg, cell, trained, evaluated = job

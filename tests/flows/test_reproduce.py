@@ -267,3 +267,11 @@ def test_two_workers_train_two_runs_at_once(resumed):
     assert len(trained) >= 2
     first_done = client.get_metric_history(trained[0].info.run_id, "time/train_s")[-1].timestamp
     assert trained[1].info.start_time < first_done
+
+
+def test_runs_finish_while_others_still_train(resumed):
+    """Each training's evaluation follows it, not the whole grid: with 4 runs on 2 workers the
+    first run is FINISHED (evaluated) before the last one starts."""
+    runs = resumed["first_children"]
+    ends = [r.info.end_time for r in runs if r.info.status == "FINISHED" and r.info.end_time]
+    assert ends and min(ends) < max(r.info.start_time for r in runs)

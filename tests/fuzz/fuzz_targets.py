@@ -437,7 +437,7 @@ def fixup_store(case_dir: Path) -> None:
 
 
 def _run_store(case_dir: Path, work: Path) -> Any:
-    from feature_store import cli
+    from msaflow.commands import data as cli
     from feature_store.schema import load_dataset, validate_dataset
 
     if (case_dir / ".fixup").exists():

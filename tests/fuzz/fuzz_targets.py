@@ -437,8 +437,8 @@ def fixup_store(case_dir: Path) -> None:
 
 
 def _run_store(case_dir: Path, work: Path) -> Any:
-    from msaflow.commands import data as cli
     from feature_store.schema import load_dataset, validate_dataset
+    from msaflow.commands import data as cli
 
     if (case_dir / ".fixup").exists():
         fixup_store(case_dir)

@@ -265,7 +265,8 @@ def headline_rows(section: Section, r: Report) -> list[dict[str, str]]:
                 "data": r.dataset + (" (simulation)" if r.simulated else ""),
                 "cell vs baseline": f"{cell} vs {r.baselines[cell]}",
                 "n": str(p.n),
-                f"test {metric}": fmt_summary(metric, r.summaries[cell][metric], ci=False),
+                "test metric": metric,
+                "test (mean ± std)": fmt_summary(metric, r.summaries[cell][metric], ci=False),
                 "diff [95% CI]": (
                     f"{p.mean_diff * scale:+.{dec}f} {_interval(p.ci_low, p.ci_high, scale, dec)}"
                 )
@@ -435,7 +436,10 @@ def tune_blocks(uri: str, section: Section) -> tuple[list[Block], list[dict[str,
                     "data": ref.dataset,
                     "cell vs baseline": "tuned vs paper values",
                     "n": str(p.n),
-                    f"test {main}": fmt_summary(main, _summary(values["tuned"], main), ci=False),
+                    "test metric": main,
+                    "test (mean ± std)": fmt_summary(
+                        main, _summary(values["tuned"], main), ci=False
+                    ),
                     "diff [95% CI]": f"{p.mean_diff * scale_dec[0]:+.{scale_dec[1]}f} "
                     f"{_interval(p.ci_low, p.ci_high, *scale_dec)}",
                     "d_z": _fmt_d(p.d_z),

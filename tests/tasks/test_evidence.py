@@ -86,7 +86,7 @@ def test_the_document_has_every_part(evidence):
         "NOT CMU-MOSI",
     ):
         assert part in md, part
-    assert "| Table two | sim-mosi-x0.05 (simulation) | full vs none | 2 |" in md
+    assert "| Table two | sim-mosi-x0.05 (simulation) | full vs none | 2 | mae |" in md
     assert "| Tuning | sim-mosi-x0.05 | tuned vs paper values | 2 |" in md
 
 

@@ -370,11 +370,16 @@ def tune_blocks(uri: str, section: Section) -> tuple[list[Block], list[dict[str,
             f"`{section.experiment}`, parent run `{parent.info.run_id}`), objective "
             f"`{metric}` (validation only); trials by state: "
             + ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
+            + (
+                f"; best validation value {parent.data.metrics['best_value']:.4f}"
+                if "best_value" in parent.data.metrics
+                else ""
+            )
             + ".",
         ),
         (
             "table",
-            [{"param": k, "best": v} for k, v in sorted(best_params.items())]
+            [{"param": k, "best": _short_number(v)} for k, v in sorted(best_params.items())]
             or [{"param": "—", "best": "no finished trial"}],
         ),
     ]
@@ -450,6 +455,13 @@ def tune_blocks(uri: str, section: Section) -> tuple[list[Block], list[dict[str,
     if section.command:
         blocks += [("p", "Regenerate:"), ("code", section.command)]
     return blocks, headline
+
+
+def _short_number(text: str) -> str:
+    try:
+        return f"{float(text):.4g}"
+    except ValueError:
+        return text
 
 
 def _summary(values: dict[int, dict[str, float]], metric: str):

@@ -1,4 +1,5 @@
-"""Feature-store ingest and load against ``pickle.load`` of the same arrays (MOSEI-sized split).
+"""Feature-store ingest and load against the restricted pickle loader ingest uses
+(``feature_store.ingest.safe_load_pickle``) on the same arrays (MOSEI-sized split).
 
     .venv/bin/python bench/feature_store.py [--rows 16326] [--repeat 3]
 
@@ -26,8 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DIMS = {"text": 768, "audio": 74, "vision": 35}
 
-CHILD = (
-    r"""
+CHILD = r"""
 import json, pickle, sys, time
 sys.path.insert(0, {root!r})
 kind, path = sys.argv[1], sys.argv[2]
@@ -43,10 +43,9 @@ if kind != "pickle":
 base = status("VmRSS")
 t = time.perf_counter()
 if kind == "pickle":
-    with open(path, "rb") as fh:
-        # the baseline being measured: a pickle this benchmark wrote itself a moment ago """
-    r"""(never a user's)
-        data = pickle.load(fh)
+    # the baseline: a pickle this benchmark wrote itself, read the way ingest reads any pickle
+    from feature_store.ingest import safe_load_pickle
+    data = safe_load_pickle(path)
     n = sum(v.nbytes for k, v in data["train"].items() if k in ("text", "audio", "vision"))
 else:
     from feature_store import load_split
@@ -56,7 +55,6 @@ seconds = time.perf_counter() - t
 peak = status("VmHWM") - base
 print(json.dumps({{"seconds": seconds, "array_bytes": n, "peak_bytes": peak}}))
 """
-)
 
 
 def _child(kind: str, path: Path) -> dict:
@@ -100,9 +98,12 @@ def main() -> None:
         }
     )
     small = {k: (v[:8] if isinstance(v, np.ndarray) else v) for k, v in split.items()}
+    # valid and test need ids of their own: ingest refuses an id in two splits (leakage)
+    valid = {**small, "id": np.array([f"valid{i}$_$0" for i in range(8)])}
+    test = {**small, "id": np.array([f"test{i}$_$0" for i in range(8)])}
     pkl = work / "aligned_50.pkl"
     with open(pkl, "wb") as fh:
-        pickle.dump({"train": split, "valid": small, "test": small}, fh, protocol=4)
+        pickle.dump({"train": split, "valid": valid, "test": test}, fh, protocol=4)
     gb = sum(split[m].nbytes for m in DIMS) / 1e9
     del split
 

@@ -708,14 +708,9 @@ def build_evidence(uri: str, spec: EvidenceSpec, out: str | Path) -> Evidence:
     )
     blocks.append(("table", times))
     md = to_markdown(blocks)
-    on_disk = {name: (Path(out).parent / name) for name in _images(blocks)}
-    inline = {name: p.read_bytes() for name, p in on_disk.items() if p.is_file()}
-    html = to_html(blocks, {**inline, **figures}, title=spec.title)
+    # the HTML links the PNGs beside it (inlined, the committed page would hold every figure twice)
+    html = to_html(blocks, {}, title=spec.title)
     return Evidence(markdown=md, html=html, figures=figures, headline=headline, snapshots=snapshots)
-
-
-def _images(blocks: list[Block]) -> list[str]:
-    return [b[1] for b in blocks if b[0] == "img"]
 
 
 def _from_snapshot(path: Path) -> SectionOut:

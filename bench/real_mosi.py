@@ -48,6 +48,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from msaflow.atomic import atomic_write
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # bench/feature_store.py must not shadow the package
 DEFAULT_PKL = ROOT.parent / "shared" / "data" / "mosi_bclstm_utterance.pkl"
@@ -552,11 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for path, content in ((args.md, text), (args.json, payload)):
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            tmp.write_text(content)
-            os.replace(
-                tmp, path
-            )  # atomic: a killed run never leaves a half-written JSON for --resume
+            atomic_write(path, content)  # a killed run never leaves a half-written JSON
         return text
 
     # seed-major: an interrupted run leaves every row with the same number of seeds

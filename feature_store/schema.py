@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import threading
 import time
 import zlib
@@ -36,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from msaflow.atomic import writer_tag
 from msaflow.errors import DataError
 
 SCHEMA_VERSION = 2  # 2: sequences as fixed-size binary (1: nested fixed-size lists)
@@ -637,11 +637,7 @@ def _json_default(obj: Any) -> Any:
 # --------------------------------------------------------------------------------------------------
 # What msaflow may replace or delete: only files it recognises as a store's, and its own temporaries
 # --------------------------------------------------------------------------------------------------
-def _writer_tag() -> str:
-    """``host-pid-thread``: names a temporary directory after its writer, so a later write can tell
-    whether that writer is gone (see ``clean_stale_temporaries``)."""
-    host = re.sub(r"[^A-Za-z0-9.]", "", socket.gethostname()) or "host"
-    return f"{host}-{os.getpid()}-{threading.get_ident()}"
+_writer_tag = writer_tag  # names a temporary directory after its writer (clean_stale_temporaries)
 
 
 def store_file_names(directory: str | Path) -> set[str] | None:

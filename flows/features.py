@@ -24,6 +24,7 @@ from feature_store.extract.cache import load_entry
 from feature_store.extract.text import TextConfig, extract_text_batch, get_encoder
 from feature_store.extract.visual import VisualConfig, extract_visual_batch
 from feature_store.extract.visual import pool_to_words as pool_visual
+from msaflow.atomic import atomic_target
 
 _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
 
@@ -205,9 +206,8 @@ def write_store_task(
                 [by_id[i].word_list() for i in s["ids"]], max_words
             )
         extra = Path(str(Path(out).resolve()) + ".text_bert.npz")
-        tmp = extra.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(extra)
+        with atomic_target(extra) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
     return {
         "splits": {k: len(v["ids"]) for k, v in per_split.items()},
         "written": n_ok,

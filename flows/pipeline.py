@@ -21,6 +21,7 @@ from flows.tasks import (
     make_folds,
     open_parent_run,
     resolve_data,
+    run_key,
     summarize_task,
     train_task,
 )
@@ -242,20 +243,31 @@ def run_grid(
     # waiting for its inputs holds a pool thread, so train1, evaluate1, train2, ... submitted at
     # once would train one run at a time, and every training submitted first would leave every
     # run unfinished (unevaluated) until the last training ends.
+    # Two cells can resolve to one config (e.g. Table 3's windows at a tiny --epochs): they share
+    # a run key, so one checkpoint folder and one MLflow run. Such a run waits until its twin's
+    # training ends and then resumes the finished checkpoint instead of training beside it.
     jobs: list[list[Any]] = []
     in_flight: dict[Any, list[Any]] = {}
-    pending = iter(configs)
+    busy_keys: dict[Any, str] = {}
+    waiting = [(cfg, cell, run_key(cfg, data_ref, tracking)) for cfg, cell in configs]
     capacity = max(1, workers or _runner_threads() or len(configs))
     while True:
-        while len(in_flight) < capacity and (nxt := next(pending, None)) is not None:
-            cfg, cell = nxt
+        for item in list(waiting):
+            if len(in_flight) >= capacity:
+                break
+            cfg, cell, key = item
+            if key in busy_keys.values():
+                continue
+            waiting.remove(item)
             job = [cfg, cell, _submit_train(cfg, cell, data_ref, tracking, parent_run_id, force)]
             jobs.append(job)
             in_flight[job[2]] = job
+            busy_keys[job[2]] = key
         if not in_flight:
             break
         done = next(as_completed(list(in_flight)))
         cfg, cell, trained = job = in_flight.pop(done)
+        busy_keys.pop(done)
         job.append(_submit_evaluate(trained, cfg, cell, data_ref, tracking, force))
     for job in jobs:
         cfg, cell, trained, evaluated = job

@@ -19,6 +19,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from flows.errors import quiet_user_errors
+from msaflow.atomic import atomic_write
 from msaflow.settings import msaflow_home
 from tasks import tracking as tr
 from tasks.config import ConfigError, RunConfig
@@ -317,11 +318,8 @@ def extract_raw_manifest(manifest: str, progress: bool = True) -> dict[str, Any]
         label_range=tuple(options["label_range"]),
     )
     stamp = _stamp_path(store)
-    tmp = stamp.with_name(stamp.name + ".tmp")
-    tmp.write_text(
-        json.dumps({"inputs": inputs, "content_hash": result["content_hash"], "manifest": str(src)})
-    )
-    tmp.replace(stamp)
+    stamp_body = {"inputs": inputs, "content_hash": result["content_hash"], "manifest": str(src)}
+    atomic_write(stamp, json.dumps(stamp_body))
     for f in result["failures"]:  # reported and skipped, as by ``features extract``
         print(
             f"[extract] skipped {f['id']} ({f['stage']}): {f['error']}", file=sys.stderr, flush=True

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from msaflow.atomic import atomic_write
 from tasks.report import (
     Block,
     Report,
@@ -511,9 +511,7 @@ class Evidence:
         files.update({path: text.encode() for path, text in self.snapshots.items()})
         for path, data in files.items():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            atomic_write(path, data)
         return {"markdown": md, "html": md.with_suffix(".html")}
 
 

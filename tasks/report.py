@@ -19,13 +19,13 @@ import html
 import io
 import json
 import math
-import os
 import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from msaflow.atomic import atomic_write
 from tasks.paper_results import PERCENT_METRICS, PaperTable, paper_dataset_for, paper_table
 from tasks.stats import Paired, Summary, adjust_comparisons, cell_summaries, compare_to_baseline
 
@@ -85,9 +85,7 @@ class Report:
         }
         contents = {"markdown": self.markdown.encode(), "html": self.html.encode(), **self.figures}
         for key, path in paths.items():  # each file whole or not at all (a crash keeps the old one)
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            tmp.write_bytes(contents[key])
-            os.replace(tmp, path)
+            atomic_write(path, contents[key])
         return paths
 
     def log_to_parent(self, tracking_uri: str) -> None:

@@ -34,6 +34,7 @@ import torch
 from feature_store.schema import DataError
 from models import get_spec
 from models.base import MSAModel, task_loss
+from msaflow.atomic import atomic_target
 from tasks.config import ConfigError, RunConfig
 from tasks.data import Batch, iterate_batches, split_to_tensors, standardize_splits
 from tasks.metrics import metric_fn
@@ -251,11 +252,8 @@ def clear_checkpoints(checkpoint_dir: str | Path) -> None:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_target(path, durable=True) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_best_model(

@@ -27,6 +27,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
+from msaflow.atomic import atomic_write
 from msaflow.settings import msaflow_home
 from tasks import tracking as tr
 from tasks.config import ConfigError, TrainConfig, read_yaml, short_repr
@@ -668,9 +669,7 @@ def write_best(path: str | Path, study: optuna.Study, spec: StudySpec) -> Path:
         f"--params {path}\n"
     )
     body = yaml.safe_dump(best_overrides(study, space_from_dict(spec.space)), sort_keys=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(header + body)
-    os.replace(tmp, path)
+    atomic_write(path, header + body)
     return path
 
 

@@ -1,6 +1,6 @@
 """The layers import only downward, and no module imports itself back through others.
 
-    0  ground        msaflow (the package itself), msaflow.errors, msaflow.settings
+    0  ground        msaflow (the package itself), msaflow.errors, msaflow.settings, msaflow.atomic
     1  data, models  feature_store, models (never each other)
     2  tasks         tasks
     3  flows         flows
@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("feature_store", "models", "tasks", "flows", "msaflow")
-GROUND = {"msaflow", "msaflow.errors", "msaflow.settings"}
+GROUND = {"msaflow", "msaflow.errors", "msaflow.settings", "msaflow.atomic"}
 LAYER = {"feature_store": 1, "models": 1, "tasks": 2, "flows": 3, "msaflow": 4}
 
 

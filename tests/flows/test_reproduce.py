@@ -275,3 +275,49 @@ def test_runs_finish_while_others_still_train(resumed):
     runs = resumed["first_children"]
     ends = [r.info.end_time for r in runs if r.info.status == "FINISHED" and r.info.end_time]
     assert ends and min(ends) < max(r.info.start_time for r in runs)
+
+
+def test_twin_cells_never_train_one_checkpoint_at_once(tiny_sim, tmp_path, prefect_harness):
+    """Two cells that resolve to one config share a run key, hence one checkpoint folder: the
+    second waits for the first instead of racing it (two threads once renamed each other's
+    temporary away: FileNotFoundError on best.pt, CI of stop 22). Both cells get their row."""
+    import threading
+    import time
+
+    twins = TableSpec(
+        model="mmafnet",
+        cells=(Cell("a", "none"), Cell("b", "none", {"model": {}})),
+        baseline="a",
+        paper=None,
+        description="two names for one config",
+    )
+    real = tasks.train.train_model
+    lock, busy, overlaps = threading.Lock(), Counter(), []
+
+    def watched(cfg, *args, checkpoint_dir=None, **kw):
+        with lock:
+            busy[str(checkpoint_dir)] += 1
+            overlaps.append(busy[str(checkpoint_dir)])
+        try:
+            time.sleep(0.3)  # widen the window a race would need
+            return real(cfg, *args, checkpoint_dir=checkpoint_dir, **kw)
+        finally:
+            with lock:
+                busy[str(checkpoint_dir)] -= 1
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(TABLES, "twins", twins)
+        mp.setattr(tasks.train, "train_model", watched)
+        result = reproduce(
+            "twins",
+            data=str(tiny_sim),
+            seeds=1,
+            epochs=1,
+            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+            experiment="twins",
+            out=str(tmp_path / "report.md"),
+            max_workers=2,
+        )
+    assert result["failures"] == []
+    assert sorted(r["cell"] for r in result["rows"]) == ["a", "b"]
+    assert overlaps and max(overlaps) == 1

@@ -295,7 +295,7 @@ def run_grid(
                 message = f"{type(exc).__name__}: {exc}"
             failures.append(
                 {
-                    "run_name": cfg.run_name.replace(f"/{cfg.variant}/", f"/{cell.name}/"),
+                    "run_name": cfg.run_name_for(cell.name),
                     "cell": cell.name,
                     "seed": cfg.train.seed,
                     "error": message[:500],

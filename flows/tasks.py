@@ -504,7 +504,7 @@ def train_task(
 
     uri = tracking["uri"]
     key = run_key(cfg, data_ref, tracking)
-    run_name = f"{cfg.model}/{cell}/seed{cfg.train.seed}"
+    run_name = cfg.run_name_for(cell)
     run_id = tr.find_child_run(uri, tracking["experiment_id"], parent_run_id, key)
     if run_id is None:
         run_id = tr.start_run(

@@ -60,7 +60,12 @@ class RunConfig:
 
     @property
     def run_name(self) -> str:
-        return f"{self.model}/{self.variant}/seed{self.train.seed}"
+        return self.run_name_for(self.variant)
+
+    def run_name_for(self, cell: str) -> str:
+        """``model/cell/seedN``: the one run name (MLflow, progress lines, failure rows); a
+        table's cell may name a variant with overrides (``sgm-ep15``)."""
+        return f"{self.model}/{cell}/seed{self.train.seed}"
 
     def to_dict(self) -> dict[str, Any]:
         return {

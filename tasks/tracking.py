@@ -76,8 +76,17 @@ def _probe_database(tracking_uri: str) -> None:
         engine.dispose()
 
 
+_REACHED: dict[str, float] = {}  # uri -> when this process last probed it successfully
+_PROBE_TTL_S = 60.0  # a long-lived worker re-probes: a store can go away between flows
+
+
 def check_tracking(tracking_uri: str) -> None:
-    """Fail fast with a clear message when the tracking store is unreachable (no retry storm)."""
+    """Fail fast with a clear message when the tracking store is unreachable (no retry storm).
+
+    The CLI checks before its flow starts and the flow checks again (it may be called from
+    Python): a store probed successfully in the last minute is not probed again."""
+    if time.monotonic() - _REACHED.get(tracking_uri, -math.inf) < _PROBE_TTL_S:
+        return
     saved = {
         k: os.environ.get(k)
         for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
@@ -87,6 +96,7 @@ def check_tracking(tracking_uri: str) -> None:
     try:
         _probe_database(tracking_uri)
         MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
+        _REACHED[tracking_uri] = time.monotonic()
     except Exception as exc:  # noqa: BLE001 - any failure here means "cannot track"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrackingError(

@@ -20,6 +20,24 @@ def test_sqlite_store_is_usable(tmp_path):
     check_tracking(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
+def test_a_store_reached_a_moment_ago_is_not_probed_again(tmp_path, monkeypatch):
+    """CLI and flow both check; the second check of a store that just answered costs nothing,
+    and after the TTL a store that went away is named again."""
+    from tasks import tracking as tr
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    check_tracking(uri)
+
+    def gone(_uri):
+        raise OSError("store went away")
+
+    monkeypatch.setattr(tr, "_probe_database", gone)
+    check_tracking(uri)  # within the TTL: not probed
+    monkeypatch.setattr(tr, "_PROBE_TTL_S", 0.0)
+    with pytest.raises(TrackingError, match="store went away"):
+        check_tracking(uri)
+
+
 def test_unreachable_http_server_is_named(tmp_path):
     uri = f"http://127.0.0.1:{_closed_port()}"
     with pytest.raises(TrackingError, match="127.0.0.1"):

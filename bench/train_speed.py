@@ -37,6 +37,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from msaflow.modalities import MODALITIES
 from tasks.config import resolve_run_config
 from tasks.data import iterate_batches
 from tasks.train import build_model, build_optimizer
@@ -97,7 +98,7 @@ def random_split(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     T = SHAPES["seq_len"]
     out = {}
-    for m in ("text", "audio", "vision"):
+    for m in MODALITIES:
         out[m] = torch.randn(n, T, SHAPES[f"{m}_dim"], generator=g)
         out[f"{m}_len"] = torch.full((n,), T, dtype=torch.long)
     out["label"] = torch.rand(n, generator=g) * 6 - 3

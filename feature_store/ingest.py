@@ -31,17 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from feature_store.schema import (
-    MODALITIES,
-    DataError,
-    Manifest,
-    SplitData,
-    check_split,
-    check_splits,
-    file_sha256,
-    read_manifest,
-    write_dataset,
-)
+from feature_store.datatypes import Manifest, SplitData, check_split, check_splits, read_manifest
+from feature_store.parquet_io import file_sha256, write_dataset
+from msaflow.errors import DataError
+from msaflow.modalities import MODALITIES
 
 FORMATS = ("mmsa", "mult")
 NONFINITE_POLICIES = ("zero", "error")

@@ -31,14 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from feature_store.schema import (
-    DataError,
-    Manifest,
-    SplitData,
-    check_target,
-    read_manifest,
-    write_dataset,
-)
+from feature_store.datatypes import Manifest, SplitData, read_manifest
+from feature_store.parquet_io import write_dataset
+from feature_store.store_safety import check_target
+from msaflow.errors import DataError
+from msaflow.modalities import MODALITIES
 
 # CMU-MOSI label shares per Acc7 bin (round(clip(y, -3, 3))), computed from the 2195 utterances of
 # ../shared/data/mosi_label.csv (CMU-MOSI labels via jiangbing22/MMCPanda data/mosi/label.csv).
@@ -132,9 +129,7 @@ def _observe(
 def _directions(p: SimProfile, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng([seed, 7])
     out = {}
-    for m, d, k, norm in zip(
-        ("text", "audio", "vision"), p.dims, (1, 2, 2), p.signal_norm, strict=True
-    ):
+    for m, d, k, norm in zip(MODALITIES, p.dims, (1, 2, 2), p.signal_norm, strict=True):
         a = rng.standard_normal((k, d))
         q, _ = np.linalg.qr(a.T)  # orthonormal directions, (d, k)
         out[m] = (q.T * norm).astype(np.float32)  # (k, d)
@@ -152,7 +147,7 @@ def _sequences(
     n, t = len(lengths), p.seq_len
     valid = (np.arange(t)[None, :] < lengths[:, None]).astype(np.float32)  # (n, T)
     out = {}
-    for m, d in zip(("text", "audio", "vision"), p.dims, strict=True):
+    for m, d in zip(MODALITIES, p.dims, strict=True):
         o = obs[m].astype(np.float32)  # (n, k)
         word = o[:, None, :] + p.word_jitter * rng.standard_normal(
             (n, t, o.shape[1]), dtype=np.float32
@@ -176,14 +171,14 @@ def _generate_split(
     subjects=None,
     video_offset: int = 0,
 ) -> SplitData:
-    feats: dict[str, list] = {m: [] for m in ("text", "audio", "vision")}
+    feats: dict[str, list] = {m: [] for m in MODALITIES}
     ys, lens, cls_all = [], [], []
     split_no = ("train", "valid", "test").index(split)
     n_videos = max(1, -(-n // p.clips_per_video)) if subjects is None else int(subjects.max()) + 1
     vrng = np.random.default_rng([seed, 11, split_no])
     speaker_tab = {
         m: (p.speaker_noise * vrng.standard_normal((n_videos, d))).astype(np.float32)
-        for m, d in zip(("text", "audio", "vision"), p.dims, strict=True)
+        for m, d in zip(MODALITIES, p.dims, strict=True)
     }
     video_of = (np.arange(n) if subjects is None else subjects) // (
         p.clips_per_video if subjects is None else 1

@@ -25,6 +25,7 @@ from feature_store.extract.text import TextConfig, extract_text_batch, get_encod
 from feature_store.extract.visual import VisualConfig, extract_visual_batch
 from feature_store.extract.visual import pool_to_words as pool_visual
 from msaflow.atomic import atomic_target
+from msaflow.modalities import MODALITIES
 
 _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
 
@@ -74,7 +75,7 @@ def align_utterances(
     """Pool every modality to the utterance's words; returns per-split arrays, failures, mode
     counts."""
     failed = {f["id"] for r in results.values() for f in r["failures"]}
-    mods = [m for m in ("text", "audio", "vision") if present[m]]
+    mods = [m for m in MODALITIES if present[m]]
     per_split: dict[str, dict[str, list]] = {}
     modes: dict[str, dict[str, int]] = {"audio": {}, "vision": {}}
     for u in utts:
@@ -158,7 +159,7 @@ def write_store_task(
         "audio": len(results["audio"]["feature_names"]) if present["audio"] else None,
         "vision": len(results["vision"]["feature_names"]) if present["vision"] else None,
     }
-    mods = [m for m in ("text", "audio", "vision") if present[m]]
+    mods = [m for m in MODALITIES if present[m]]
     splits = {}
     for split, s in per_split.items():
         lengths = np.asarray(s["lengths"], dtype=np.int64)

@@ -1,8 +1,10 @@
 """The ``reproduce`` flow: one of the papers' tables, several seeds, statistics and a report.
 
-``TABLES`` is the only registry: a ``TableSpec`` names the model, its cells (variants plus config
-overrides), the baseline each cell is compared with, and the paper table (``tasks.paper_results``)
-whose numbers go beside ours. Adding a table (or a model's ablation) means adding one entry here.
+The tables live with their models: a model file's ``SPEC.tables`` maps a name to a ``TableSpec``
+(``models/spec.py``) that names the model, its cells (variants plus config overrides), the baseline
+each cell is compared with, and the paper's table whose numbers go beside ours. ``TABLES`` here is
+all of them, from the registry. Adding a table (or a model's ablation) means adding one entry to
+its model's ``SPEC``.
 
 The flow reuses the pipeline's machinery: ``resolve_data`` -> ``run_grid`` (train -> evaluate per
 (cell, seed), content-cached) -> ``summarize_task``; then the report is built from MLflow alone
@@ -20,8 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections import ChainMap
 from pathlib import Path
 from typing import Any
 
@@ -30,108 +31,15 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.pipeline import run_grid
 from flows.tasks import Cell, code_version, open_parent_run, resolve_data, summarize_task
+from models import RegistryView, TableSpec
+from models import tables as model_tables
 from msaflow.settings import default_tracking_uri, msaflow_home
 from tasks import tracking as tr
 from tasks.config import ConfigError, resolve_run_config
 
-
-@dataclass(frozen=True)
-class TableSpec:
-    """A results table to reproduce."""
-
-    model: str
-    cells: tuple[Cell, ...]
-    baseline: str | Mapping[str, str]  # one cell for all, or cell -> its baseline
-    paper: str | None  # key in tasks.paper_results.PAPER_TABLES; None: no paper figures beside ours
-    description: str
-    # Model overrides in ``scaled`` are given for ``paper_epochs`` of training; at another epoch
-    # count they keep the same fraction (Table 3's 15..30 of 50 epochs -> 0.3..0.6 of the run).
-    paper_epochs: int | None = None
-    scaled: tuple[str, ...] = field(default_factory=tuple)
-
-    def baselines(self) -> dict[str, str]:
-        if isinstance(self.baseline, str):
-            return {c.name: self.baseline for c in self.cells}
-        return {c.name: self.baseline.get(c.name, c.name) for c in self.cells}
-
-    def resolve_cells(self, epochs: int) -> list[Cell]:
-        if not self.scaled or not self.paper_epochs or epochs == self.paper_epochs:
-            return list(self.cells)
-        out = []
-        for cell in self.cells:
-            model = dict(cell.overrides.get("model", {}))
-            for key in self.scaled:
-                if key in model:  # round half up, at least one epoch
-                    model[key] = max(1, int(model[key] * epochs / self.paper_epochs + 0.5))
-            out.append(Cell(cell.name, cell.variant, {**cell.overrides, "model": model}))
-        return out
-
-
-_EPOCHS = (15, 20, 25, 30)
-
-TABLES: dict[str, TableSpec] = {
-    "mmafnet-table2": TableSpec(
-        model="mmafnet",
-        cells=tuple(Cell(v, v) for v in ("none", "sgm", "sgm_ipr", "full")),
-        baseline="none",
-        paper="mmafnet-table2",
-        description="MMAFNet Table 2: module ablation (none, SGM, SGM+IPR, full).",
-    ),
-    # Table 3's "SGM+IPR" column at 25 epochs is the full model (its numbers equal Table 2's full
-    # row), so AFM stays on: SGM = full without IPR. Each column is compared with its own 25 epochs,
-    # the paper's chosen setting.
-    "mmafnet-table3": TableSpec(
-        model="mmafnet",
-        cells=tuple(
-            [
-                Cell(f"sgm-ep{e}", "full", {"model": {"ipr": False, "modulation_epochs": e}})
-                for e in _EPOCHS
-            ]
-            + [Cell(f"sgm_ipr-ep{e}", "full", {"model": {"modulation_epochs": e}}) for e in _EPOCHS]
-        ),
-        baseline={
-            **{f"sgm-ep{e}": "sgm-ep25" for e in _EPOCHS},
-            **{f"sgm_ipr-ep{e}": "sgm_ipr-ep25" for e in _EPOCHS},
-        },
-        paper="mmafnet-table3",
-        description="MMAFNet Table 3: modulation for 15/20/25/30 of 50 epochs, SGM and SGM+IPR.",
-        paper_epochs=50,
-        scaled=("modulation_epochs",),
-    ),
-    "mmcl-table1": TableSpec(
-        model="mmcl",
-        cells=tuple(Cell(v, v) for v in ("full", "no_csd", "no_selfattn", "no_crossattn")),
-        baseline="full",
-        paper="mmcl-table1",
-        description="Improved MMCL Table I: ablation (full, w/o CSD, w/o self-attention, "
-        "w/o cross-attention).",
-    ),
-}
-# Not a paper table: the evidence for the `paper-fast` preset (docs/results.md). The paper's
-# optimiser (SGD, lr 1e-4) barely moves the encoders inside the 25-epoch modulation window, so one
-# SGD learning rate is chosen, once, by the valid MAE of the `none` variant only, and then used for
-# every variant. The grid and the rule are fixed here, before any run: the lowest mean valid/mae
-# at the selected epoch wins; test is never read for the choice.
-SGD_LR_GRID = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2)
-TABLES["mmafnet-sgd-lr"] = TableSpec(
-    model="mmafnet",
-    cells=tuple(Cell(f"none-lr{lr:g}", "none", {"train": {"lr": lr}}) for lr in SGD_LR_GRID),
-    baseline="none-lr0.0001",
-    paper=None,
-    description="MMAFNet `none` under the paper's SGD at several learning rates (preset choice).",
-)
-# Not a paper table either: the modality imbalance itself (docs/results.md). One encoder per
-# modality, alone; on the simulation the text encoder should learn fastest and furthest.
-TABLES["unimodal"] = TableSpec(
-    model="unimodal",
-    cells=tuple(Cell(m, m) for m in ("text", "audio", "vision")),
-    baseline="text",
-    paper=None,
-    description="Each modality alone (the imbalance SGM and IPR address).",
-)
-# MMAFNet's Table 1 compares against other methods, not our variants: no table to run; its
-# MMAFNet row
-# is kept in tasks.paper_results for reference.
+# Every model's tables (each model file's ``SPEC.tables``), read from the registry at each lookup;
+# the first map takes tables registered here at run time (tests add a cut-down table this way).
+TABLES: ChainMap[str, TableSpec] = ChainMap({}, RegistryView(model_tables))
 
 
 def get_table(name: str) -> TableSpec:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from flows.errors import quiet_user_errors
+from models.spec import Cell  # a table's column; defined with the tables
 from msaflow.atomic import atomic_write
 from msaflow.settings import msaflow_home
 from tasks import tracking as tr
@@ -26,18 +26,6 @@ from tasks.config import ConfigError, RunConfig
 
 SOURCE_PACKAGES = ("models", "tasks", "feature_store")
 quiet_user_errors()  # every flow imports this module: user errors stay one line (flows/errors.py)
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One column of a results table: a variant, a display name and config overrides."""
-
-    name: str
-    variant: str
-    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def __hash__(self) -> int:
-        return hash((self.name, self.variant, repr(sorted(self.overrides.items()))))
 
 
 @cache
@@ -499,6 +487,7 @@ def train_task(
     the run trains from scratch instead of resuming a finished checkpoint.
     """
     from feature_store import load_dataset, read_manifest
+    from models import get_spec
     from tasks.plots import learning_curves, run_trace_figures
     from tasks.train import clear_checkpoints, train_model
 
@@ -559,7 +548,9 @@ def train_task(
             run_id,
             {
                 "plots/learning_curves.png": learning_curves(result.history),
-                **run_trace_figures(result.step_traces, result.epoch_traces),
+                **run_trace_figures(
+                    result.step_traces, result.epoch_traces, get_spec(cfg.model).traces
+                ),
             },
         )
     except BaseException as exc:

@@ -27,13 +27,14 @@ from typing import Literal
 import torch
 from torch import nn
 
-Modality = Literal["text", "audio", "vision"]
-MODALITIES: tuple[Modality, ...] = ("text", "audio", "vision")
-SHORT = {"text": "t", "audio": "a", "vision": "v"}
+from models.spec import PaperTable, ParamSpec, TableSpec, TraceFamily
+from msaflow.modalities import MODALITIES, SHORT, Modality  # noqa: F401 (re-exported)
 
 # Keys of a batch dict. Features are float32 (B, T, d); lengths int64 (B,);
 # "label" float32 (B,) always present (regression target, or the class id as float);
-# "class_label" int64 (B,) present for classification datasets.
+# "class_label" int64 (B,) present for classification datasets;
+# "index" int64 (B,) each row's position in its split (tasks.data.split_to_tensors), so a model can
+# keep a per-sample memory of the training split (Self-MM's ULGM labels).
 BATCH_KEYS = (
     "text",
     "audio",
@@ -43,6 +44,7 @@ BATCH_KEYS = (
     "vision_len",
     "label",
     "class_label",
+    "index",
 )
 
 TaskKind = Literal["regression", "classification"]
@@ -102,6 +104,12 @@ class ModelSpec:
 
     ``variants`` maps an ablation name to config overrides; ``presets`` maps a preset name to
     ``{"model": {...}, "train": {...}}`` overrides. Only differences from defaults are listed.
+
+    ``search_space`` is what ``msaflow tune`` searches by default, ``optional_space`` what
+    ``--include`` may add; ``traces`` the trace families the run plots and the report draw;
+    ``tables`` the results tables this model reproduces (name -> spec, with the paper's figures);
+    ``references`` paper tables kept for reference that no table runs (a comparison with other
+    methods).
     """
 
     name: str
@@ -110,3 +118,8 @@ class ModelSpec:
     variants: dict[str, dict]
     presets: dict[str, dict]
     default_variant: str = "full"
+    search_space: dict[str, ParamSpec] = field(default_factory=dict)
+    optional_space: dict[str, ParamSpec] = field(default_factory=dict)
+    traces: tuple[TraceFamily, ...] = ()
+    tables: dict[str, TableSpec] = field(default_factory=dict)
+    references: tuple[PaperTable, ...] = ()

@@ -30,16 +30,25 @@ class EarlyFusionConfig(InputSpec):
     dropout: float = 0.1
 
 
+# Copied from models.mmafnet.length_mask
+def length_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """(B,) lengths -> (B, T) bool, True on valid frames."""
+    return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
+
+
+# Copied from models.mmafnet.masked_mean with masked_mean->mean_over_mask
+def mean_over_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, d), (B, T) -> (B, d); a length-0 row pools to zeros instead of NaN."""
+    w = mask.to(x.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (x * w).sum(1) / w.sum(1).clamp(min=1.0)
+
+
 def masked_mean(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
     """(B, T, d) -> (B, d): mean over each row's first ``lengths`` frames (all T without lengths);
     a row with length 0 pools to zeros."""
     if lengths is None:
         return x.mean(dim=1)
-    mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths.reshape(-1, 1)).unsqueeze(
-        -1
-    )
-    m = mask.to(x.dtype)
-    return (x * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+    return mean_over_mask(x, length_mask(lengths, x.shape[1]))
 
 
 class EarlyFusion(MSAModel):

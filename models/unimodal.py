@@ -23,13 +23,22 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from models.base import InputSpec, ModelOutput, ModelSpec, MSAModel, task_loss
+from models.base import (
+    MODALITIES,
+    InputSpec,
+    Modality,
+    ModelOutput,
+    ModelSpec,
+    MSAModel,
+    task_loss,
+)
+from models.spec import Cell, TableSpec
 from msaflow.errors import ConfigError
 
 
 @dataclass
 class UnimodalConfig(InputSpec):
-    modality: Literal["text", "audio", "vision"] = "text"
+    modality: Modality = "text"
     encoder: Literal["gru", "mean"] = "gru"
     hidden: int = 128
     layers: int = 1  # GRU layers, or MLP layers after the mean
@@ -38,12 +47,25 @@ class UnimodalConfig(InputSpec):
     input_norm: bool = True  # LayerNorm on raw features (COVAREP spans orders of magnitude)
 
 
+# Copied from models.mmafnet.length_mask
+def length_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """(B,) lengths -> (B, T) bool, True on valid frames."""
+    return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
+
+
+# Copied from models.mmafnet.masked_mean
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, d), (B, T) -> (B, d); a length-0 row pools to zeros instead of NaN."""
+    w = mask.to(x.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (x * w).sum(1) / w.sum(1).clamp(min=1.0)
+
+
 class Unimodal(MSAModel):
     """One modality -> encoder -> head."""
 
     def __init__(self, cfg: UnimodalConfig):
         super().__init__()
-        if cfg.modality not in ("text", "audio", "vision"):
+        if cfg.modality not in MODALITIES:
             raise ConfigError(
                 f"unimodal: modality must be text, audio or vision, got {cfg.modality!r}"
             )
@@ -89,7 +111,7 @@ class Unimodal(MSAModel):
     def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.cfg.modality
         if m not in batch:
-            present = sorted(k for k in batch if k in ("text", "audio", "vision"))
+            present = sorted(k for k in batch if k in MODALITIES)
             raise ValueError(f"unimodal({m}): the batch has no {m!r} features (it has {present})")
         x = batch[m]  # (B, T, d)
         lengths = batch.get(f"{m}_len")
@@ -107,9 +129,8 @@ class Unimodal(MSAModel):
             dirs = 2 if self.cfg.bidirectional else 1
             feat = torch.cat(list(h[-dirs:]), dim=-1)  # last layer's states: (B, dirs * h)
         else:
-            mask = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]  # (B, T)
-            m = mask.unsqueeze(-1).to(x.dtype)
-            feat = self.mlp((x * m).sum(dim=1) / m.sum(dim=1))  # masked mean -> (B, h)
+            # lengths >= 1 (``_inputs``), so no row is empty
+            feat = self.mlp(masked_mean(x, length_mask(lengths, x.shape[1])))  # (B, h)
         y = self.head(feat)
         pred = y.squeeze(-1) if self.cfg.task == "regression" else y
         return ModelOutput(pred=pred)
@@ -142,4 +163,15 @@ SPEC = ModelSpec(
         },
     },
     default_variant="text",
+    tables={
+        # Not a paper table: the modality imbalance itself (docs/results.md). One encoder per
+        # modality, alone; on the simulation the text encoder should learn fastest and furthest.
+        "unimodal": TableSpec(
+            model="unimodal",
+            cells=tuple(Cell(m, m) for m in ("text", "audio", "vision")),
+            baseline="text",
+            paper=None,
+            description="Each modality alone (the imbalance SGM and IPR address).",
+        ),
+    },
 )

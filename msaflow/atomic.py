@@ -19,7 +19,7 @@ from pathlib import Path
 
 def writer_tag() -> str:
     """``host-pid-thread``: names a temporary after its writer, so a later write can tell whether
-    that writer is gone (``feature_store.schema.clean_stale_temporaries``)."""
+    that writer is gone (``feature_store.store_safety.clean_stale_temporaries``)."""
     host = re.sub(r"[^A-Za-z0-9.]", "", socket.gethostname()) or "host"
     return f"{host}-{os.getpid()}-{threading.get_ident()}"
 

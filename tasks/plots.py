@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from models.spec import TraceFamily  # noqa: E402
+
 
 def _series(rows: Sequence[dict], x: str, key: str) -> tuple[list, list]:
     xs, ys = [], []
@@ -60,39 +62,25 @@ def trace_plot(
 
 
 def run_trace_figures(
-    step_traces: Sequence[dict], epoch_traces: Sequence[dict]
+    step_traces: Sequence[dict],
+    epoch_traces: Sequence[dict],
+    families: Sequence[TraceFamily] | None = None,
 ) -> dict[str, Figure]:
-    """Figures for whichever trace groups the model produced, keyed by artifact file name."""
+    """A figure per trace family the model produced, keyed by artifact file name.
+
+    ``families``: the run's model's ``SPEC.traces``; None: every registered model's.
+    """
+    if families is None:
+        from models import registry
+
+        families = [f for spec in registry().values() for f in spec.traces]
     figs: dict[str, Figure] = {}
-    mods = ("t", "a", "v")
-    if any("sgm/omega_t" in r for r in step_traces):
-        figs["plots/sgm_traces.png"] = trace_plot(
-            step_traces,
-            "step",
-            {"omega": [f"sgm/omega_{m}" for m in mods], "phi": [f"sgm/phi_{m}" for m in mods]},
-            "SGM",
-        )
-    if any("ipr/dist_t" in r for r in epoch_traces):
-        figs["plots/ipr_traces.png"] = trace_plot(
-            epoch_traces,
-            "epoch",
-            {
-                "distance": [f"ipr/dist_{m}" for m in mods],
-                "reset weight": [f"ipr/phi_{m}" for m in mods],
-            },
-            "IPR",
-        )
-    if any("afm/g_t" in r for r in epoch_traces):
-        figs["plots/afm_gates.png"] = trace_plot(
-            epoch_traces, "epoch", {"gate": [f"afm/g_{m}" for m in (*mods, "c")]}, "AFM"
-        )
-    if any("probe/epoch_acc_t" in r for r in epoch_traces):
-        figs["plots/probe_accuracy.png"] = trace_plot(
-            epoch_traces,
-            "epoch",
-            {"accuracy": [f"probe/epoch_acc_{m}" for m in mods]},
-            "SGM probes",
-        )
+    for family in families:
+        rows = step_traces if family.x == "step" else epoch_traces
+        if family.file in figs or not any(family.first_key in r for r in rows):
+            continue
+        panels = {panel: family.keys(panel) for panel in family.panels}
+        figs[family.file] = trace_plot(rows, family.x, panels, family.name)
     return figs
 
 

@@ -21,10 +21,12 @@ import json
 import math
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models.spec import TraceFamily
 from msaflow.atomic import atomic_write
 from tasks.paper_results import PERCENT_METRICS, PaperTable, paper_dataset_for, paper_table
 from tasks.stats import Paired, Summary, adjust_comparisons, cell_summaries, compare_to_baseline
@@ -350,11 +352,24 @@ def build_report(
         report.figures = {"metrics.png": metrics_figure(report)}
         if any(report.curves.values()):
             report.figures["curves.png"] = curves_figure(report)
-        report.figures.update(cell_trace_figures(report.traces, cells, simulated, name))
+        report.figures.update(
+            cell_trace_figures(report.traces, cells, simulated, name, _trace_families(report.model))
+        )
     blocks = render_blocks(report, tags)
     report.markdown = to_markdown(blocks)
     report.html = to_html(blocks, report.figures, title=f"msaflow reproduction: {table}")
     return report
+
+
+def _trace_families(model: str) -> tuple[TraceFamily, ...]:
+    """The model's declared trace families; none for a model this install does not know (the
+    report still draws its traces, by their groups)."""
+    from models import get_spec
+
+    try:
+        return get_spec(model).traces
+    except KeyError:
+        return ()
 
 
 def _infer_task(runs: dict[tuple[str, int], Any]) -> str:
@@ -820,11 +835,15 @@ def curves_figure(r: Report) -> bytes:
     return _png(fig)
 
 
-def _split_key(key: str) -> tuple[str, str, str]:
-    """``sgm/omega_t`` -> (sgm, omega, t); ``ipr/reset`` -> (ipr, reset, "")."""
+def _split_key(key: str, suffixes: tuple[str, ...] | None = None) -> tuple[str, str, str]:
+    """``sgm/omega_t`` -> (sgm, omega, t); ``ipr/reset`` -> (ipr, reset, "").
+
+    ``suffixes``: the group's modality suffixes, as its model's trace family declares them; None
+    (a group no family declares): any suffix of one or two characters."""
     family, _, name = key.partition("/")
     quantity, sep, suffix = name.rpartition("_")
-    if not sep or len(suffix) > 2:
+    known = suffix in suffixes if suffixes is not None else len(suffix) <= 2
+    if not sep or not known:
         return family, name, ""
     return family, quantity, suffix
 
@@ -834,26 +853,34 @@ def cell_trace_figures(
     cells: list[str],
     simulated: bool,
     dataset: str,
+    families: Sequence[TraceFamily] = (),
 ) -> dict[str, bytes]:
-    """A PNG per trace family (sgm, ipr, ...): a row per quantity, a column per modality,
-    a line per cell."""
+    """A PNG per trace group (sgm, ipr, ...): a row per quantity, a column per modality,
+    a line per cell.
+
+    ``families`` (the model's ``SPEC.traces``) say which suffixes of a group are modalities and in
+    which column order; keys of a group no family declares are still drawn, split by their
+    suffix."""
     import matplotlib.pyplot as plt
     import numpy as np
 
-    families: dict[str, dict[str, dict[str, str]]] = {}
+    over: dict[str, tuple[str, ...]] = {}
+    for f in families:  # families of one group (steps and epochs) share its figure's columns
+        seen = over.get(f.group, ())
+        over[f.group] = seen + tuple(m for m in f.over if m not in seen)
+    groups: dict[str, dict[str, dict[str, str]]] = {}
     for key in traces:
-        family, quantity, suffix = _split_key(key)
-        families.setdefault(family, {}).setdefault(quantity, {})[suffix] = key
+        family, quantity, suffix = _split_key(key, over.get(key.partition("/")[0]))
+        groups.setdefault(family, {}).setdefault(quantity, {})[suffix] = key
     out: dict[str, bytes] = {}
-    for family, quantities in sorted(families.items()):
+    for family, quantities in sorted(groups.items()):
+        order = {m: i for i, m in enumerate(over[family])} if family in over else MODALITY_ORDER
         ncols = max(len(s) for s in quantities.values())
         fig, axes = plt.subplots(
             len(quantities), ncols, figsize=(3.8 * ncols, 2.8 * len(quantities)), squeeze=False
         )
         for row, (_quantity, by_suffix) in enumerate(sorted(quantities.items())):
-            ordered = sorted(
-                by_suffix.items(), key=lambda kv: (MODALITY_ORDER.get(kv[0], 9), kv[0])
-            )
+            ordered = sorted(by_suffix.items(), key=lambda kv: (order.get(kv[0], 9), kv[0]))
             for col, (_suffix, key) in enumerate(ordered):
                 ax = axes[row][col]
                 for cell in (c for c in cells if c in traces[key]):

@@ -312,7 +312,13 @@ def log_params(tracking_uri: str, run_id: str, params: dict[str, Any]) -> None:
 
 
 def log_config(tracking_uri: str, run_id: str, cfg: RunConfig) -> None:
-    log_params(tracking_uri, run_id, flatten(cfg.to_dict()))
+    """The fully resolved config as params (and as JSON), plus ``model.num_params``: the trainable
+    parameter count, the same key for every model family so the UI compares them."""
+    from tasks.train import count_trainable_params
+
+    params = flatten(cfg.to_dict())
+    params["model.num_params"] = count_trainable_params(cfg)
+    log_params(tracking_uri, run_id, params)
     client(tracking_uri).log_dict(run_id, cfg.to_dict(), "config/resolved.json")
 
 

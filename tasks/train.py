@@ -91,6 +91,16 @@ def build_model(cfg: RunConfig) -> MSAModel:
     return get_spec(cfg.model).model_cls(cfg.model_cfg)
 
 
+def count_trainable_params(cfg: RunConfig) -> int:
+    """Trainable parameters of the model ``cfg`` builds (built on the meta device: no memory)."""
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg)
+    except (RuntimeError, NotImplementedError):  # a constructor that computes on real tensors
+        model = build_model(cfg)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def build_optimizer(
     model: torch.nn.Module, cfg: RunConfig, exclude: Sequence[torch.nn.Parameter] = ()
 ) -> torch.optim.Optimizer:

@@ -19,6 +19,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
+from models import RegistryView, registry
+from models.spec import ParamSpec  # re-exported: the space's type, defined with the models
 from msaflow.atomic import atomic_write
 from msaflow.settings import msaflow_home
 from tasks import tracking as tr
@@ -35,39 +38,14 @@ from tasks.config import ConfigError, TrainConfig, read_yaml, short_repr
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-@dataclass(frozen=True)
-class ParamSpec:
-    """One tuned parameter: a range, a scale, a type and where it goes (model config or train
-    config)."""
-
-    low: float
-    high: float
-    log: bool = False
-    type: str = "float"  # float | int
-    target: str = "model"  # model | train
-
-
-# The search spaces, per model: the default parameters and the optional ones (``include=``).
-SPACES: dict[str, dict[str, ParamSpec]] = {
-    "mmafnet": {
-        "alpha": ParamSpec(0.05, 2.0),  # SGM modulation strength (eq. 5)
-        "delta": ParamSpec(0.01, 0.5),  # IPR reset threshold
-        "lambda1": ParamSpec(0.01, 1.0, log=True),
-        "lambda2": ParamSpec(0.001, 0.1, log=True),
-    },
-    "mmcl": {
-        "lambda_cl": ParamSpec(0.001, 1.0, log=True),  # weight of the contrastive loss
-    },
-}
-OPTIONAL: dict[str, dict[str, ParamSpec]] = {
-    "mmafnet": {
-        "lr": ParamSpec(1e-4, 1e-2, log=True, target="train"),
-        "modulation_epochs": ParamSpec(1, 15, type="int"),
-    },
-    "mmcl": {
-        "lr": ParamSpec(1e-4, 1e-2, log=True, target="train"),
-    },
-}
+# The search spaces live in each model's SPEC (``search_space``: the default parameters;
+# ``optional_space``: those ``include=`` adds); these views keep the old per-model mappings.
+SPACES: Mapping[str, dict[str, ParamSpec]] = RegistryView(
+    lambda: {n: dict(s.search_space) for n, s in registry().items() if s.search_space}
+)
+OPTIONAL: Mapping[str, dict[str, ParamSpec]] = RegistryView(
+    lambda: {n: dict(s.optional_space) for n, s in registry().items() if s.optional_space}
+)
 _SPEC_KEYS = {f.name for f in fields(ParamSpec)}
 
 
@@ -152,9 +130,9 @@ def load_search_space(
     """
     from models import get_spec
 
-    get_spec(model)  # unknown model -> KeyError naming the known ones
-    space = dict(SPACES.get(model, {}))
-    optional = OPTIONAL.get(model, {})
+    spec = get_spec(model)  # unknown model -> KeyError naming the known ones
+    space = dict(spec.search_space)
+    optional = spec.optional_space
     for name in include:
         if name not in optional:
             raise ConfigError(

@@ -1,13 +1,16 @@
 """The layers import only downward, and no module imports itself back through others.
 
-    0  ground        msaflow (the package itself), msaflow.errors, msaflow.settings, msaflow.atomic
+    0  ground        msaflow (the package itself), msaflow.errors, msaflow.settings, msaflow.atomic,
+                     msaflow.modalities
     1  data, models  feature_store, models (never each other)
     2  tasks         tasks
     3  flows         flows
-    4  entry points  the rest of msaflow: the CLI (msaflow.cli, msaflow.commands)
+    4  entry points  the rest of msaflow: the CLI (msaflow.cli, msaflow.commands) and the Python
+                     API (msaflow.api)
 
 Every import counts, at module level or inside a function: a lazy import that points up is still a
-dependency that points up. Read with ``ast``, so nothing is imported to check it.
+dependency that points up. Read with ``ast``, so nothing is imported to check it. The one
+exception is ``LAZY_FACADE``: the package's PEP 562 ``__getattr__`` that re-exports the API.
 """
 
 from __future__ import annotations
@@ -17,8 +20,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("feature_store", "models", "tasks", "flows", "msaflow")
-GROUND = {"msaflow", "msaflow.errors", "msaflow.settings", "msaflow.atomic"}
+GROUND = {
+    "msaflow",
+    "msaflow.errors",
+    "msaflow.settings",
+    "msaflow.atomic",
+    "msaflow.modalities",
+}
 LAYER = {"feature_store": 1, "models": 1, "tasks": 2, "flows": 3, "msaflow": 4}
+# The one arrow allowed to point up: ``msaflow/__init__.py`` re-exports the Python API lazily (PEP
+# 562), so that ``msaflow.run`` works while ``import msaflow`` imports nothing of the project
+# (``tests/msaflow/test_api.py`` checks ``sys.modules`` in a fresh interpreter). Only imports of
+# these modules, only inside that module's top-level ``__getattr__``, are left out of the graph;
+# the same import anywhere else in the module, or of anything else, still counts.
+LAZY_FACADE = {"msaflow": ("__getattr__", {"msaflow.api"})}
 
 
 def layer(module: str) -> int:
@@ -36,8 +51,24 @@ def _modules() -> dict[str, Path]:
     return out
 
 
-def import_graph() -> dict[str, set[str]]:
-    """module -> the project modules it imports (the longest importable prefix of each name)."""
+def lazy_import_nodes(module: str, tree: ast.Module) -> set[int]:
+    """ids of the import statements inside ``module``'s lazy ``__getattr__`` (``LAZY_FACADE``)."""
+    if module not in LAZY_FACADE:
+        return set()
+    name = LAZY_FACADE[module][0]
+    return {
+        id(node)
+        for fn in tree.body
+        if isinstance(fn, ast.FunctionDef) and fn.name == name
+        for node in ast.walk(fn)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+    }
+
+
+def import_graph(lazy: set[tuple[str, str]] | None = None) -> dict[str, set[str]]:
+    """module -> the project modules it imports (the longest importable prefix of each name).
+
+    The ``LAZY_FACADE`` edges are left out, and added to ``lazy`` when given."""
     modules = _modules()
 
     def resolve(name: str) -> str | None:
@@ -50,9 +81,12 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for module, path in modules.items():
         targets: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        lazy_nodes = lazy_import_nodes(module, tree)
+        for node in ast.walk(tree):
+            found: set[str] = set()
             if isinstance(node, ast.Import):
-                targets |= {t for a in node.names if (t := resolve(a.name))}
+                found = {t for a in node.names if (t := resolve(a.name))}
             elif isinstance(node, ast.ImportFrom):
                 if node.level:  # relative: from the module's package, level - 1 further up
                     base = module.split(".")
@@ -64,7 +98,13 @@ def import_graph() -> dict[str, set[str]]:
                     name = node.module or ""
                 for alias in node.names:  # `from pkg import submodule` imports the submodule
                     if target := resolve(f"{name}.{alias.name}") or resolve(name):
-                        targets.add(target)
+                        found.add(target)
+            if id(node) in lazy_nodes:
+                allowed = found & LAZY_FACADE[module][1]
+                found -= allowed
+                if lazy is not None:
+                    lazy |= {(module, t) for t in allowed}
+            targets |= found
         targets.discard(module)
         graph[module] = targets
     return graph
@@ -132,6 +172,21 @@ def test_imports_only_point_down():
 
 def test_no_import_circles():
     assert cycles(import_graph()) == []
+
+
+def test_the_lazy_api_facade_is_the_only_exception():
+    lazy: set[tuple[str, str]] = set()
+    import_graph(lazy)
+    assert lazy == {("msaflow", "msaflow.api")}
+    source = (
+        "from msaflow import api\n"  # at import time: counts
+        "def helper():\n    from msaflow import api\n"  # another function: counts
+        "def __getattr__(name):\n    from msaflow import api\n    return api\n"
+    )
+    tree = ast.parse(source)
+    imports = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert [id(n) in lazy_import_nodes("msaflow", tree) for n in imports] == [False, False, True]
+    assert lazy_import_nodes("msaflow.cli", tree) == set(), "only the package root"
 
 
 def test_the_checks_catch_what_they_look_for():

@@ -11,6 +11,10 @@ that covers them.
 msaflow commands run in-process (typer's CliRunner) with the working directory set to a temporary
 copy of the layout the README assumes (``.venv`` and ``experiments`` linked in, ``../shared/data``
 beside it), so relative paths such as ``.msaflow/studies/...`` mean what they mean to a user.
+
+Every ``python`` block (the notebook example of the Python API) runs too, as written except for
+``PY_TINY``'s substitutions (``scale=``, ``epochs=``, ``seeds=`` of its calls), executed in-process
+in the same temporary world (its own ``MSAFLOW_HOME`` and default MLflow store).
 """
 
 from __future__ import annotations
@@ -56,6 +60,27 @@ def readme_commands(text: str | None = None) -> list[str]:
             commands.append(" ".join((pending + line).split()))
             pending = ""
     return commands
+
+
+def readme_python(text: str | None = None) -> list[str]:
+    """The README's ``python`` code blocks, as written."""
+    text = README.read_text() if text is None else text
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+# A python block runs at a tiny scale: the keyword arguments of its API calls, rewritten.
+PY_TINY: tuple[tuple[str, str], ...] = (
+    (r"\bscale=[\d.]+", "scale=0.05"),
+    (r"\bepochs=\d+", "epochs=1"),
+    (r"\bseeds=\[[^\]]*\]", "seeds=[1]"),
+)
+PY_JOBS = re.compile(r"\bmsaflow\.(run|reproduce|tune)\(")
+
+
+def tiny_python(code: str) -> str:
+    for pattern, repl in PY_TINY:
+        code = re.sub(pattern, repl, code)
+    return code
 
 
 # ------------------------------------------------------------------------------ how each runs
@@ -216,6 +241,16 @@ def test_parser_joins_and_strips():
         "```yaml\nx: 1\n```"
     )
     assert readme_commands(text) == ["foo --a 1 --b 2", "bar"]
+
+
+def test_python_blocks_are_found_and_made_tiny():
+    text = "```python\nimport msaflow\nmsaflow.run(scale=0.2, seeds=[1, 2], epochs=5)\n```\n"
+    [block] = readme_python(text)
+    assert tiny_python(block) == "import msaflow\nmsaflow.run(scale=0.05, seeds=[1], epochs=1)\n"
+    assert readme_python(), "the README shows the Python API"
+    for block in readme_python():  # every job an example starts runs for one epoch here
+        if PY_JOBS.search(block):
+            assert "epochs=" in block, "a python example's jobs need an epochs= the test can shrink"
 
 
 # ------------------------------------------------------------------------- the README's world
@@ -440,3 +475,20 @@ def test_readme_command_runs(command, rule, in_world, prefect_harness):
     if command.endswith("> summary.json"):
         summary = json.loads((in_world["workdir"] / "summary.json").read_text())
         assert summary["runs"] and all("test" in r for r in summary["runs"])
+
+
+@pytest.mark.parametrize(
+    "code", [pytest.param(b, id=f"python-block-{i}") for i, b in enumerate(readme_python())]
+)
+def test_readme_python_block_runs(code, in_world, prefect_harness):
+    """The notebook example, executed as a notebook would (``import msaflow`` first), tiny."""
+    from msaflow.api import RunResult
+
+    namespace: dict = {"__name__": "__readme__"}
+    exec(compile(tiny_python(code), "README.md (python block)", "exec"), namespace)
+    results = [v for v in namespace.values() if isinstance(v, RunResult)]
+    assert all(r.ok and r.rows for r in results), [r.failures for r in results]
+    assert all(r.tracking_uri.startswith("sqlite:") for r in results)
+    assert all(str(in_world["workdir"]) in r.tracking_uri for r in results), (
+        "the default store lives in the world's MSAFLOW_HOME"
+    )

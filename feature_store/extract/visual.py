@@ -542,7 +542,7 @@ def extract_visual_batch(
     """
     from feature_store.extract import failure_record
     from feature_store.extract.cache import FeatureCache
-    from feature_store.schema import file_sha256
+    from feature_store.parquet_io import file_sha256
 
     c = config or VisualConfig()
     cache = FeatureCache(NAME, VERSION, c.cache_config(), root=cache_dir)

@@ -53,9 +53,9 @@ def test_round_trip_and_manifest(tmp_path):
 
 
 def test_many_row_groups_load_in_order(tmp_path, monkeypatch):
-    import feature_store.schema as schema
+    import feature_store.parquet_io as parquet_io
 
-    monkeypatch.setattr(schema, "ROW_GROUP_BYTES", 100)  # forces one row per group
+    monkeypatch.setattr(parquet_io, "ROW_GROUP_BYTES", 100)  # forces one row per group
     s = _split(9)
     write_dataset(tmp_path / "s", {"train": s}, name="toy", source="unit")
     np.testing.assert_array_equal(
@@ -119,7 +119,7 @@ def test_empty_split_is_an_error(tmp_path):
 
 
 def test_crash_while_writing_keeps_old_store(tmp_path, monkeypatch):
-    import feature_store.schema as schema
+    import feature_store.parquet_io as parquet_io
 
     out = tmp_path / "s"
     write_dataset(out, {"train": _split(5)}, name="old", source="unit")
@@ -127,7 +127,7 @@ def test_crash_while_writing_keeps_old_store(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(schema, "_replace_dir", boom)
+    monkeypatch.setattr(parquet_io, "_replace_dir", boom)
     with pytest.raises(OSError):
         write_dataset(out, {"train": _split(6)}, name="new", source="unit")
     assert read_manifest(out).name == "old" and len(load_split(out, "train")) == 5

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import feature_store.datatypes as datatypes
 import feature_store.schema as schema
 from feature_store import (
     DataError,
@@ -189,7 +190,7 @@ def test_corrupt_manifest_folder_is_not_treated_as_ours(tmp_path):
 _KILLED_WRITER = """
 import sys, time
 import numpy as np
-import feature_store.schema as s
+import feature_store.parquet_io as s
 
 real = s._write_split
 def slow(path, split):
@@ -320,7 +321,7 @@ def test_validate_finds_non_finite_and_extreme_features(tmp_path, monkeypatch, v
     splits["valid"].features["audio"][1, 2, 0] = value
     splits["valid"].features["audio"][2, 0, 1] = value
     with monkeypatch.context() as m:  # a store written before this check, or by other tools
-        m.setattr(schema, "check_finite", lambda *a, **k: None)
+        m.setattr(datatypes, "check_finite", lambda *a, **k: None)
         write_dataset(out, splits, name="x", source="unit")
     res = runner.invoke(app, ["validate", str(out)])
     err = _refused(res, str(out / "valid.parquet"), "valid.audio_feat", kind)

@@ -6,6 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.pipeline import pipeline
+from models import get_spec
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -45,6 +46,12 @@ def test_pipeline_end_to_end_then_cached(tiny_sim, mlflow_uri):
     )
     assert "msaflow.git_commit" in full.data.tags and full.data.tags["dataset"]
     assert full.data.params["train.epochs"] == "2" and full.data.params["model_cfg.sgm"] == "True"
+    # the trainable parameter count, one key for every model family
+    resolved = mlflow.artifacts.load_dict(
+        f"{full.info.artifact_uri}/config/resolved.json"
+    )  # the model as it was trained, rebuilt from the logged config
+    built = get_spec("mmafnet").model_cls(get_spec("mmafnet").config_cls(**resolved["model_cfg"]))
+    assert full.data.params["model.num_params"] == str(sum(p.numel() for p in built.parameters()))
     for key in (
         "test/acc2_has0",
         "test/acc2_non0",

@@ -116,7 +116,8 @@ def test_cells_differ_only_in_what_the_variant_changes(resumed):
     keys = {k for r in runs for k in r.data.params}
     differing = {k for k in keys if len({r.data.params.get(k) for r in runs}) > 1}
     variant_keys = {f"model_cfg.{k}" for v in get_spec("mmafnet").variants.values() for k in v}
-    assert differing == {"variant", "train.seed"} | variant_keys
+    # model.num_params follows the variant too (AFM's gates, SGM's probes)
+    assert differing - {"model.num_params"} == {"variant", "train.seed"} | variant_keys
     metric_keys = [{k for k in r.data.metrics if k.startswith("test/")} for r in runs]
     assert all(m == metric_keys[0] for m in metric_keys), "the same metric keys everywhere"
 

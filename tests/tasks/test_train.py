@@ -307,3 +307,15 @@ def test_clear_checkpoints_removes_only_what_msaflow_wrote(tiny, tmp_path):
     )
     clear_checkpoints(tmp_path / "ck")
     assert not (tmp_path / "ck").exists()  # nothing else there: the folder goes too
+
+
+def test_trainable_parameter_count_matches_a_built_model_and_skips_frozen_ones():
+    """``model.num_params`` (logged for every run) counts what the optimiser may train, built on
+    the meta device; it equals the count of a model built for real."""
+    from tasks.config import resolve_run_config
+    from tasks.train import build_model, count_trainable_params
+
+    for model, variant in (("mmafnet", "full"), ("mmcl", "full"), ("unimodal", "text")):
+        cfg = resolve_run_config(model, variant, "quick")
+        built = build_model(cfg)
+        assert count_trainable_params(cfg) == sum(p.numel() for p in built.parameters()) > 0

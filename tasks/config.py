@@ -38,6 +38,9 @@ class TrainConfig:
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0
     grad_clip: float = 0.0  # 0 = off
+    # early stopping: end training once the selection metric has not improved for this many
+    # epochs (0 = off; MMSA's trainers stop after 8). The best epoch is kept either way.
+    patience: int = 0
     seed: int = 1
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -124,6 +127,7 @@ RANGES: dict[str, Range] = {
     "momentum": Range(0, 1),
     "weight_decay": _NON_NEG,
     "grad_clip": _NON_NEG,
+    "patience": _NON_NEG,
     "seed": _NON_NEG,
     "num_threads": _NON_NEG,
     # MMAFNet (eqs. 9, 14, 18)

@@ -369,6 +369,10 @@ def train_model(
             _set_rng_state(state["rng"])
 
     for epoch in range(start_epoch, t.epochs):
+        # checked before each epoch, from the state so far, so a resumed run stops where the
+        # uninterrupted one did
+        if t.patience > 0 and best["epoch"] >= 0 and epoch - 1 - best["epoch"] >= t.patience:
+            break
         epoch_start = time.perf_counter()
         # what the previous epoch decided for the parameters (IPR's reset) happens only now, after
         # that epoch was validated and checkpointed; a resumed run redoes it from last.pt

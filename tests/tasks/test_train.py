@@ -319,3 +319,35 @@ def test_trainable_parameter_count_matches_a_built_model_and_skips_frozen_ones()
         cfg = resolve_run_config(model, variant, "quick")
         built = build_model(cfg)
         assert count_trainable_params(cfg) == sum(p.numel() for p in built.parameters()) > 0
+
+
+def test_early_stopping_ends_after_patience_epochs_and_resumes_to_the_same_stop(tiny, tmp_path):
+    """``patience`` N: training ends once the selection metric has not improved for N epochs.
+    Selecting the *largest* valid MAE makes epoch 0 the best of a learning run, so a run of 10
+    epochs with patience 2 stops after epoch 2; interrupted after epoch 1, it resumes and stops
+    at the same place."""
+    manifest, splits = tiny
+    cfg = _cfg(
+        manifest, "none", epochs=10, patience=2, select_metric="valid/mae", select_mode="max"
+    )
+    full = train_model(cfg, splits, checkpoint_dir=tmp_path / "a", evaluate_test=False)
+    assert full.best_epoch == 0 and [r["epoch"] for r in full.history] == [0, 1, 2]
+
+    def stop_after_second(epoch, record):
+        if epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_model(
+            cfg,
+            splits,
+            checkpoint_dir=tmp_path / "b",
+            callbacks=[stop_after_second],
+            evaluate_test=False,
+        )
+    resumed = train_model(cfg, splits, checkpoint_dir=tmp_path / "b", evaluate_test=False)
+    assert [r["epoch"] for r in resumed.history] == [0, 1, 2]
+    again = train_model(cfg, splits, checkpoint_dir=tmp_path / "b", evaluate_test=False)
+    assert len(again.history) == 3, "a finished early stop is not trained further on re-run"
+    off = train_model(_cfg(manifest, "none", epochs=3), splits, evaluate_test=False)
+    assert len(off.history) == 3

@@ -102,6 +102,7 @@ def random_split(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
         out[m] = torch.randn(n, T, SHAPES[f"{m}_dim"], generator=g)
         out[f"{m}_len"] = torch.full((n,), T, dtype=torch.long)
     out["label"] = torch.rand(n, generator=g) * 6 - 3
+    out["index"] = torch.arange(n)  # each row's position, as tasks.data.split_to_tensors gives
     return out
 
 

@@ -31,6 +31,9 @@ def split_to_tensors(split) -> Batch:
     out["label"] = torch.from_numpy(np.asarray(split.labels, dtype=np.float32))
     if getattr(split, "class_labels", None) is not None:
         out["class_label"] = torch.from_numpy(np.asarray(split.class_labels, dtype=np.int64))
+    # each row's position in its split: batches carry it, so a model can keep a per-sample memory
+    # of the training split (Self-MM's generated unimodal labels)
+    out["index"] = torch.arange(len(out["label"]), dtype=torch.int64)
     return out
 
 

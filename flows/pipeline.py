@@ -1,9 +1,10 @@
 """The ``pipeline`` flow: features -> one training task per (model, cell, seed) -> evaluation
 -> summary.
 
-Flows only wire tasks. The tasks live in ``flows/tasks.py`` and call the Prefect-free building
-blocks in ``tasks/``. A *cell* is one column of a results table: an ablation variant plus optional
-overrides (e.g. ``sgm`` with ``modulation_epochs=15``); the plain pipeline's cells are its variants.
+Flows only wire tasks. The tasks live in ``tasks/`` (``prepare``, ``run``, ``summary``), each a
+plain function with its ``@task`` beside it. A *cell* is one column of a results table: an ablation
+variant plus optional overrides (e.g. ``sgm`` with ``modulation_epochs=15``); the plain pipeline's
+cells are its variants.
 """
 
 from __future__ import annotations
@@ -14,21 +15,18 @@ from prefect import flow
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.tasks import (
-    Cell,
-    check_data,
-    evaluate_task,
-    make_folds,
-    open_parent_run,
-    resolve_data,
-    run_key,
-    summarize_task,
-    train_task,
-)
+from flows.errors import quiet_user_errors
+from models.spec import Cell  # a table's column; defined with the tables
 from msaflow.settings import default_tracking_uri
 from tasks import tracking as tr
 from tasks.config import ConfigError, load_overrides_file, resolve_run_config
+from tasks.prepare import check_data, make_folds, resolve_source
+from tasks.refs import DataRef, Tracking
+from tasks.run import evaluate_task, open_parent_run, run_key, train_task
+from tasks.summary import summarize_task
 from tasks.tracking import check_tracking, ensure_experiment
+
+quiet_user_errors()  # every flow's user errors stay one line (flows/errors.py)
 
 
 def model_spec(model: str):
@@ -140,8 +138,8 @@ def check_pipeline_inputs(
 def _submit_train(
     cfg,
     cell: Cell,
-    data_ref: dict[str, Any],
-    tracking: dict[str, str],
+    data_ref: DataRef,
+    tracking: Tracking,
     parent_run_id: str,
     refresh: bool,
 ):
@@ -153,7 +151,7 @@ def _submit_train(
 
 
 def _submit_evaluate(
-    trained, cfg, cell: Cell, data_ref: dict[str, Any], tracking: dict[str, str], refresh: bool
+    trained, cfg, cell: Cell, data_ref: DataRef, tracking: Tracking, refresh: bool
 ):
     opts: dict[str, Any] = {"refresh_cache": True} if refresh else {}
     return evaluate_task.with_options(
@@ -168,8 +166,8 @@ def _task_name(cfg, cell: Cell) -> str:
 def _submit(
     cfg,
     cell: Cell,
-    data_ref: dict[str, Any],
-    tracking: dict[str, str],
+    data_ref: DataRef,
+    tracking: Tracking,
     parent_run_id: str,
     refresh: bool,
 ):
@@ -178,12 +176,12 @@ def _submit(
     return trained, _submit_evaluate(trained, cfg, cell, data_ref, tracking, refresh)
 
 
-def _cached_run_gone(trained, tracking: dict[str, str]) -> bool:
+def _cached_run_gone(trained, tracking: Tracking) -> bool:
     """A cache hit whose MLflow run was deleted since (e.g. in the UI): the result must be
     redone."""
     if trained.state.name != "Cached" or not trained.state.is_completed():
         return False
-    return not tr.run_is_active(tracking["uri"], trained.result()["run_id"])
+    return not tr.run_is_active(tracking.uri, trained.result()["run_id"])
 
 
 def _runner_threads() -> int | None:
@@ -197,14 +195,14 @@ def _runner_threads() -> int | None:
 
 def run_grid(
     *,
-    data_ref: dict[str, Any],
+    data_ref: DataRef,
     model: str,
     cells: list[Cell],
     seeds: list[int],
     preset: str,
     model_overrides: dict[str, Any],
     train_overrides: dict[str, Any],
-    tracking: dict[str, str],
+    tracking: Tracking,
     parent_run_id: str,
     force: bool = False,
     link_cached: bool = False,
@@ -234,9 +232,9 @@ def run_grid(
                     **cell.overrides.get("train", {}),
                     "seed": seed,
                 },
-                input_spec=data_ref["input_spec"],
-                data_task=data_ref["task"],
-                class_names=data_ref["class_names"],
+                input_spec=data_ref.input_spec,
+                data_task=data_ref.task,
+                class_names=data_ref.class_names,
             )
             configs.append((cfg, cell))
     # At most `workers` trainings in flight, each one's evaluation submitted as it ends: a task
@@ -283,7 +281,7 @@ def run_grid(
             row["cached"] = trained.state.name == "Cached" and state.name == "Cached"
             if row["cached"] and link_cached:
                 row["linked_run_id"] = tr.link_cached_run(
-                    tracking["uri"], tracking["experiment_id"], parent_run_id, row["run_id"]
+                    tracking.uri, tracking.experiment_id, parent_run_id, row["run_id"]
                 )
             rows.append(row)
         else:
@@ -352,17 +350,17 @@ def pipeline(
     tracking_uri = tracking_uri or default_tracking_uri()
     check_tracking(tracking_uri)
 
-    data_ref = resolve_data(data, scale=scale, data_format=data_format)
+    data_ref = resolve_source(data, scale=scale, data_format=data_format)
     fold_refs = make_folds(data_ref, folds) if folds else [data_ref]  # may fail: before the parent
     experiment_id = ensure_experiment(tracking_uri, experiment)
-    tracking = {"uri": tracking_uri, "experiment_id": experiment_id, "experiment": experiment}
+    tracking = Tracking(uri=tracking_uri, experiment_id=experiment_id, experiment=experiment)
     parent_run_id = open_parent_run(tracking, data_ref, model, cell_list, seeds, preset, run_kind)
     try:
         rows, failures = [], []
         for ref in fold_refs:
             fold_cells = [
                 Cell(
-                    name=f"{c.name}/fold{ref['fold']}" if folds else c.name,
+                    name=f"{c.name}/fold{ref.fold}" if folds else c.name,
                     variant=c.variant,
                     overrides=c.overrides,
                 )
@@ -392,7 +390,7 @@ def pipeline(
         "experiment_id": experiment_id,
         "tracking_uri": tracking_uri,
         "experiment": experiment,
-        "dataset": data_ref,
+        "dataset": data_ref.as_dict(),  # the result stays plain data for callers (CLI, API)
         "rows": rows,
         "failures": failures,
     }

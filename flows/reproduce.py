@@ -6,36 +6,48 @@ each cell is compared with, and the paper's table whose numbers go beside ours. 
 all of them, from the registry. Adding a table (or a model's ablation) means adding one entry to
 its model's ``SPEC``.
 
-The flow reuses the pipeline's machinery: ``resolve_data`` -> ``run_grid`` (train -> evaluate per
+The flow reuses the pipeline's machinery: ``resolve_source`` -> ``run_grid`` (train -> evaluate per
 (cell, seed), content-cached) -> ``summarize_task``; then the report is built from MLflow alone
-(``tasks.report``), logged to the parent run and written to a file.
+(``tasks.reproduce.write_report``), logged to the parent run and written to a file.
 
 Why not call the ``pipeline`` flow as a subflow: it opens a new parent run every time, so a resumed
 reproduction would scatter its runs over several parents. Here the parent is keyed on what defines
-the reproduction (table, data, preset, epochs, cells, code version; not the seeds), so re-running --
+the reproduction (``tasks.reproduce.reproduction_key``: table, data, preset, epochs, cells, code
+version; not the seeds), so re-running --
 after an interruption, a failure, or with more seeds -- reopens the same parent; finished runs come
 from Prefect's cache and an interrupted child resumes into its own MLflow run and checkpoint.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections import ChainMap
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.errors import quiet_user_errors
 from flows.pipeline import run_grid
-from flows.tasks import Cell, code_version, open_parent_run, resolve_data, summarize_task
 from models import RegistryView, TableSpec
 from models import tables as model_tables
-from msaflow.settings import default_tracking_uri, msaflow_home
+from models.spec import Cell
+from msaflow.settings import default_tracking_uri
 from tasks import tracking as tr
 from tasks.config import ConfigError, resolve_run_config
+from tasks.prepare import resolve_source
+from tasks.refs import DataRef, Tracking
+from tasks.reproduce import (
+    membership_tags,
+    open_or_resume_parent,
+    reproduction_key,
+    thread_share,
+    write_report,
+)
+from tasks.summary import summarize_task
+
+quiet_user_errors()  # every flow's user errors stay one line (flows/errors.py)
 
 # Every model's tables (each model file's ``SPEC.tables``), read from the registry at each lookup;
 # the first map takes tables registered here at run time (tests add a cut-down table this way).
@@ -50,74 +62,6 @@ def get_table(name: str) -> TableSpec:
 
 def default_workers() -> int:
     return max(1, min(2, os.cpu_count() or 1))
-
-
-def default_report_path(experiment: str) -> Path:
-    return msaflow_home() / "reports" / experiment / "report.md"
-
-
-def membership_tags(run_ids: list[str], size: int = 4800) -> dict[str, str]:
-    """Run ids as tags (``msaflow.runs.0`` ..., each under MLflow's 5000-character tag limit)."""
-    text = ",".join(run_ids)
-    chunks = [text[i : i + size] for i in range(0, len(text), size)] or [""]
-    return {
-        "msaflow.runs.n": str(len(chunks)),
-        **{f"msaflow.runs.{i}": c for i, c in enumerate(chunks)},
-    }
-
-
-def _reproduction_key(
-    table: str,
-    spec: TableSpec,
-    cells: list[Cell],
-    data_ref: dict[str, Any],
-    preset: str,
-    epochs: int,
-    train_overrides: dict[str, Any],
-    model_overrides: dict[str, Any] | None = None,
-) -> str:
-    blob = json.dumps(
-        {
-            "table": table,
-            "model": spec.model,
-            "data": data_ref["manifest_hash"],
-            "preset": preset,
-            "epochs": epochs,
-            "train": train_overrides,
-            # Only when given: reproductions keyed before --params existed keep their key.
-            **({"model_overrides": model_overrides} if model_overrides else {}),
-            "code": code_version(),
-            "cells": [[c.name, c.variant, c.overrides] for c in cells],
-        },
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-def _open_or_resume_parent(
-    tracking: dict[str, str],
-    key: str,
-    data_ref: dict[str, Any],
-    spec: TableSpec,
-    cells: list[Cell],
-    seeds: list[int],
-    preset: str,
-) -> tuple[str, bool]:
-    uri = tracking["uri"]
-    found = tr.client(uri).search_runs(
-        [tracking["experiment_id"]],
-        filter_string=(
-            f"tags.`msaflow.kind` = 'reproduce' and tags.`msaflow.reproduce_key` = '{key}'"
-        ),
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if found:
-        run_id = found[0].info.run_id
-        tr.client(uri).update_run(run_id, status="RUNNING")
-        return run_id, True
-    return open_parent_run(tracking, data_ref, spec.model, cells, seeds, preset, "reproduce"), False
 
 
 @flow(name="reproduce", task_runner=ThreadPoolTaskRunner(max_workers=default_workers()))
@@ -161,13 +105,13 @@ def reproduce_flow(
     ).train.epochs
     cells = spec.resolve_cells(resolved_epochs)
 
-    data_ref = resolve_data(data, scale=scale, data_format=data_format)
+    data_ref = resolve_source(data, scale=scale, data_format=data_format)
     experiment_id = tr.ensure_experiment(tracking_uri, experiment)
-    tracking = {"uri": tracking_uri, "experiment_id": experiment_id, "experiment": experiment}
-    key = _reproduction_key(
+    tracking = Tracking(uri=tracking_uri, experiment_id=experiment_id, experiment=experiment)
+    key = reproduction_key(
         table, spec, cells, data_ref, preset, resolved_epochs, train_overrides, model_overrides
     )
-    parent_run_id, resumed = _open_or_resume_parent(
+    parent_run_id, resumed = open_or_resume_parent(
         tracking, key, data_ref, spec, cells, seeds, preset
     )
     try:
@@ -203,20 +147,16 @@ def _reproduce_into(
     seeds: list[int],
     preset: str,
     resolved_epochs: int,
-    data_ref: dict[str, Any],
-    tracking: dict[str, str],
+    data_ref: DataRef,
+    tracking: Tracking,
     workers: int,
     out: str | None,
     model_overrides: dict[str, Any],
     train_overrides: dict[str, Any],
 ) -> dict[str, Any]:
     """The reproduction's body, once its parent run is open."""
-    import torch
-
-    from tasks.report import ReportError, build_report
-
-    tracking_uri, experiment = tracking["uri"], tracking["experiment"]
-    experiment_id = tracking["experiment_id"]
+    tracking_uri, experiment = tracking.uri, tracking.experiment
+    experiment_id = tracking.experiment_id
     # Tags, not params: params are immutable and the seeds may grow when a reproduction is extended.
     tr.set_tags(
         tracking_uri,
@@ -230,17 +170,13 @@ def _reproduce_into(
             "msaflow.cell_overrides": json.dumps({c.name: c.overrides for c in cells}),
             "msaflow.seeds": ",".join(map(str, seeds)),
             "msaflow.epochs": resolved_epochs,
-            "msaflow.task": data_ref["task"],
+            "msaflow.task": data_ref.task,
             "msaflow.workers": workers,
             "msaflow.params": json.dumps({"model": model_overrides, "train": train_overrides}),
         },
     )
 
-    # Concurrent runs share the cores: give each its share of intra-op threads, then restore.
-    threads = torch.get_num_threads()
-    if workers > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-    try:
+    with thread_share(workers):  # concurrent runs share the cores
         rows, failures = run_grid(
             data_ref=data_ref,
             model=spec.model,
@@ -252,23 +188,13 @@ def _reproduce_into(
             tracking=tracking,
             parent_run_id=parent_run_id,
         )
-    finally:
-        torch.set_num_threads(threads)
     summarize_task(rows, failures, tracking, parent_run_id, data_ref)
     for row in rows:
         tr.set_tags(tracking_uri, row["run_id"], {"msaflow.table": table})
     # Which runs make up this reproduction: a cache hit may belong to an earlier parent.
     tr.set_tags(tracking_uri, parent_run_id, membership_tags([r["run_id"] for r in rows]))
 
-    report_paths: dict[str, str] = {}
-    report_error = None
-    try:
-        report = build_report(tracking_uri, experiment, parent_run_id)
-        report.log_to_parent(tracking_uri)
-        paths = report.write(Path(out) if out else default_report_path(experiment))
-        report_paths = {k: str(v) for k, v in paths.items()}
-    except ReportError as exc:  # every run failed: nothing to report, the failures say why
-        report_error = str(exc)
+    report_paths, report_error = write_report(tracking, parent_run_id, out)
     return {
         "table": table,
         "parent_run_id": parent_run_id,
@@ -276,7 +202,7 @@ def _reproduce_into(
         "experiment_id": experiment_id,
         "experiment": experiment,
         "tracking_uri": tracking_uri,
-        "dataset": data_ref,
+        "dataset": data_ref.as_dict(),  # the result stays plain data for callers (CLI, API)
         "rows": rows,
         "failures": failures,
         "report": report_paths,
@@ -305,7 +231,7 @@ def reproduce(
     run`` reads it: ``{model: {...}, train: {...}}``) and ``model_overrides``/``train_overrides``
     apply to every cell. Returns the flow's result dict."""
     from flows.pipeline import check_preset, load_params_file
-    from flows.tasks import check_data
+    from tasks.prepare import check_data
 
     spec = get_table(table)  # fail on a bad table, preset, params or data before Prefect starts
     check_data(data, scale, data_format)

@@ -11,8 +11,10 @@ runner.
 
 Flows are referenced by *module* entrypoint (``flows.reproduce:reproduce_flow``), not by file path:
 Prefect loads a file-path entrypoint (``flows/pipeline.py:pipeline``) with ``flows/`` first on
-``sys.path``, where ``flows/tasks.py`` shadows the ``tasks`` package and the import fails (circular
-import). A flow whose file is not in this checkout is reported as missing, never imported eagerly.
+``sys.path``, where a module of ``flows/`` could shadow a top-level package of the same name (the
+tasks once lived in ``flows/tasks.py``, which shadowed ``tasks``); a module path imports the project
+the same way on every machine. A flow whose file is not in this checkout is reported as missing,
+never imported eagerly.
 """
 
 from __future__ import annotations

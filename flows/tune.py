@@ -5,7 +5,8 @@ MLflow parent run) -> the best params trained and evaluated on test with several
 pipeline's own ``run_grid`` (ordinary child runs of the study's parent run).
 
 Workers: ``workers=1`` optimises in this process; ``workers=K`` starts K processes of
-``python -m flows.tune --worker SPEC.json --index i`` on the same storage. SQLite serves a few local
+``python -m tasks.tune --worker SPEC.json --index i`` on the same storage (``python -m flows.tune``
+takes the same arguments). SQLite serves a few local
 processes; for many workers or several machines use PostgreSQL
 (``--storage postgresql+psycopg2://...``) and run the same ``msaflow tune --study NAME --trials N``
 on every machine: N is the study's total.
@@ -13,39 +14,30 @@ on every machine: N is the study's total.
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.tasks import Cell, resolve_data
+from flows.errors import quiet_user_errors
+from models.spec import Cell
 from msaflow.settings import default_tracking_uri
 from tasks import tracking as tr
 from tasks import tuning as tu
 from tasks.config import ConfigError
+from tasks.prepare import resolve_source
+from tasks.refs import DataRef, Tracking
+from tasks.tune import (
+    create_study_task,
+    default_study_name,
+    finalize_task,
+    log_best_test,
+    optimize_task,
+    worker_main,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def default_study_name(
-    model: str, dataset: str, metric: str, content_hash: str | None = None
-) -> str:
-    """``<model>-<dataset>-<hash8>-<metric>``: the dataset's content hash keeps two datasets that
-    share a name (MOSI's and MOSEI's ``aligned_50.pkl``) from sharing a study by default."""
-    parts = (
-        [model, dataset]
-        + ([content_hash[:8]] if content_hash else [])
-        + [metric.removeprefix("valid/")]
-    )
-    return "-".join(parts)
+quiet_user_errors()  # every flow's user errors stay one line (flows/errors.py)
 
 
 def check_tune_inputs(
@@ -77,8 +69,8 @@ def check_tune_inputs(
     Returns the resolved ``direction``, ``variant``, ``search_space`` and ``storage_url``.
     """
     from flows.pipeline import check_preset, model_spec
-    from flows.tasks import check_data
     from tasks.config import resolve_run_config
+    from tasks.prepare import check_data
 
     # "auto": the data task's default selection metric, known once the data is resolved
     direction = None if metric == "auto" else tu.metric_direction(metric)  # refuses test/... early
@@ -117,108 +109,16 @@ def check_tune_inputs(
     }
 
 
-def _find_parent_run(spec: tu.StudySpec, study) -> str:
-    """The study's one parent run: remembered on the study, reopened on resume, else created."""
-    uri = spec.tracking_uri
-    known = study.user_attrs.get("msaflow.mlflow_parent_run_id")
-    if known and study.user_attrs.get("msaflow.tracking_uri") == uri:
-        try:
-            run = tr.client(uri).get_run(known)
-            if (
-                run.info.experiment_id == spec.experiment_id
-                and run.info.lifecycle_stage == "active"
-            ):
-                tr.client(uri).update_run(known, status="RUNNING")
-                return known
-        except Exception:  # noqa: BLE001 - deleted/unknown run: make a new one
-            pass
-    run_id = tr.start_run(
-        uri,
-        spec.experiment_id,
-        f"tune/{spec.study}",
-        tags={
-            "msaflow.kind": "tune",
-            "optuna.study": spec.study,
-            "model": spec.model,
-            "preset": spec.preset,
-            "dataset": Path(spec.data_path).name,
-        },
-    )
-    tr.log_params(
-        uri,
-        run_id,
-        {
-            "study": spec.study,
-            "storage": tu.mask_url(spec.storage),
-            "model": spec.model,
-            "variant": spec.variant,
-            "preset": spec.preset,
-            "metric": spec.metric,
-            "direction": spec.direction,
-            "n_trials": spec.n_trials,
-            "sampler": spec.sampler,
-            "pruner": spec.pruner,
-            "seed": spec.seed,
-            "epochs": spec.epochs,
-            "dataset.path": spec.data_path,
-        },
-    )
-    tr.client(uri).log_dict(run_id, spec.space, "search_space.yaml")
-    study.set_user_attr("msaflow.mlflow_parent_run_id", run_id)
-    study.set_user_attr("msaflow.tracking_uri", uri)
-    return run_id
-
-
-@task(name="create-study", cache_policy=NO_CACHE, persist_result=False)
-def create_study_task(spec: tu.StudySpec) -> str:
-    """Create or resume the study and its MLflow parent run; returns the parent run id."""
-    study = tu.create_or_load_study(spec)
-    return _find_parent_run(spec, study)
-
-
-def spawn_workers(spec: tu.StudySpec, workers: int) -> list[dict[str, Any]]:
-    """K worker processes on one storage; each runs until the study's total is reached."""
-    with tempfile.TemporaryDirectory(prefix="msaflow-tune-") as tmp:
-        spec_path = Path(tmp) / "spec.json"
-        spec_path.write_text(spec.to_json())
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        }
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "flows.tune", "--worker", str(spec_path), "--index", str(i)],
-                cwd=ROOT,
-                env=env,
-            )
-            for i in range(workers)
-        ]
-        results = []
-        for i, proc in enumerate(procs):
-            rc = proc.wait()
-            results.append({"worker": i, "returncode": rc})
-    return results
-
-
-@task(name="optimize", cache_policy=NO_CACHE, persist_result=False)
-def optimize_task(spec: tu.StudySpec, workers: int) -> list[dict[str, Any]]:
-    if workers <= 1:
-        return [tu.run_worker(spec, 0)]
-    return spawn_workers(spec, workers)
-
-
-@task(name="finalize-study", cache_policy=NO_CACHE, persist_result=False)
-def finalize_task(spec: tu.StudySpec, best_path: str) -> dict[str, Any]:
-    return tu.finalize_study(spec, best_path)
-
-
 def _evaluate_best(
     spec: tu.StudySpec,
     summary: dict[str, Any],
-    data_ref: dict[str, Any],
-    tracking: dict[str, str],
+    data_ref: DataRef,
+    tracking: Tracking,
     seeds: list[int],
 ) -> dict[str, Any]:
+    """The best params trained and evaluated on test with ``seeds``, as children of the study's
+    parent (the pipeline's ``run_grid``); their mean and std go to the parent
+    (``log_best_test``)."""
     from flows.pipeline import run_grid
 
     best = summary["best_params"] or {}
@@ -239,29 +139,7 @@ def _evaluate_best(
         tracking=tracking,
         parent_run_id=spec.parent_run_id,
     )
-    uri = tracking["uri"]
-    test_keys = sorted({k for r in rows for k in r if k.startswith("test/")})
-    agg: dict[str, float] = {}
-    for key in test_keys:
-        values = [float(r[key]) for r in rows if key in r]
-        agg[f"best_{key.replace('/', '_')}_mean"] = statistics.fmean(values)
-        agg[f"best_{key.replace('/', '_')}_std"] = (
-            statistics.stdev(values) if len(values) > 1 else 0.0
-        )
-    if agg:
-        tr.log_metrics(uri, spec.parent_run_id, agg)
-    table = [
-        {
-            "run": r["run_name"],
-            "run_id": r["run_id"],
-            "seed": r["seed"],
-            **{k: r.get(k) for k in test_keys},
-        }
-        for r in rows
-    ]
-    table += [{"run": f["run_name"], "seed": f["seed"], "error": f["error"]} for f in failures]
-    tr.log_table_artifacts(uri, spec.parent_run_id, table, "best_test")
-    return {"rows": rows, "failures": failures, "aggregate": agg}
+    return log_best_test(rows, failures, tracking, spec.parent_run_id)
 
 
 @flow(name="tune", task_runner=ThreadPoolTaskRunner(max_workers=1))
@@ -328,15 +206,15 @@ def tune(
     tr.check_tracking(tracking_uri)
     eval_seeds = [1, 2, 3] if eval_seeds is None else list(eval_seeds)
 
-    data_ref = resolve_data(data, scale=scale, data_format=data_format)
+    data_ref = resolve_source(data, scale=scale, data_format=data_format)
     if metric == "auto":  # valid/mae for sentiment and depression, valid/f1_weighted for emotion
         from tasks.metrics import DEFAULT_SELECTION
 
-        metric = DEFAULT_SELECTION[data_ref["task"]][0]
+        metric = DEFAULT_SELECTION[data_ref.task][0]
         direction = tu.metric_direction(metric)
     experiment_id = tr.ensure_experiment(tracking_uri, experiment)
-    tracking = {"uri": tracking_uri, "experiment_id": experiment_id, "experiment": experiment}
-    name = study or default_study_name(model, data_ref["name"], metric, data_ref["manifest_hash"])
+    tracking = Tracking(uri=tracking_uri, experiment_id=experiment_id, experiment=experiment)
+    name = study or default_study_name(model, data_ref.name, metric, data_ref.manifest_hash)
     overrides = dict(train_overrides or {})
     if workers > 1 and "num_threads" not in overrides:
         overrides["num_threads"] = max(1, (os.cpu_count() or 1) // workers)
@@ -349,11 +227,11 @@ def tune(
         metric=metric,
         n_trials=n_trials,
         space=tu.space_to_dict(search_space),
-        data_path=data_ref["path"],
-        dataset_hash=data_ref["manifest_hash"],
-        data_task=data_ref["task"],
-        input_spec=data_ref["input_spec"],
-        class_names=data_ref["class_names"],
+        data_path=data_ref.path,
+        dataset_hash=data_ref.manifest_hash,
+        data_task=data_ref.task,
+        input_spec=data_ref.input_spec,
+        class_names=data_ref.class_names,
         epochs=epochs,
         train_overrides=overrides,
         sampler=sampler,
@@ -391,28 +269,15 @@ def tune(
         "parent_run_id": spec.parent_run_id,
         "experiment_id": experiment_id,
         "tracking_uri": tracking_uri,
-        "dataset": data_ref,
+        "dataset": data_ref.as_dict(),  # the result stays plain data for callers (CLI, API)
         "evaluation": evaluation,
     }
 
 
 def _worker_main(argv: list[str] | None = None) -> int:
-    """``python -m flows.tune --worker SPEC.json --index I``: one optimize loop, no Prefect."""
-    from msaflow.settings import apply_defaults
-
-    apply_defaults()
-    parser = argparse.ArgumentParser(prog="python -m flows.tune")
-    parser.add_argument(
-        "--worker", required=True, help="StudySpec JSON file written by the tune flow"
-    )
-    parser.add_argument(
-        "--index", type=int, default=0, help="worker index (sampler seed = seed + index)"
-    )
-    args = parser.parse_args(argv)
-    spec = tu.StudySpec.from_json(Path(args.worker).read_text())
-    result = tu.run_worker(spec, args.index)
-    print(f"[{spec.study}] worker {args.index} done: {result}", file=sys.stderr, flush=True)
-    return 0
+    """``python -m flows.tune --worker SPEC.json --index I``: one optimize loop, no Prefect
+    (``tasks.tune.worker_main``; the tune flow's own workers run ``python -m tasks.tune``)."""
+    return worker_main(argv, prog="python -m flows.tune")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,7 @@ the tables it reproduces, with the papers' figures beside them.
 
 They live here, under ``models/``, so that a model file can state all of its facts without
 importing ``tasks`` or ``flows`` (the layers only point down). ``tasks.tuning``,
-``tasks.paper_results``, ``flows.reproduce`` and ``flows.tasks`` re-export them under their old
-names.
+``tasks.paper_results`` and ``flows.reproduce`` re-export them under their old names.
 """
 
 from __future__ import annotations

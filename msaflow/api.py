@@ -683,18 +683,17 @@ def load_dataset(
         data = _data(data)
         from feature_store import load_dataset as load_store
         from feature_store import read_manifest
-        from flows.tasks import check_data, is_raw_manifest, prepare_data, resolve_data
+        from flows.errors import quiet_user_errors
+        from tasks.prepare import check_data, resolve_source
 
+        quiet_user_errors()  # a raw manifest's extraction runs tasks: their user errors stay short
         check_data(data, scale, data_format)
-        # The flows' own data task (its plain function: no Prefect run for a local store); a raw
+        # The flows' own resolution (the plain function: no Prefect run for a local store); a raw
         # manifest runs the extraction tasks as the flows do.
-        if is_raw_manifest(data):
-            ref = resolve_data(data, scale=scale, data_format=data_format)
-        else:
-            ref = prepare_data.fn(data, scale=scale, data_format=data_format)
+        ref = resolve_source(data, scale=scale, data_format=data_format, as_tasks=False)
         names = None if splits is None else _names(splits, "splits") or []
-        known = list(read_manifest(ref["path"]).files)
+        known = list(read_manifest(ref.path).files)
         if names is not None and (unknown := [s for s in names if s not in known]):
             raise ConfigError(f"splits: {unknown} not in the dataset; expected some of {known}")
-        manifest, loaded = load_store(ref["path"], names)
-    return Dataset(path=Path(ref["path"]), manifest=manifest, splits=loaded)
+        manifest, loaded = load_store(ref.path, names)
+    return Dataset(path=Path(ref.path), manifest=manifest, splits=loaded)

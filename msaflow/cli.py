@@ -108,7 +108,7 @@ def handled_errors() -> Iterator[None]:
 
 def preflight_data(data: str | None, scale: float = 1.0, data_format: str = "mmsa") -> None:
     """Fail on an unreadable --data before Prefect starts (its task logs would bury the message)."""
-    from flows.tasks import check_data
+    from tasks.prepare import check_data
 
     check_data(data, scale, data_format)
 

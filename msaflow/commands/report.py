@@ -47,8 +47,8 @@ def command(
     try:
         from pathlib import Path
 
-        from flows.reproduce import default_report_path
         from tasks.report import build_report
+        from tasks.reproduce import default_report_path
         from tasks.tracking import check_tracking
 
         uri = tracking_uri or default_tracking_uri()

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from feature_store import DataError
 from flows.pipeline import pipeline
-from flows.tasks import check_data, raw_inputs_task, raw_store_dir
+from tasks.prepare import check_data, raw_inputs_task, raw_store_dir
 
 EXTRACT_TASKS = {
     "read-extraction-manifest",

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 import tasks.train
 from flows.reproduce import TABLES, TableSpec, get_table, membership_tags, reproduce
-from flows.tasks import Cell
 from models import get_spec
+from models.spec import Cell
 from msaflow.cli import app
 from tasks.config import ConfigError
 from tasks.paper_results import paper_table

@@ -123,8 +123,8 @@ def test_missing_train_split_or_modality_is_a_clear_error():
 
 def test_fold_store_fits_on_its_training_rows_only():
     """Subject folds are written as stores whose "train" is the fold's training part
-    (flows.tasks.make_folds); fitting there uses exactly those rows: a fold's test rows never shift
-    the statistics."""
+    (tasks.prepare.make_folds); fitting there uses exactly those rows: a fold's test rows never
+    shift the statistics."""
     from tasks.folds import fold_splits
 
     rng = np.random.default_rng(1)

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.reproduce import TABLES, TableSpec, reproduce
-from flows.tasks import Cell
 from flows.tune import tune
+from models.spec import Cell
 from msaflow.cli import app
 from tasks.evidence import EvidenceError, read_spec, selection_rows
 

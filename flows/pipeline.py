@@ -223,7 +223,7 @@ def run_grid(
     for cell in cells:
         for seed in seeds:
             cfg = resolve_run_config(
-                model,
+                cell.model or model,  # a comparison table's cell may be another model family
                 cell.variant,
                 preset,
                 model_overrides={**model_overrides, **cell.overrides.get("model", {})},

@@ -97,7 +97,7 @@ def reproduce_flow(
         train_overrides["epochs"] = epochs
     first = spec.cells[0]
     resolved_epochs = resolve_run_config(
-        spec.model,
+        spec.model_of(first),
         first.variant,
         preset,
         model_overrides=model_overrides,
@@ -235,13 +235,14 @@ def reproduce(
 
     spec = get_table(table)  # fail on a bad table, preset, params or data before Prefect starts
     check_data(data, scale, data_format)
-    check_preset(spec.model, preset)
+    for model in spec.models:  # a comparison table needs the preset in every model it trains
+        check_preset(model, preset)
     file_overrides = load_params_file(params_file, spec.model, preset)
     model_overrides = {**file_overrides.get("model", {}), **(model_overrides or {})}
     train_overrides = {**file_overrides.get("train", {}), **(train_overrides or {})}
     for cell in spec.cells:
         resolve_run_config(
-            spec.model,
+            spec.model_of(cell),
             cell.variant,
             preset,
             model_overrides={**model_overrides, **cell.overrides.get("model", {})},

@@ -8,6 +8,7 @@ importing ``tasks`` or ``flows`` (the layers only point down). ``tasks.tuning``,
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -136,14 +137,18 @@ class PaperTable:
 
 @dataclass(frozen=True)
 class Cell:
-    """One column of a results table: a variant, a display name and config overrides."""
+    """One column of a results table: a variant, a display name and config overrides.
+
+    ``model`` names another model family than the table's (a comparison table such as MMAFNet's
+    Table 1, whose rows are other methods); None is the table's own model."""
 
     name: str
     variant: str
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model: str | None = None
 
     def __hash__(self) -> int:
-        return hash((self.name, self.variant, repr(sorted(self.overrides.items()))))
+        return hash((self.name, self.variant, repr(sorted(self.overrides.items())), self.model))
 
 
 @dataclass(frozen=True)
@@ -191,5 +196,13 @@ class TableSpec:
             for key in self.scaled:
                 if key in model:  # round half up, at least one epoch
                     model[key] = max(1, int(model[key] * epochs / self.paper_epochs + 0.5))
-            out.append(Cell(cell.name, cell.variant, {**cell.overrides, "model": model}))
+            out.append(dataclasses.replace(cell, overrides={**cell.overrides, "model": model}))
         return out
+
+    def model_of(self, cell: Cell) -> str:
+        return cell.model or self.model
+
+    @property
+    def models(self) -> list[str]:
+        """Every model family the table trains, the table's own first."""
+        return list(dict.fromkeys([self.model, *(self.model_of(c) for c in self.cells)]))

@@ -61,7 +61,10 @@ def reproduction_key(
             # Only when given: reproductions keyed before --params existed keep their key.
             **({"model_overrides": model_overrides} if model_overrides else {}),
             "code": code_version(),
-            "cells": [[c.name, c.variant, c.overrides] for c in cells],
+            # a cell's own model only when it has one: older reproductions keep their key
+            "cells": [
+                [c.name, c.variant, c.overrides, *([c.model] if c.model else [])] for c in cells
+            ],
         },
         sort_keys=True,
         default=str,

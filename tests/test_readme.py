@@ -151,6 +151,10 @@ RULES: list[Rule] = [
         r" --params experiments/mmcl-iemocap\.yaml",
         extra=(*TINY, "--seeds", "1"),
     ),
+    Rule(
+        rf"{MSAFLOW} reproduce mmafnet-table1 --preset paper",
+        extra=(*TINY, "--seeds", "1"),
+    ),
     Rule(rf"{MSAFLOW} report --experiment <name>", replace=((r"<name>", "readme-report"),)),
     Rule(
         rf"{MSAFLOW} reproduce mmafnet-sgd-lr --data sim-mosi --preset paper --seeds 1",

@@ -322,3 +322,34 @@ def test_twin_cells_never_train_one_checkpoint_at_once(tiny_sim, tmp_path, prefe
     assert result["failures"] == []
     assert sorted(r["cell"] for r in result["rows"]) == ["a", "b"]
     assert overlaps and max(overlaps) == 1
+
+
+def test_table1_trains_a_model_family_per_cell_and_sets_the_papers_rows_beside(
+    tiny_sim, tmp_path, prefect_harness
+):
+    """``mmafnet-table1``: every cell is another model (TFN, LMF, MulT, MISA, Self-MM beside
+    MMAFNet), each compared with MMAFNet; the report has the paper's Table 1 row per model."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = reproduce(
+        "mmafnet-table1",
+        data=str(tiny_sim),
+        seeds=1,
+        epochs=1,
+        tracking_uri=uri,
+        experiment="table1",
+        out=str(tmp_path / "report.md"),
+        max_workers=2,
+    )
+    assert result["failures"] == []
+    models = {r["cell"]: r["model"] for r in result["rows"]}
+    assert models == {c: c for c in ("mmafnet", "tfn", "lmf", "mult", "misa", "self_mm")}
+    tags = {r.data.tags["cell"]: r.data.tags["model"] for r in _children(uri, result)}
+    assert tags == models
+    report = (tmp_path / "report.md").read_text()
+    assert "| tfn | TFN | mae |" in report and "| self_mm | Self-MM |" in report
+    assert "| tfn | mmafnet | mae |" in report  # each baseline against MMAFNet
+
+
+def test_a_comparison_table_needs_its_preset_in_every_model():
+    with pytest.raises(ConfigError, match="'tfn' has no preset 'paper-fast'"):
+        reproduce("mmafnet-table1", preset="paper-fast", seeds=1, epochs=1)

@@ -43,7 +43,7 @@ def _register(name: str) -> None:
 
 _mount("msaflow.commands.data", "data", "Feature stores: synthesize, ingest, inspect, validate.")
 _mount("msaflow.commands.features", "features", "Extract features from raw text, audio and video.")
-for _name in ("reproduce", "report", "tune", "serve"):
+for _name in ("reproduce", "report", "tune", "serve", "models"):
     _register(_name)
 
 
@@ -187,7 +187,7 @@ def run(
         ),
     ] = None,
     model: Annotated[
-        str, typer.Option(help="Model family: mmafnet | mmcl | unimodal.")
+        str, typer.Option(help="Model family (`msaflow models` lists them).")
     ] = "mmafnet",
     variants: Annotated[
         str | None, typer.Option(help="Comma-separated variants (default: all of the model's).")

@@ -105,6 +105,7 @@ RULES: list[Rule] = [
     Rule(rf"{MSAFLOW} --help"),
     Rule(rf"{MSAFLOW} run --variants none,full --seeds 1,2,3", extra=tuple(TINY)),
     Rule(rf"{MSAFLOW} run --preset paper", extra=(*TINY, "--variants", "full")),
+    Rule(rf"{MSAFLOW} models"),
     Rule(rf"{MSAFLOW} run --model mmcl --data sim-iemocap", extra=(*TINY, "--variants", "full")),
     # 5 subject folds need at least 5 subjects: sim-cmdc has 10 at scale 0.15 (4 at 0.05)
     Rule(

@@ -39,7 +39,9 @@ def print_summary(report: Any) -> None:
 
 
 def command(
-    table: Annotated[str, typer.Argument(help="mmafnet-table2 | mmafnet-table3 | mmcl-table1.")],
+    table: Annotated[
+        str, typer.Argument(help="A table (`msaflow models` lists each model's tables).")
+    ],
     data: Annotated[
         str | None,
         typer.Option(

@@ -16,7 +16,9 @@ def _csv(value: str | None) -> list[str]:
 
 
 def command(
-    model: Annotated[str, typer.Option(help="Model family: mmafnet | mmcl.")] = "mmafnet",
+    model: Annotated[
+        str, typer.Option(help="Model family (`msaflow models` lists them).")
+    ] = "mmafnet",
     data: Annotated[
         str | None,
         typer.Option(
@@ -118,7 +120,7 @@ def command(
         bool, typer.Option("--json", help="Print a machine-readable summary to stdout.")
     ] = False,
 ) -> None:
-    """Tune alpha, delta, lambda1, lambda2 (mmafnet) or the contrastive lambda (mmcl) with Optuna.
+    """Tune a model's search space with Optuna (mmafnet: alpha, delta, lambda1, lambda2).
 
     Trials are pruned on the per-epoch validation metric; the study lives in an RDB storage and \
 resumes

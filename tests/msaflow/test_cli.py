@@ -232,3 +232,17 @@ def test_json_is_plain_and_names_are_never_markup(tiny_sim, tmp_path):
     table = runner.invoke(app, args)  # from the cache: the table and hint print the names as text
     assert table.exit_code == 0, table.output
     assert "[/]evil[bold]" in table.output and "MarkupError" not in table.output
+
+
+def test_models_lists_every_registered_model_with_its_tables():
+    import json
+
+    from models import registry
+
+    result = runner.invoke(app, ["models", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["model"]: r for r in json.loads(result.output)}
+    assert set(rows) == set(registry())
+    assert {"tfn", "lmf", "mult", "misa", "self_mm", "mmafnet", "mmcl"} <= set(rows)
+    assert "mmafnet-table1" in rows["mmafnet"]["tables"]
+    assert "mmsa" in rows["mult"]["presets"] and "full" in rows["misa"]["variants"]

@@ -296,7 +296,7 @@ def run_grid(
                     "run_name": cfg.run_name_for(cell.name),
                     "cell": cell.name,
                     "seed": cfg.train.seed,
-                    "error": message[:500],
+                    "error": message[:5000],  # as the run's msaflow.error tag
                 }
             )
     return rows, failures

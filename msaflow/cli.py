@@ -142,10 +142,14 @@ def print_rows(result: dict, title: str) -> None:
         table.add_row(
             Text(f"{f['run_name']} FAILED", style="red"),
             "",
-            Text(f["error"][:60], style="red"),
+            Text("see below", style="red"),
             *[""] * (len(cols) - 1),
         )
     out.print(table)
+    for f in result["failures"]:  # whole, wrapped: a cut message hides the cause
+        out.print(Text(f"{f['run_name']} FAILED: {f['error']}", style="red"))
+    if result["failures"]:
+        out.print("the traceback of each is error.txt in its MLflow run (tag msaflow.error)")
 
 
 def extraction_line(ex: dict) -> str:

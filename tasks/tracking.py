@@ -181,7 +181,8 @@ def start_run(
     parent_run_id: str | None = None,
 ) -> str:
     tags = dict(tags or {})
-    tags["msaflow.git_commit"] = git_commit()
+    # mlflow.source.git.commit is where the MLflow UI shows it; msaflow.git_commit for older readers
+    tags["msaflow.git_commit"] = tags["mlflow.source.git.commit"] = git_commit()
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     run = client(tracking_uri).create_run(experiment_id, run_name=name, tags=tags)

@@ -70,8 +70,11 @@ class TrainResult:
 
 
 def select_device(preference: str = "auto") -> torch.device:
-    if preference == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if preference == "auto":  # CUDA, then Apple's MPS, then the CPU
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
     if preference.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device={preference!r} but CUDA is not available on this machine")
     return torch.device(preference)

@@ -159,7 +159,7 @@ def command(
             f"{len(result['failures'])} failed"
         )
         for f in result["failures"]:
-            err.print(f"[red]{escape(f['run_name'])} FAILED[/]: {escape(f['error'][:200])}")
+            err.print(f"[red]{escape(f['run_name'])} FAILED[/]: {escape(f['error'])}")
         err.print(ui_hint(result))
     if result["failures"]:
         err.print(

@@ -45,6 +45,7 @@ def test_pipeline_end_to_end_then_cached(tiny_sim, mlflow_uri):
         and full.data.tags["model"] == "mmafnet"
     )
     assert "msaflow.git_commit" in full.data.tags and full.data.tags["dataset"]
+    assert full.data.tags["mlflow.source.git.commit"] == full.data.tags["msaflow.git_commit"]
     assert full.data.params["train.epochs"] == "2" and full.data.params["model_cfg.sgm"] == "True"
     # the trainable parameter count, one key for every model family
     resolved = mlflow.artifacts.load_dict(

@@ -246,3 +246,19 @@ def test_models_lists_every_registered_model_with_its_tables():
     assert {"tfn", "lmf", "mult", "misa", "self_mm", "mmafnet", "mmcl"} <= set(rows)
     assert "mmafnet-table1" in rows["mmafnet"]["tables"]
     assert "mmsa" in rows["mult"]["presets"] and "full" in rows["misa"]["variants"]
+
+
+def test_the_run_table_prints_a_failure_message_whole(capsys):
+    """A run's failure is printed whole under the table (once cut to 60 characters), with where
+    its traceback is."""
+    from msaflow.cli import print_rows
+
+    cause = "ValueError: " + "a long explanation of what went wrong " * 4 + "END"
+    result = {
+        "dataset": {"task": "sentiment", "name": "sim", "source": "simulation"},
+        "rows": [],
+        "failures": [{"run_name": "mmafnet/full/seed1", "error": cause}],
+    }
+    print_rows(result, "pipeline")
+    printed = " ".join(capsys.readouterr().out.split())
+    assert " ".join(cause.split()) in printed and "error.txt" in printed

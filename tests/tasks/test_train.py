@@ -351,3 +351,17 @@ def test_early_stopping_ends_after_patience_epochs_and_resumes_to_the_same_stop(
     assert len(again.history) == 3, "a finished early stop is not trained further on re-run"
     off = train_model(_cfg(manifest, "none", epochs=3), splits, evaluate_test=False)
     assert len(off.history) == 3
+
+
+def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    import torch
+
+    from tasks.train import select_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert select_device("auto").type == "cpu"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert select_device("auto").type == "mps"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert select_device("auto").type == "cuda"

@@ -186,10 +186,13 @@ def train_run(
             checkpoint_dir=ckpt,
             callbacks=[_progress(run_name, cfg.train.epochs)],
             evaluate_test=False,
+            # every epoch reaches MLflow as it ends: a long run is watched live in the UI
+            epoch_sink=lambda epoch, *rows: tr.log_epoch_live(uri, run_id, *rows),
         )
-        tr.log_rows(uri, run_id, result.history, "epoch")
-        tr.log_rows(uri, run_id, result.step_traces, "step", skip=("epoch",))
-        tr.log_rows(uri, run_id, result.epoch_traces, "epoch")
+        # what an interrupted attempt checkpointed but had not logged; nothing twice
+        tr.log_missing_rows(uri, run_id, result.history, "epoch")
+        tr.log_missing_rows(uri, run_id, result.step_traces, "step", skip=("epoch",))
+        tr.log_missing_rows(uri, run_id, result.epoch_traces, "epoch")
         tr.log_metrics(
             uri, run_id, {"best_epoch": result.best_epoch, "time/train_s": result.seconds}
         )

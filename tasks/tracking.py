@@ -331,8 +331,57 @@ def log_rows(
     skip: Sequence[str] = (),
 ) -> None:
     """Each row's numeric values as metrics at ``step = row[step_key]``."""
+    metrics = _metrics(rows, step_key, skip, int(time.time() * 1000))
+    c = client(tracking_uri)
+    for chunk in _chunks(metrics):
+        c.log_batch(run_id, metrics=chunk)
+
+
+def log_epoch_live(
+    tracking_uri: str,
+    run_id: str,
+    history: Sequence[dict[str, float]],
+    step_traces: Sequence[dict[str, float]],
+    epoch_traces: Sequence[dict[str, float]],
+) -> None:
+    """One epoch's metrics and traces as it ends, batched (one ``log_batch`` per 1000 values),
+    so a long run can be watched and compared while it trains."""
     now = int(time.time() * 1000)
     metrics = [
+        *_metrics(history, "epoch", (), now),
+        *_metrics(step_traces, "step", ("epoch",), now),
+        *_metrics(epoch_traces, "epoch", (), now),
+    ]
+    c = client(tracking_uri)
+    for chunk in _chunks(metrics):
+        c.log_batch(run_id, metrics=chunk)
+
+
+def log_missing_rows(
+    tracking_uri: str,
+    run_id: str,
+    rows: Sequence[dict[str, float]],
+    step_key: str,
+    skip: Sequence[str] = (),
+) -> None:
+    """``log_rows`` for the (metric, step) values the run does not have yet: after a live-logged
+    training, what an interrupted attempt checkpointed but never logged, and nothing twice."""
+    c = client(tracking_uri)
+    keys = dict.fromkeys(k for r in rows for k in r if k != step_key and k not in skip)
+    logged = {k: {m.step for m in c.get_metric_history(run_id, k)} for k in keys}
+    metrics = [
+        m
+        for m in _metrics(rows, step_key, skip, int(time.time() * 1000))
+        if m.step not in logged[m.key]
+    ]
+    for chunk in _chunks(metrics):
+        c.log_batch(run_id, metrics=chunk)
+
+
+def _metrics(
+    rows: Sequence[dict[str, float]], step_key: str, skip: Sequence[str], now: int
+) -> list[Metric]:
+    return [
         Metric(key, float(value), now, int(row[step_key]))
         for row in rows
         for key, value in row.items()
@@ -341,9 +390,6 @@ def log_rows(
         and isinstance(value, int | float)
         and math.isfinite(value)
     ]
-    c = client(tracking_uri)
-    for chunk in _chunks(metrics):
-        c.log_batch(run_id, metrics=chunk)
 
 
 def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:

@@ -40,6 +40,11 @@ from tasks.data import Batch, iterate_batches, split_to_tensors, standardize_spl
 from tasks.metrics import metric_fn
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+# (epoch, its history row, its per-step trace rows, its per-epoch trace rows): what a live
+# tracker logs as each epoch ends
+EpochSink = Callable[
+    [int, list[dict[str, float]], list[dict[str, float]], list[dict[str, float]]], None
+]
 CHECKPOINT_VERSION = 2  # 2: weights_only-loadable (plain RNG state), model hooks' own optimiser
 
 
@@ -295,6 +300,7 @@ def train_model(
     checkpoint_dir: str | Path | None = None,
     callbacks: Sequence[EpochCallback] = (),
     evaluate_test: bool = True,
+    epoch_sink: EpochSink | None = None,
 ) -> TrainResult:
     """Train ``cfg`` on ``splits`` (``feature_store.SplitData`` for train, valid[, test]).
 
@@ -304,7 +310,8 @@ def train_model(
     the parameters as trained, and a run resumed from ``last.pt`` redoes the pending reset.
     ``callbacks`` run after each epoch's checkpoint with ``(epoch, record)``; an exception they
     raise (an Optuna ``TrialPruned``, an interrupt) propagates and leaves a resumable checkpoint
-    behind. A checkpoint that is not plain tensors and data is refused (``load_checkpoint``).
+    behind. ``epoch_sink``, before them, gets the epoch's history row and trace rows (live
+    tracking). A checkpoint that is not plain tensors and data is refused (``load_checkpoint``).
     """
     for name in ("train", "valid") + (("test",) if evaluate_test else ()):
         if name not in splits or len(splits[name]) == 0:
@@ -377,6 +384,7 @@ def train_model(
         if t.patience > 0 and best["epoch"] >= 0 and epoch - 1 - best["epoch"] >= t.patience:
             break
         epoch_start = time.perf_counter()
+        steps_before, epochs_before = len(step_traces), len(epoch_traces)
         # what the previous epoch decided for the parameters (IPR's reset) happens only now, after
         # that epoch was validated and checkpointed; a resumed run redoes it from last.pt
         model.before_epoch(epoch)
@@ -478,6 +486,8 @@ def train_model(
                 },
                 ckpt_dir / "last.pt",
             )
+        if epoch_sink is not None:
+            epoch_sink(epoch, [record], step_traces[steps_before:], epoch_traces[epochs_before:])
         for callback in callbacks:
             callback(epoch, record)
 

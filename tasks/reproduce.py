@@ -121,12 +121,16 @@ def write_report(
     Returns the written paths (``{"markdown": ..., "html": ...}``) and no error, or no paths and
     the reason when there is nothing to report (every run failed: the failures say why).
     """
+    from tasks.artifacts import publish_markdown
     from tasks.report import ReportError, build_report
 
     try:
         report = build_report(tracking.uri, tracking.experiment, parent_run_id)
         report.log_to_parent(tracking.uri)
         paths = report.write(Path(out) if out else default_report_path(tracking.experiment))
+        publish_markdown(
+            "report", tracking.experiment, report.markdown, "the reproduction's report"
+        )
     except ReportError as exc:
         return {}, str(exc)
     return {k: str(v) for k, v in paths.items()}, None

@@ -41,6 +41,7 @@ def summarize(
     data_ref: DataRef,
 ) -> dict[str, Any]:
     """The parent run's summary table (CSV + Markdown) of every child's test metrics."""
+    from tasks.artifacts import mlflow_pointer, publish_markdown, publish_table
     from tasks.metrics import HEADLINE
 
     uri = tracking.uri
@@ -72,6 +73,14 @@ def summarize(
         for row in cv:
             tr.log_metrics(uri, parent_run_id, {f"cv/{row['cell']}/{k}": row[k] for k in headline})
     tr.log_table_artifacts(uri, parent_run_id, table, "summary")
+    experiment = tracking.experiment or tracking.experiment_id
+    publish_table("summary", experiment, table, f"test metrics of every run on {data_ref.name}")
+    publish_markdown(
+        "results",
+        experiment,
+        mlflow_pointer(uri, tracking.experiment_id, parent_run_id),
+        "where this flow run's results are",
+    )
     tr.set_tags(
         uri,
         parent_run_id,

@@ -164,6 +164,8 @@ def log_best_test(
 
     Returns ``{"rows", "failures", "aggregate"}`` (``best_test_<metric>_mean`` / ``_std``).
     """
+    from tasks.artifacts import mlflow_pointer, publish_markdown, publish_table
+
     uri = tracking.uri
     test_keys = sorted({k for r in rows for k in r if k.startswith("test/")})
     agg: dict[str, float] = {}
@@ -186,6 +188,21 @@ def log_best_test(
     ]
     table += [{"run": f["run_name"], "seed": f["seed"], "error": f["error"]} for f in failures]
     tr.log_table_artifacts(uri, parent_run_id, table, "best_test")
+    experiment = tracking.experiment or tracking.experiment_id
+    publish_table("best-test", experiment, table, "the best params on test, per seed")
+    publish_markdown(
+        "results",
+        experiment,
+        "Best params' test runs, mean over seeds: "
+        + ", ".join(
+            f"{k.removeprefix('best_').removesuffix('_mean')} {v:.4f}"
+            for k, v in agg.items()
+            if k.endswith("_mean")
+        )
+        + ". "
+        + mlflow_pointer(uri, tracking.experiment_id, parent_run_id),
+        "the study's result",
+    )
     return {"rows": rows, "failures": failures, "aggregate": agg}
 
 

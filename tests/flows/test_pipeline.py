@@ -17,6 +17,52 @@ def _children(client, experiment_id, parent_run_id):
     )
 
 
+def _assert_prefect_artifacts(result):
+    """The flow run's summary table and a pointer to MLflow are Prefect artifacts, read back
+    through Prefect's own client (what the Prefect UI shows)."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        TaskRunFilter,
+    )
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    from tasks.artifacts import artifact_key
+
+    async def read(key):
+        async with get_client() as client:
+            # every field given: Prefect 3.8's client sends None for unset ones, which its own
+            # server refuses (422)
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                flow_run_filter=FlowRunFilter(),
+                task_run_filter=TaskRunFilter(),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=20,
+            )
+
+    def latest(kind):
+        key = artifact_key(kind, result["experiment"])
+        found = asyncio.run(read(key))
+        assert found, key
+        return max(found, key=lambda a: a.created)
+
+    table = latest("summary")
+    assert table.type == "table"
+    names = {row["run"] for row in table.data} if isinstance(table.data, list) else set()
+    if not names:  # Prefect stores the table as JSON text
+        import json
+
+        names = {row["run"] for row in json.loads(table.data)}
+    assert names == {r["run_name"] for r in result["rows"]}
+    pointer = latest("results")
+    assert pointer.type == "markdown" and result["parent_run_id"] in pointer.data
+
+
 def test_pipeline_end_to_end_then_cached(tiny_sim, mlflow_uri):
     kwargs = dict(
         data=str(tiny_sim),
@@ -28,6 +74,7 @@ def test_pipeline_end_to_end_then_cached(tiny_sim, mlflow_uri):
         train_overrides={"batch_size": 16},
     )
     result = pipeline(**kwargs)
+    _assert_prefect_artifacts(result)
     assert not result["failures"]
     client = MlflowClient(mlflow_uri)
     parent = client.get_run(result["parent_run_id"])

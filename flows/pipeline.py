@@ -145,9 +145,9 @@ def _submit_train(
 ):
     """``refresh`` bypasses (and rewrites) Prefect's cache."""
     opts: dict[str, Any] = {"refresh_cache": True} if refresh else {}
-    return train_task.with_options(task_run_name=f"train-{_task_name(cfg, cell)}", **opts).submit(
-        cfg, cell.name, data_ref, tracking, parent_run_id, fresh=refresh
-    )
+    return train_task.with_options(
+        task_run_name=f"train-{_task_name(cfg, cell)}", tags=run_tags(cfg, cell), **opts
+    ).submit(cfg, cell.name, data_ref, tracking, parent_run_id, fresh=refresh)
 
 
 def _submit_evaluate(
@@ -155,8 +155,20 @@ def _submit_evaluate(
 ):
     opts: dict[str, Any] = {"refresh_cache": True} if refresh else {}
     return evaluate_task.with_options(
-        task_run_name=f"evaluate-{_task_name(cfg, cell)}", **opts
+        task_run_name=f"evaluate-{_task_name(cfg, cell)}", tags=run_tags(cfg, cell), **opts
     ).submit(trained, cfg, cell.name, data_ref, tracking)
+
+
+def run_tags(cfg, cell: Cell) -> set[str]:
+    """Prefect tags of a run's tasks: what a concurrency limit or a UI filter selects on
+    (``prefect concurrency-limit create model:mult 1``)."""
+    return {
+        "msaflow",
+        f"model:{cfg.model}",
+        f"variant:{cfg.variant}",
+        f"cell:{cell.name}",
+        f"seed:{cfg.train.seed}",
+    }
 
 
 def _task_name(cfg, cell: Cell) -> str:

@@ -62,6 +62,22 @@ def _assert_prefect_artifacts(result):
     pointer = latest("results")
     assert pointer.type == "markdown" and result["parent_run_id"] in pointer.data
 
+    async def train_task_tags():
+        from prefect.client.schemas.filters import TaskRunFilterName
+        from prefect.client.schemas.sorting import TaskRunSort
+
+        async with get_client() as client:
+            runs = await client.read_task_runs(
+                task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="train-mmafnet-full")),
+                flow_run_filter=FlowRunFilter(),
+                sort=TaskRunSort.EXPECTED_START_TIME_DESC,
+                limit=5,
+            )
+            return [set(r.tags) for r in runs]
+
+    tags = asyncio.run(train_task_tags())
+    assert tags and {"model:mmafnet", "variant:full", "seed:1"} <= tags[0]
+
 
 def test_pipeline_end_to_end_then_cached(tiny_sim, mlflow_uri):
     kwargs = dict(

@@ -525,7 +525,7 @@ class SectionOut:
 
 def build_section(uri: str, section: Section, folder: str) -> SectionOut:
     """One section from MLflow. Raises ``EvidenceError`` when MLflow lacks its experiment."""
-    slug = _slug(section.title)
+    slug = _section_slug(section)
     if section.kind == "tune":
         blocks, headline = tune_blocks(uri, section)
         return SectionOut(blocks, headline, [])
@@ -597,7 +597,27 @@ def build_section(uri: str, section: Section, folder: str) -> SectionOut:
 
 
 def _snapshot_path(out: str | Path, section: Section) -> Path:
-    return Path(out).parent / Path(out).stem / "sections" / f"{_slug(section.title)}.json"
+    return Path(out).parent / Path(out).stem / "sections" / f"{_section_slug(section)}.json"
+
+
+def _section_slug(section: Section) -> str:
+    """A section's files are named after its experiment and kind, unique in a spec: two titles
+    may share their first 60 characters (the two real-MOSI Table 2 sections once overwrote each
+    other's snapshot and figures)."""
+    return _slug(f"{section.experiment}-{section.kind}")
+
+
+def _find_snapshot(out: str | Path, section: Section) -> Path | None:
+    """The section's snapshot: named after its experiment, or (written before that) after its
+    title; either only if it records this section's experiment."""
+    folder = Path(out).parent / Path(out).stem / "sections"
+    for path in (_snapshot_path(out, section), folder / f"{_slug(section.title)}.json"):
+        try:
+            if json.loads(path.read_text(encoding="utf-8")).get("experiment") == section.experiment:
+                return path
+        except (OSError, ValueError, AttributeError):
+            continue
+    return None
 
 
 def _missing_experiment(exc: EvidenceError) -> bool:
@@ -655,8 +675,8 @@ def build_evidence(uri: str, spec: EvidenceSpec, out: str | Path) -> Evidence:
         except EvidenceError as exc:
             if not _missing_experiment(exc):
                 raise
-            if snap.is_file():
-                part = _from_snapshot(snap)
+            if (found := _find_snapshot(out, section)) is not None:
+                part = _from_snapshot(found)
             elif section.pending:
                 part = SectionOut(
                     [

@@ -93,11 +93,15 @@ def test_the_document_has_every_part(evidence):
 def test_figures_are_written_beside_it_and_linked_from_the_html(evidence):
     folder = evidence["out"].parent / "results"
     names = {p.name for p in folder.glob("*.png")}
-    assert {"table-two-metrics.png", "table-two-curves.png", "table-two-traces_sgm.png"} <= names
-    assert "](results/table-two-curves.png)" in evidence["md"]
+    assert {
+        "ev-t2-reproduce-metrics.png",
+        "ev-t2-reproduce-curves.png",
+        "ev-t2-reproduce-traces_sgm.png",
+    } <= names
+    assert "](results/ev-t2-reproduce-curves.png)" in evidence["md"]
     assert evidence["md"].count("data:image") == 0
     html = evidence["out"].with_suffix(".html").read_text()
-    assert 'src="results/table-two-curves.png"' in html and "data:image" not in html
+    assert 'src="results/ev-t2-reproduce-curves.png"' in html and "data:image" not in html
 
 
 def test_the_selection_uses_validation_only(evidence):
@@ -192,7 +196,7 @@ def test_a_section_missing_from_mlflow_comes_from_its_snapshot_or_says_not_run(e
     from tasks.evidence import build_evidence
 
     out = evidence["out"]  # built once from MLflow: its snapshots are beside it
-    snap = out.parent / "results" / "sections" / "table-two.json"
+    snap = out.parent / "results" / "sections" / "ev-t2-reproduce.json"
     assert snap.is_file() and "ev-t2" in snap.read_text(encoding="utf-8")
     spec = read_spec(evidence["spec"])
     spec.sections.append(
@@ -220,5 +224,29 @@ def test_a_section_missing_from_mlflow_comes_from_its_snapshot_or_says_not_run(e
     assert "This section was built from MLflow on" in doc.markdown
     assert "| Table two | sim-mosi-x0.05 (simulation) | full vs none | 2 |" in doc.markdown
     assert "**Not run yet.** needs a GPU" in doc.markdown
-    assert 'src="results/table-two-curves.png"' in doc.html, "the snapshot's PNGs, linked"
+    assert 'src="results/ev-t2-reproduce-curves.png"' in doc.html, "the snapshot's PNGs, linked"
     assert not doc.snapshots, "nothing rebuilt, nothing to rewrite"
+
+
+def test_sections_whose_titles_share_a_prefix_keep_their_own_files(evidence, tmp_path):
+    """Two sections whose titles agree in their first 60 characters once shared one snapshot and
+    one set of PNGs, and the second overwrote the first; files are named after the experiment."""
+    from tasks.evidence import _find_snapshot, _section_slug
+
+    spec = read_spec(evidence["spec"])
+    base = spec.sections[0]
+    long = "MMAFNet Table 2 on real CMU-MOSI (bc-LSTM utterance features), "
+    a = type(base)(experiment="ev-a", title=long + "the paper's optimiser")
+    b = type(base)(experiment="ev-b", title=long + "paper-fast")
+    assert _section_slug(a) != _section_slug(b)
+    # a snapshot written under the old title name serves only the experiment it records
+    legacy = (
+        tmp_path
+        / "r"
+        / "sections"
+        / "mmafnet-table-2-on-real-cmu-mosi-bc-lstm-utterance-features-.json"
+    )
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text('{"experiment": "ev-b"}', encoding="utf-8")
+    assert _find_snapshot(tmp_path / "r.md", b) == legacy
+    assert _find_snapshot(tmp_path / "r.md", a) is None

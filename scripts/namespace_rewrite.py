@@ -90,7 +90,7 @@ def rewrite_python(text: str) -> str:
             for alias in node.names:
                 if not _bare(alias.name):
                     continue
-                a, b = at(alias.lineno, alias.col_offset), at(alias.end_lineno, alias.end_col_offset)
+                a = at(alias.lineno, alias.col_offset)
                 if alias.asname or "." not in alias.name:
                     if "." not in alias.name and len(node.names) == 1:
                         # ``import models [as m]`` -> ``from msaflow import models [as m]``
@@ -101,12 +101,15 @@ def rewrite_python(text: str) -> str:
                 else:
                     edits.append((a, a, f"{NS}."))
                     chains.add(alias.name)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-            if MODULE_STRING.match(node.value) or _import_call_arg(tree, node):
-                s, e = at(node.lineno, node.col_offset), at(node.end_lineno, node.end_col_offset)
-                m = re.compile(r"[rRuU]?(['\"])").match(text, s)
-                if m and text[m.end() : e - 1] == node.value:
-                    edits.append((m.end(), m.end(), f"{NS}."))
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and (MODULE_STRING.match(node.value) or _import_call_arg(tree, node))
+        ):
+            s, e = at(node.lineno, node.col_offset), at(node.end_lineno, node.end_col_offset)
+            m = re.compile(r"[rRuU]?(['\"])").match(text, s)
+            if m and text[m.end() : e - 1] == node.value:  # one plain literal, not concatenated
+                edits.append((m.end(), m.end(), f"{NS}."))
     for node in ast.walk(tree):  # ``tasks.train.x`` after ``import tasks.train``
         if isinstance(node, ast.Attribute | ast.Name) and isinstance(
             getattr(node, "ctx", None), ast.Load
@@ -181,7 +184,7 @@ def tracked(pattern: str) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="list what would change; write nothing")
+    parser.add_argument("--check", action="store_true", help="list what would change only")
     args = parser.parse_args(argv)
     changed_py: list[Path] = []
     changed: list[Path] = []

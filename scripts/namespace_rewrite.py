@@ -37,7 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NS = "msaflow"
 BARE = ("models", "tasks", "flows", "feature_store")
-SKIP = ("scripts/namespace_rewrite.py",)  # this file names the bare packages on purpose
+# these name the bare packages on purpose (a user's own ``models/`` beside the installed msaflow)
+SKIP = ("scripts/namespace_rewrite.py", "tests/test_packaging.py")
 TEXT_FILES = (
     "README.md",
     "CONTRIBUTING.md",
@@ -56,6 +57,13 @@ TEXT_PATH = re.compile(
     rf"(?<![\w./\-])(?:{_B})\.(?!(?:py|md|json|yaml|yml|png|csv|txt|toml)\b)[A-Za-z_]\w*"
 )
 IMPORT_CALLS = {"import_module", "importorskip", "__import__"}
+# an import line of Python code held in a string (a ``python -c`` program, a module a test writes):
+# ``from X... import`` (group 2: "from "), or ``import X.y [as z]`` alone on its line (group 3)
+EMBEDDED_IMPORT = re.compile(
+    rf"^([ \t]*)(?:(from[ \t]+)(?=(?:{_B})[.\w]*[ \t]+import[ \t])"
+    rf"|import[ \t]+(?=((?:{_B})(?:\.\w+)*)([ \t]+as[ \t]+\w+)?[ \t]*(?:;|$)))",
+    re.M,
+)
 
 
 def _offsets(text: str) -> list[int]:
@@ -118,12 +126,20 @@ def rewrite_python(text: str) -> str:
             if dotted in chains:
                 s = at(node.lineno, node.col_offset)
                 edits.append((s, s, f"{NS}."))
-    # ``python -m tasks.tune`` in comments and strings
+    # ``python -m tasks.tune`` in comments and strings; import lines of code held in strings
     for tok in tokenize.generate_tokens(io.StringIO(text).readline):
         if tok.type in (tokenize.COMMENT, tokenize.STRING):
             base = starts[tok.start[0] - 1] + tok.start[1]  # tokenize counts characters
             for m in DASH_M.finditer(tok.string):
                 edits.append((base + m.start(2), base + m.start(2), f"{NS}."))
+        if tok.type == tokenize.STRING and not tok.string.lstrip("rRuU").startswith(("f", "b")):
+            for m in EMBEDDED_IMPORT.finditer(tok.string):
+                if m.group(2):  # from X import y -> from msaflow.X import y
+                    edits.append((base + m.end(2), base + m.end(2), f"{NS}."))
+                elif "." in m.group(3) or m.group(4):  # import X.y [as z] -> import msaflow.X.y
+                    edits.append((base + m.end(), base + m.end(), f"{NS}."))
+                else:  # import X -> from msaflow import X
+                    edits.append((base + m.end(1), base + m.end(), f"from {NS} import "))
     return _apply(text, edits)
 
 

@@ -61,7 +61,7 @@ def sentences(n: int) -> tuple[list[list[str]], str]:
 
 
 def bench_text(n: int) -> dict:
-    from feature_store.extract.text import TextConfig, TextEncoder
+    from msaflow.feature_store.extract.text import TextConfig, TextEncoder
 
     words, what = sentences(n)
     enc = TextEncoder(TextConfig(batch_size=64))
@@ -82,7 +82,7 @@ def bench_text(n: int) -> dict:
 def bench_audio(n: int) -> dict:
     import soundfile as sf
 
-    from feature_store.extract.audio import AudioConfig, frame_features, load_wav
+    from msaflow.feature_store.extract.audio import AudioConfig, frame_features, load_wav
 
     rng = np.random.default_rng(0)
     out = {}

@@ -44,11 +44,11 @@ base = status("VmRSS")
 t = time.perf_counter()
 if kind == "pickle":
     # the baseline: a pickle this benchmark wrote itself, read the way ingest reads any pickle
-    from feature_store.ingest import safe_load_pickle
+    from msaflow.feature_store.ingest import safe_load_pickle
     data = safe_load_pickle(path)
     n = sum(v.nbytes for k, v in data["train"].items() if k in ("text", "audio", "vision"))
 else:
-    from feature_store import load_split
+    from msaflow.feature_store import load_split
     split = load_split(path, "train", verify=(kind == "store"))
     n = sum(v.nbytes for v in split.features.values())
 seconds = time.perf_counter() - t
@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from feature_store import ingest
+    from msaflow.feature_store import ingest
 
     work = Path(tempfile.mkdtemp(prefix="bench-fs-"))
     rng = np.random.default_rng(0)

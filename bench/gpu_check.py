@@ -48,11 +48,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from feature_store import load_dataset, synthesize  # noqa: E402
-from models import registry  # noqa: E402
-from tasks.config import RunConfig, resolve_run_config  # noqa: E402
-from tasks.data import iterate_batches, split_to_tensors, standardize_splits  # noqa: E402
-from tasks.train import _autocast, build_model, build_optimizer, seed_everything, train_model  # noqa: E402
+from msaflow.feature_store import load_dataset, synthesize  # noqa: E402
+from msaflow.models import registry  # noqa: E402
+from msaflow.tasks.config import RunConfig, resolve_run_config  # noqa: E402
+from msaflow.tasks.data import iterate_batches, split_to_tensors, standardize_splits  # noqa: E402
+from msaflow.tasks.train import (  # noqa: E402
+    _autocast,
+    build_model,
+    build_optimizer,
+    seed_everything,
+    train_model,
+)
 
 FAMILIES = ("mmafnet", "mmcl", "unimodal", "earlyfusion")
 

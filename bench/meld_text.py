@@ -111,9 +111,9 @@ def extract(
 
 
 def train(store: Path, seeds: list[int], epochs: int | None) -> tuple[list[dict], dict]:
-    from feature_store import load_dataset
-    from tasks.config import resolve_run_config
-    from tasks.train import train_model
+    from msaflow.feature_store import load_dataset
+    from msaflow.tasks.config import resolve_run_config
+    from msaflow.tasks.train import train_model
 
     manifest, splits = load_dataset(store)
     n_train = len(splits["train"])

@@ -354,8 +354,8 @@ class Ours:
     def __init__(self, name: str, data: dict[str, Any], seed: int) -> None:
         import torch
 
-        from tasks.config import resolve_run_config
-        from tasks.train import build_model, build_optimizer
+        from msaflow.tasks.config import resolve_run_config
+        from msaflow.tasks.train import build_model, build_optimizer
 
         self.name, self.data, self.seed = name, data, seed
         self.preset = PRESET.get(name, "mmsa")
@@ -379,7 +379,7 @@ class Ours:
         """One epoch as ``tasks.train.train_model``'s loop (or its first ``max_steps`` batches)."""
         import torch
 
-        from tasks.data import iterate_batches
+        from msaflow.tasks.data import iterate_batches
 
         model, opt, own, t = self.model, self.opt, self.own, self.cfg.train
         epoch = self.epoch
@@ -421,7 +421,7 @@ class Ours:
     def data_only(self) -> dict[str, Any]:
         import torch
 
-        from tasks.data import iterate_batches
+        from msaflow.tasks.data import iterate_batches
 
         t0 = time.perf_counter()
         n = 0

@@ -145,9 +145,9 @@ def direct_runs(
     store: Path, seeds: list[int], preset: str, epochs: int | None
 ) -> tuple[list[dict], float]:
     """Fallback: the same engine (``tasks.train.train_model``) without the Prefect/MLflow layer."""
-    from feature_store import load_dataset
-    from tasks.config import resolve_run_config
-    from tasks.train import train_model
+    from msaflow.feature_store import load_dataset
+    from msaflow.tasks.config import resolve_run_config
+    from msaflow.tasks.train import train_model
 
     t0 = time.perf_counter()
     manifest, splits = load_dataset(store)
@@ -271,7 +271,7 @@ def main() -> int:
     if rc != 0:
         print(f"ERROR: feature extraction failed (exit {rc}):\n{out}\n{err[-3000:]}")
         return 1
-    from feature_store import read_manifest
+    from msaflow.feature_store import read_manifest
 
     m = read_manifest(store)
     store_info = (

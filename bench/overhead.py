@@ -24,9 +24,9 @@ DIRECT = (
     r"""
 import sys, time
 from msaflow.settings import apply_defaults; apply_defaults()
-from feature_store import load_dataset
-from tasks.config import resolve_run_config
-from tasks.train import train_model
+from msaflow.feature_store import load_dataset
+from msaflow.tasks.config import resolve_run_config
+from msaflow.tasks.train import train_model
 store, variants, epochs = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3])
 manifest, splits = load_dataset(store)
 for v in variants:

@@ -132,9 +132,9 @@ def machine() -> str:
 
 def engine_standardizes() -> bool:
     """Does ``train_model`` apply ``standardize_splits`` itself (``train.standardize``)?"""
-    import tasks.train
+    import msaflow.tasks.train
 
-    return "standardize_splits" in inspect.getsource(tasks.train)
+    return "standardize_splits" in inspect.getsource(msaflow.tasks.train)
 
 
 def ingest(pkl: Path, store: Path) -> tuple[str, float]:
@@ -172,8 +172,8 @@ def train_one(
     engine_std: bool,
     threads: int,
 ) -> dict[str, Any]:
-    from tasks.config import resolve_run_config
-    from tasks.train import train_model
+    from msaflow.tasks.config import resolve_run_config
+    from msaflow.tasks.train import train_model
 
     train = {"seed": seed, "device": "cpu", "standardize": engine_std}
     if epochs:
@@ -215,7 +215,7 @@ def leak_check(splits: dict) -> dict[str, dict[str, float]]:
     """
     from sklearn.svm import LinearSVC
 
-    from tasks.data import standardize_splits
+    from msaflow.tasks.data import standardize_splits
 
     std, _ = standardize_splits(splits)
     out = {}
@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     families = [f.strip() for f in args.families.split(",") if f.strip()]
-    from models import registry
+    from msaflow.models import registry
 
     unknown = sorted(set(families) - set(registry()))
     if unknown:
@@ -429,8 +429,8 @@ def main(argv: list[str] | None = None) -> int:
 
     store = (args.store or Path(tempfile.mkdtemp(prefix="real-mosi-")) / "store").resolve()
     ingest_cmd, ingest_s = ingest(args.pkl, store)
-    from feature_store import load_dataset
-    from tasks.data import standardize_splits
+    from msaflow.feature_store import load_dataset
+    from msaflow.tasks.data import standardize_splits
 
     manifest, splits = load_dataset(store)
     engine_std = (
@@ -478,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     epochs_of = {}
 
     def fingerprint(family: str, variant: str, seed: int) -> str:
-        from tasks.config import resolve_run_config
+        from msaflow.tasks.config import resolve_run_config
 
         train = {
             "seed": seed,

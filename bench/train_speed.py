@@ -38,9 +38,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from msaflow.modalities import MODALITIES
-from tasks.config import resolve_run_config
-from tasks.data import iterate_batches
-from tasks.train import build_model, build_optimizer
+from msaflow.tasks.config import resolve_run_config
+from msaflow.tasks.data import iterate_batches
+from msaflow.tasks.train import build_model, build_optimizer
 
 MOSI_TRAIN = 1284
 SHAPES = {

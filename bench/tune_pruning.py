@@ -30,8 +30,8 @@ apply_defaults()
 def run_study(name: str, pruner: str, args, data_path: str, tmp: Path) -> dict:
     import optuna
 
-    from feature_store import read_manifest
-    from tasks import tuning as tu
+    from msaflow.feature_store import read_manifest
+    from msaflow.tasks import tuning as tu
 
     manifest = read_manifest(data_path)
     space = tu.load_search_space(
@@ -60,7 +60,7 @@ def run_study(name: str, pruner: str, args, data_path: str, tmp: Path) -> dict:
         else {"n_warmup_steps": args.warmup},
     )
     if args.variant is None:
-        from models import get_spec
+        from msaflow.models import get_spec
 
         spec.variant = get_spec(args.model).default_variant
     tu.create_or_load_study(spec)
@@ -113,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--record", default=None, help="append the Markdown result to this file")
     args = p.parse_args(argv)
 
-    from feature_store import synthesize
-    from models import get_spec
-    from tasks.config import resolve_run_config
+    from msaflow.feature_store import synthesize
+    from msaflow.models import get_spec
+    from msaflow.tasks.config import resolve_run_config
 
     if args.epochs is None:
         args.epochs = resolve_run_config(args.model, args.variant, args.preset).train.epochs

@@ -5,18 +5,18 @@ A dataset is a directory holding ``manifest.json`` and one Parquet file per spli
 simulation benchmark, ``load_dataset`` returns numpy arrays ready for ``tasks.data``.
 """
 
-from feature_store.datatypes import SPLITS, Manifest, SplitData, check_splits, read_manifest
-from feature_store.ingest import FORMATS, ingest, safe_load_pickle
-from feature_store.parquet_io import (
+from msaflow.errors import DataError
+from msaflow.feature_store.datatypes import SPLITS, Manifest, SplitData, check_splits, read_manifest
+from msaflow.feature_store.ingest import FORMATS, ingest, safe_load_pickle
+from msaflow.feature_store.parquet_io import (
     load_dataset,
     load_split,
     load_split_shared,
     validate_dataset,
     write_dataset,
 )
-from feature_store.sim import SIM_PROFILES, synthesize
-from feature_store.store_safety import check_target, clean_stale_temporaries
-from msaflow.errors import DataError
+from msaflow.feature_store.sim import SIM_PROFILES, synthesize
+from msaflow.feature_store.store_safety import check_target, clean_stale_temporaries
 from msaflow.modalities import MODALITIES
 
 __all__ = [

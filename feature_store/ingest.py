@@ -31,9 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from feature_store.datatypes import Manifest, SplitData, check_split, check_splits, read_manifest
-from feature_store.parquet_io import file_sha256, write_dataset
 from msaflow.errors import DataError
+from msaflow.feature_store.datatypes import (
+    Manifest,
+    SplitData,
+    check_split,
+    check_splits,
+    read_manifest,
+)
+from msaflow.feature_store.parquet_io import file_sha256, write_dataset
 from msaflow.modalities import MODALITIES
 
 FORMATS = ("mmsa", "mult")

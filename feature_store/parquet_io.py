@@ -26,7 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from feature_store.datatypes import (
+from msaflow.errors import DataError
+from msaflow.feature_store.datatypes import (
     _PLAIN_NAME,
     LABEL_KINDS,
     MANIFEST,
@@ -38,7 +39,7 @@ from feature_store.datatypes import (
     check_splits,
     read_manifest,
 )
-from feature_store.store_safety import (
+from msaflow.feature_store.store_safety import (
     _fsync_dir,
     _plan,
     _remove_store_files,
@@ -46,7 +47,6 @@ from feature_store.store_safety import (
     _writer_tag,
     clean_stale_temporaries,
 )
-from msaflow.errors import DataError
 from msaflow.modalities import MODALITIES
 
 ROW_GROUP_BYTES = 64 << 20  # per modality column; bounds the loader's transient memory

@@ -20,7 +20,8 @@ A test that patches a name patches it in its home module (the re-exported name i
 
 from __future__ import annotations
 
-from feature_store.datatypes import (
+from msaflow.errors import DataError
+from msaflow.feature_store.datatypes import (
     FEATURE_ABS_MAX,
     LABEL_KINDS,
     MANIFEST,
@@ -34,7 +35,7 @@ from feature_store.datatypes import (
     check_splits,
     read_manifest,
 )
-from feature_store.parquet_io import (
+from msaflow.feature_store.parquet_io import (
     ROW_GROUP_BYTES,
     file_crc32,
     file_sha256,
@@ -44,14 +45,13 @@ from feature_store.parquet_io import (
     validate_dataset,
     write_dataset,
 )
-from feature_store.store_safety import (
+from msaflow.feature_store.store_safety import (
     STALE_AFTER_S,
     _writer_tag,
     check_target,
     clean_stale_temporaries,
     store_file_names,
 )
-from msaflow.errors import DataError
 from msaflow.modalities import MODALITIES
 
 __all__ = [

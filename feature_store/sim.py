@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from feature_store.datatypes import Manifest, SplitData, read_manifest
-from feature_store.parquet_io import write_dataset
-from feature_store.store_safety import check_target
 from msaflow.errors import DataError
+from msaflow.feature_store.datatypes import Manifest, SplitData, read_manifest
+from msaflow.feature_store.parquet_io import write_dataset
+from msaflow.feature_store.store_safety import check_target
 from msaflow.modalities import MODALITIES
 
 # CMU-MOSI label shares per Acc7 bin (round(clip(y, -3, 3))), computed from the 2195 utterances of

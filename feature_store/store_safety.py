@@ -17,9 +17,9 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from feature_store.datatypes import _PLAIN_NAME, MANIFEST, SPLITS
 from msaflow.atomic import writer_tag
 from msaflow.errors import DataError
+from msaflow.feature_store.datatypes import _PLAIN_NAME, MANIFEST, SPLITS
 
 # A temporary directory is stale when its writer is gone (same host, dead pid) or this old.
 STALE_AFTER_S = 24 * 3600

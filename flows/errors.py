@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import logging
 
-from feature_store import DataError
-from tasks.config import ConfigError
-from tasks.tracking import TrackingError
+from msaflow.feature_store import DataError
+from msaflow.tasks.config import ConfigError
+from msaflow.tasks.tracking import TrackingError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (DataError, ConfigError, TrackingError)
 _LOGGERS = ("prefect.flow_runs", "prefect.task_runs")

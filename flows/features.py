@@ -11,7 +11,7 @@ from typing import Any
 
 from prefect import flow
 
-from tasks.extract import extract_features
+from msaflow.tasks.extract import extract_features
 
 
 @flow(name="features")

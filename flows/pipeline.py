@@ -15,23 +15,23 @@ from prefect import flow
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.errors import quiet_user_errors
-from models.spec import Cell  # a table's column; defined with the tables
+from msaflow.flows.errors import quiet_user_errors
+from msaflow.models.spec import Cell  # a table's column; defined with the tables
 from msaflow.settings import default_tracking_uri
-from tasks import tracking as tr
-from tasks.config import ConfigError, load_overrides_file, resolve_run_config
-from tasks.prepare import check_data, make_folds, resolve_source
-from tasks.refs import DataRef, Tracking
-from tasks.run import evaluate_task, open_parent_run, run_key, train_task
-from tasks.summary import summarize_task
-from tasks.tracking import check_tracking, ensure_experiment
+from msaflow.tasks import tracking as tr
+from msaflow.tasks.config import ConfigError, load_overrides_file, resolve_run_config
+from msaflow.tasks.prepare import check_data, make_folds, resolve_source
+from msaflow.tasks.refs import DataRef, Tracking
+from msaflow.tasks.run import evaluate_task, open_parent_run, run_key, train_task
+from msaflow.tasks.summary import summarize_task
+from msaflow.tasks.tracking import check_tracking, ensure_experiment
 
 quiet_user_errors()  # every flow's user errors stay one line (flows/errors.py)
 
 
 def model_spec(model: str):
     """The model's spec; an unknown name is a ConfigError naming the known ones."""
-    from models import get_spec
+    from msaflow.models import get_spec
 
     try:
         return get_spec(model)

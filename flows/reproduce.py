@@ -28,24 +28,24 @@ from typing import Any
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.errors import quiet_user_errors
-from flows.pipeline import run_grid
-from models import RegistryView, TableSpec
-from models import tables as model_tables
-from models.spec import Cell
+from msaflow.flows.errors import quiet_user_errors
+from msaflow.flows.pipeline import run_grid
+from msaflow.models import RegistryView, TableSpec
+from msaflow.models import tables as model_tables
+from msaflow.models.spec import Cell
 from msaflow.settings import default_tracking_uri
-from tasks import tracking as tr
-from tasks.config import ConfigError, resolve_run_config
-from tasks.prepare import resolve_source
-from tasks.refs import DataRef, Tracking
-from tasks.reproduce import (
+from msaflow.tasks import tracking as tr
+from msaflow.tasks.config import ConfigError, resolve_run_config
+from msaflow.tasks.prepare import resolve_source
+from msaflow.tasks.refs import DataRef, Tracking
+from msaflow.tasks.reproduce import (
     membership_tags,
     open_or_resume_parent,
     reproduction_key,
     thread_share,
     write_report,
 )
-from tasks.summary import summarize_task
+from msaflow.tasks.summary import summarize_task
 
 quiet_user_errors()  # every flow's user errors stay one line (flows/errors.py)
 
@@ -230,8 +230,8 @@ def reproduce(
     runs at a time (default ``min(2, cpu_count)``). ``params_file`` (``--params``, as ``msaflow
     run`` reads it: ``{model: {...}, train: {...}}``) and ``model_overrides``/``train_overrides``
     apply to every cell. Returns the flow's result dict."""
-    from flows.pipeline import check_preset, load_params_file
-    from tasks.prepare import check_data
+    from msaflow.flows.pipeline import check_preset, load_params_file
+    from msaflow.tasks.prepare import check_data
 
     spec = get_table(table)  # fail on a bad table, preset, params or data before Prefect starts
     check_data(data, scale, data_format)

@@ -30,10 +30,10 @@ POOL = "gpu"
 
 # name -> module entrypoint (module : flow function), importable from the project root
 ENTRYPOINTS: dict[str, str] = {
-    "pipeline": "flows.pipeline:pipeline",
+    "pipeline": "msaflow.flows.pipeline:pipeline",
     # `reproduce` is the plain-Python wrapper, not the @flow
-    "reproduce": "flows.reproduce:reproduce_flow",
-    "tune": "flows.tune:tune",
+    "reproduce": "msaflow.flows.reproduce:reproduce_flow",
+    "tune": "msaflow.flows.tune:tune",
 }
 
 

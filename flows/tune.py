@@ -5,7 +5,7 @@ MLflow parent run) -> the best params trained and evaluated on test with several
 pipeline's own ``run_grid`` (ordinary child runs of the study's parent run).
 
 Workers: ``workers=1`` optimises in this process; ``workers=K`` starts K processes of
-``python -m tasks.tune --worker SPEC.json --index i`` on the same storage (``python -m flows.tune``
+``python -m msaflow.tasks.tune --worker SPEC.json --index i`` on the same storage (``python -m msaflow.flows.tune``
 takes the same arguments). SQLite serves a few local
 processes; for many workers or several machines use PostgreSQL
 (``--storage postgresql+psycopg2://...``) and run the same ``msaflow tune --study NAME --trials N``
@@ -20,15 +20,15 @@ from typing import Any
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.errors import quiet_user_errors
-from models.spec import Cell
+from msaflow.flows.errors import quiet_user_errors
+from msaflow.models.spec import Cell
 from msaflow.settings import default_tracking_uri
-from tasks import tracking as tr
-from tasks import tuning as tu
-from tasks.config import ConfigError
-from tasks.prepare import resolve_source
-from tasks.refs import DataRef, Tracking
-from tasks.tune import (
+from msaflow.tasks import tracking as tr
+from msaflow.tasks import tuning as tu
+from msaflow.tasks.config import ConfigError
+from msaflow.tasks.prepare import resolve_source
+from msaflow.tasks.refs import DataRef, Tracking
+from msaflow.tasks.tune import (
     create_study_task,
     default_study_name,
     finalize_task,
@@ -68,9 +68,9 @@ def check_tune_inputs(
 
     Returns the resolved ``direction``, ``variant``, ``search_space`` and ``storage_url``.
     """
-    from flows.pipeline import check_preset, model_spec
-    from tasks.config import resolve_run_config
-    from tasks.prepare import check_data
+    from msaflow.flows.pipeline import check_preset, model_spec
+    from msaflow.tasks.config import resolve_run_config
+    from msaflow.tasks.prepare import check_data
 
     # "auto": the data task's default selection metric, known once the data is resolved
     direction = None if metric == "auto" else tu.metric_direction(metric)  # refuses test/... early
@@ -119,7 +119,7 @@ def _evaluate_best(
     """The best params trained and evaluated on test with ``seeds``, as children of the study's
     parent (the pipeline's ``run_grid``); their mean and std go to the parent
     (``log_best_test``)."""
-    from flows.pipeline import run_grid
+    from msaflow.flows.pipeline import run_grid
 
     best = summary["best_params"] or {}
     train_overrides = {
@@ -208,7 +208,7 @@ def tune(
 
     data_ref = resolve_source(data, scale=scale, data_format=data_format)
     if metric == "auto":  # valid/mae for sentiment and depression, valid/f1_weighted for emotion
-        from tasks.metrics import DEFAULT_SELECTION
+        from msaflow.tasks.metrics import DEFAULT_SELECTION
 
         metric = DEFAULT_SELECTION[data_ref.task][0]
         direction = tu.metric_direction(metric)
@@ -275,9 +275,9 @@ def tune(
 
 
 def _worker_main(argv: list[str] | None = None) -> int:
-    """``python -m flows.tune --worker SPEC.json --index I``: one optimize loop, no Prefect
-    (``tasks.tune.worker_main``; the tune flow's own workers run ``python -m tasks.tune``)."""
-    return worker_main(argv, prog="python -m flows.tune")
+    """``python -m msaflow.flows.tune --worker SPEC.json --index I``: one optimize loop, no Prefect
+    (``tasks.tune.worker_main``; the tune flow's own workers run ``python -m msaflow.tasks.tune``)."""
+    return worker_main(argv, prog="python -m msaflow.flows.tune")
 
 
 if __name__ == "__main__":

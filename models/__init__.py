@@ -16,9 +16,9 @@ from importlib.metadata import entry_points
 from types import MappingProxyType
 from typing import TypeVar
 
-from models.base import MODALITIES, InputSpec, ModelOutput, ModelSpec, MSAModel
-from models.spec import Cell, PaperTable, ParamSpec, TableSpec, TraceFamily
 from msaflow.errors import ConfigError
+from msaflow.models.base import MODALITIES, InputSpec, ModelOutput, ModelSpec, MSAModel
+from msaflow.models.spec import Cell, PaperTable, ParamSpec, TableSpec, TraceFamily
 
 ENTRY_POINT_GROUP = "msaflow.models"
 HELPERS = frozenset({"base", "spec"})  # modules of this package that hold no model

@@ -27,8 +27,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from models.spec import PaperTable, ParamSpec, TableSpec, TraceFamily
 from msaflow.modalities import MODALITIES, SHORT, Modality  # noqa: F401 (re-exported)
+from msaflow.models.spec import PaperTable, ParamSpec, TableSpec, TraceFamily
 
 # Keys of a batch dict. Features are float32 (B, T, d); lengths int64 (B,);
 # "label" float32 (B,) always present (regression target, or the class id as float);

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.base import MODALITIES, InputSpec, ModelOutput, ModelSpec, MSAModel, task_loss
 from msaflow.errors import ConfigError
+from msaflow.models.base import MODALITIES, InputSpec, ModelOutput, ModelSpec, MSAModel, task_loss
 
 
 @dataclass

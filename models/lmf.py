@@ -79,9 +79,9 @@ from torch.nn import functional as F
 from torch.nn.init import xavier_normal_
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from models.base import InputSpec, ModelOutput, ModelSpec, MSAModel, task_loss
-from models.spec import ParamSpec
 from msaflow.errors import ConfigError
+from msaflow.models.base import InputSpec, ModelOutput, ModelSpec, MSAModel, task_loss
+from msaflow.models.spec import ParamSpec
 
 # reference output key -> ours ("pred" is ModelOutput.pred, the rest are extras)
 REFERENCE_OUTPUTS = {

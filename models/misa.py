@@ -123,9 +123,17 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from models.base import MODALITIES, SHORT, InputSpec, ModelOutput, ModelSpec, MSAModel, task_loss
-from models.spec import ParamSpec
 from msaflow.errors import ConfigError
+from msaflow.models.base import (
+    MODALITIES,
+    SHORT,
+    InputSpec,
+    ModelOutput,
+    ModelSpec,
+    MSAModel,
+    task_loss,
+)
+from msaflow.models.spec import ParamSpec
 
 MODS: tuple[str, ...] = tuple(SHORT[m] for m in MODALITIES)  # ("t", "a", "v")
 SIM_PAIRS: tuple[tuple[str, str], ...] = (("t", "v"), ("t", "a"), ("a", "v"))  # L_sim

@@ -118,9 +118,17 @@ from typing import Literal
 import torch
 from torch import nn
 
-from models.base import MODALITIES, SHORT, InputSpec, ModelOutput, ModelSpec, MSAModel, task_loss
-from models.spec import Cell, Citation, PaperTable, ParamSpec, TableSpec, TraceFamily
 from msaflow.errors import ConfigError
+from msaflow.models.base import (
+    MODALITIES,
+    SHORT,
+    InputSpec,
+    ModelOutput,
+    ModelSpec,
+    MSAModel,
+    task_loss,
+)
+from msaflow.models.spec import Cell, Citation, PaperTable, ParamSpec, TableSpec, TraceFamily
 
 MODS: tuple[str, ...] = tuple(SHORT[m] for m in MODALITIES)  # ("t", "a", "v")
 PAIRS: tuple[tuple[str, str], ...] = (("a", "v"), ("a", "t"), ("v", "t"))  # eqs. 2-3

@@ -71,9 +71,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import SHORT, InputSpec, ModelOutput, ModelSpec, MSAModel, task_loss
-from models.spec import Cell, Citation, PaperTable, ParamSpec, TableSpec
 from msaflow.errors import ConfigError
+from msaflow.models.base import SHORT, InputSpec, ModelOutput, ModelSpec, MSAModel, task_loss
+from msaflow.models.spec import Cell, Citation, PaperTable, ParamSpec, TableSpec
 
 # The paper's order of the joint representation Z = [Z~_v; Z~_a; Z~_t].
 ORDER: tuple[str, ...] = ("vision", "audio", "text")

@@ -141,9 +141,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import MODALITIES, SHORT, InputSpec, ModelOutput, ModelSpec, MSAModel, task_loss
-from models.spec import ParamSpec
 from msaflow.errors import ConfigError
+from msaflow.models.base import (
+    MODALITIES,
+    SHORT,
+    InputSpec,
+    ModelOutput,
+    ModelSpec,
+    MSAModel,
+    task_loss,
+)
+from msaflow.models.spec import ParamSpec
 
 MODS: tuple[str, ...] = tuple(SHORT[m] for m in MODALITIES)  # ("t", "a", "v")
 

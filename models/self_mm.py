@@ -122,9 +122,17 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from models.base import MODALITIES, SHORT, InputSpec, ModelOutput, ModelSpec, MSAModel, task_loss
-from models.spec import ParamSpec, TraceFamily
 from msaflow.errors import ConfigError
+from msaflow.models.base import (
+    MODALITIES,
+    SHORT,
+    InputSpec,
+    ModelOutput,
+    ModelSpec,
+    MSAModel,
+    task_loss,
+)
+from msaflow.models.spec import ParamSpec, TraceFamily
 
 EPS = 1e-8  # the reference's MIN in the relative distance and the ratio alpha_s / alpha_m
 ACCUMULATION = 4  # MMSA's update_epochs: batches of gradient summed per Adam step (docstring)

@@ -78,9 +78,9 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from models.base import InputSpec, ModelOutput, ModelSpec, MSAModel, task_loss
-from models.spec import ParamSpec
 from msaflow.errors import ConfigError
+from msaflow.models.base import InputSpec, ModelOutput, ModelSpec, MSAModel, task_loss
+from msaflow.models.spec import ParamSpec
 
 FusionTerms = Literal["all", "notrimodal", "bimodal", "trimodal"]
 # the orders of Z each variant keeps: 0 = the constant, 1 = unimodal, 2 = bimodal, 3 = trimodal

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from models.base import (
+from msaflow.errors import ConfigError
+from msaflow.models.base import (
     MODALITIES,
     InputSpec,
     Modality,
@@ -32,8 +33,7 @@ from models.base import (
     MSAModel,
     task_loss,
 )
-from models.spec import Cell, TableSpec
-from msaflow.errors import ConfigError
+from msaflow.models.spec import Cell, TableSpec
 
 
 @dataclass

@@ -55,7 +55,7 @@ from msaflow.settings import apply_defaults, msaflow_home
 if TYPE_CHECKING:
     import pandas
 
-    from feature_store import Manifest, SplitData
+    from msaflow.feature_store import Manifest, SplitData
 
 __all__ = [
     "APPLIED",
@@ -436,9 +436,9 @@ def run(
         data = _data(data)
         if not isinstance(workers, int) or workers < 1:
             raise ConfigError(f"workers: expected an integer >= 1, got {workers!r}")
-        from flows.pipeline import check_pipeline_inputs, pipeline
+        from msaflow.flows.pipeline import check_pipeline_inputs, pipeline
         from msaflow.settings import default_tracking_uri
-        from tasks.tracking import check_tracking
+        from msaflow.tasks.tracking import check_tracking
 
         names = _names(variants, "variants")
         inputs = check_pipeline_inputs(
@@ -458,7 +458,7 @@ def run(
     check_tracking(tracking_uri or default_tracking_uri())
     flow = pipeline
     if workers > 1:
-        from flows.serve import task_runner_for
+        from msaflow.flows.serve import task_runner_for
 
         flow = pipeline.with_options(task_runner=task_runner_for("thread", workers))
     prefect_ready()
@@ -514,8 +514,8 @@ def reproduce(
             seeds = int(seeds)  # n: seeds 1..n
         else:
             seeds = _seed_list(seeds)
-        from flows.reproduce import get_table
-        from flows.reproduce import reproduce as reproduce_table
+        from msaflow.flows.reproduce import get_table
+        from msaflow.flows.reproduce import reproduce as reproduce_table
 
         get_table(table)
         # reproduce_table checks preset, params, data, seeds and the tracking store before its
@@ -586,10 +586,10 @@ def tune(
     prefect_ready = start_prefect_early()
     with _named_by_keyword():
         data = _data(data)
-        from flows.tune import check_tune_inputs
-        from flows.tune import tune as tune_flow
+        from msaflow.flows.tune import check_tune_inputs
+        from msaflow.flows.tune import tune as tune_flow
         from msaflow.settings import default_tracking_uri
-        from tasks.tracking import check_tracking
+        from msaflow.tasks.tracking import check_tracking
 
         space_kw: dict[str, Any] = (
             {"space": dict(space)}
@@ -681,10 +681,10 @@ def load_dataset(
     manifest extracted, a store folder read and verified. ``splits`` (default: all) are loaded."""
     with _named_by_keyword():
         data = _data(data)
-        from feature_store import load_dataset as load_store
-        from feature_store import read_manifest
-        from flows.errors import quiet_user_errors
-        from tasks.prepare import check_data, resolve_source
+        from msaflow.feature_store import load_dataset as load_store
+        from msaflow.feature_store import read_manifest
+        from msaflow.flows.errors import quiet_user_errors
+        from msaflow.tasks.prepare import check_data, resolve_source
 
         quiet_user_errors()  # a raw manifest's extraction runs tasks: their user errors stay short
         check_data(data, scale, data_format)

@@ -56,7 +56,7 @@ def fail(message: str, code: int = 2) -> None:
 
 def parse_seeds(value: str, option: str = "--seeds") -> list[int]:
     """``"1,2,3"`` -> ``[1, 2, 3]``; anything else is a ConfigError naming ``option``."""
-    from tasks.config import ConfigError
+    from msaflow.tasks.config import ConfigError
 
     items = _csv(value) or []
     try:
@@ -68,9 +68,9 @@ def parse_seeds(value: str, option: str = "--seeds") -> list[int]:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    from feature_store import DataError
-    from tasks.config import ConfigError
-    from tasks.tracking import TrackingError
+    from msaflow.feature_store import DataError
+    from msaflow.tasks.config import ConfigError
+    from msaflow.tasks.tracking import TrackingError
 
     return DataError, ConfigError, TrackingError, KeyError
 
@@ -108,7 +108,7 @@ def handled_errors() -> Iterator[None]:
 
 def preflight_data(data: str | None, scale: float = 1.0, data_format: str = "mmsa") -> None:
     """Fail on an unreadable --data before Prefect starts (its task logs would bury the message)."""
-    from tasks.prepare import check_data
+    from msaflow.tasks.prepare import check_data
 
     check_data(data, scale, data_format)
 
@@ -120,7 +120,7 @@ def _csv(value: str | None) -> list[str] | None:
 def print_rows(result: dict, title: str) -> None:
     from rich.table import Table
 
-    from tasks.metrics import HEADLINE
+    from msaflow.tasks.metrics import HEADLINE
 
     task = result["dataset"]["task"]
     cols = [f"test/{m}" for m in HEADLINE[task]]
@@ -253,8 +253,8 @@ def run(
 
     prefect_ready = start_prefect_early()  # overlaps the server's start-up with the imports below
     with handled_errors():
-        from flows.pipeline import check_pipeline_inputs, pipeline
-        from tasks.config import ConfigError
+        from msaflow.flows.pipeline import check_pipeline_inputs, pipeline
+        from msaflow.tasks.config import ConfigError
 
         if workers < 1:
             raise ConfigError(f"--workers: expected >= 1, got {workers}")
@@ -272,7 +272,7 @@ def run(
             folds=folds,
         )
         from msaflow.settings import default_tracking_uri
-        from tasks.tracking import check_tracking
+        from msaflow.tasks.tracking import check_tracking
 
         check_tracking(tracking_uri or default_tracking_uri())
         kwargs = dict(
@@ -292,7 +292,7 @@ def run(
         )
         kind = "dask" if (dask or dask_address) else "thread"
         if kind == "dask" or workers > 1:
-            from flows.serve import task_runner_for
+            from msaflow.flows.serve import task_runner_for
 
             pipeline = pipeline.with_options(
                 task_runner=task_runner_for(kind, workers, dask_address)

@@ -24,9 +24,9 @@ from typing import Any, Literal
 
 import yaml
 
-from models import get_spec
 from msaflow.errors import ConfigError
-from tasks.metrics import DEFAULT_SELECTION, TASKS, metric_names, selection_mode
+from msaflow.models import get_spec
+from msaflow.tasks.metrics import DEFAULT_SELECTION, TASKS, metric_names, selection_mode
 
 
 @dataclass(frozen=True)

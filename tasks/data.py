@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from models.base import MODALITIES
+from msaflow.models.base import MODALITIES
 
 if TYPE_CHECKING:
-    from feature_store import SplitData
+    from msaflow.feature_store import SplitData
 
 Batch = dict[str, torch.Tensor]
 
@@ -214,7 +214,7 @@ def load_standardized(
     For callers that do not hold the train split (evaluation on test): train is loaded (shared
     cache) to fit, then dropped unless asked for.
     """
-    from feature_store import load_split_shared
+    from msaflow.feature_store import load_split_shared
 
     wanted = list(names)
     loaded = {

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from msaflow.atomic import atomic_write
-from tasks.report import (
+from msaflow.tasks.report import (
     Block,
     Report,
     ReportError,
@@ -79,7 +79,7 @@ class EvidenceSpec:
 
 def read_spec(path: str | Path) -> EvidenceSpec:
     """The YAML spec; a missing field or a wrong type is an error naming the file and the field."""
-    from tasks.config import read_yaml
+    from msaflow.tasks.config import read_yaml
 
     path = Path(path)
     raw = read_yaml(path)
@@ -285,7 +285,7 @@ def headline_rows(section: Section, r: Report) -> list[dict[str, str]]:
 
 def wall_time(uri: str, r: Report) -> tuple[float, float]:
     """(sum of the runs' training seconds, seconds from the first run's start to the last's end)."""
-    from tasks.tracking import client
+    from msaflow.tasks.tracking import client
 
     c = client(uri)
     train_s, starts, ends = 0.0, [], []
@@ -300,7 +300,7 @@ def wall_time(uri: str, r: Report) -> tuple[float, float]:
 
 
 def _run_ids(c: Any, r: Report) -> list[str]:
-    from tasks.report import _child_runs
+    from msaflow.tasks.report import _child_runs
 
     parent = c.get_run(r.parent_run_id)
     return [
@@ -322,8 +322,8 @@ def _hms(seconds: float) -> str:
 def tune_blocks(uri: str, section: Section) -> tuple[list[Block], list[dict[str, str]]]:
     """The study (trials, pruned, best params) and its best params on test against the paper's
     values: the ``compare_cell`` of ``compare_experiment`` with the same seeds, paired by seed."""
-    from tasks.stats import compare_to_baseline, holm
-    from tasks.tracking import client
+    from msaflow.tasks.stats import compare_to_baseline, holm
+    from msaflow.tasks.tracking import client
 
     c = client(uri)
     exp = c.get_experiment_by_name(section.experiment)
@@ -465,7 +465,7 @@ def _short_number(text: str) -> str:
 
 
 def _summary(values: dict[int, dict[str, float]], metric: str):
-    from tasks.stats import summarize
+    from msaflow.tasks.stats import summarize
 
     return summarize([v[metric] for v in values.values() if metric in v])
 
@@ -533,7 +533,7 @@ def build_section(uri: str, section: Section, folder: str) -> SectionOut:
         r = build_report(uri, section.experiment)
     except ReportError as exc:
         raise EvidenceError(f"section {section.title!r}: {exc}") from exc
-    from tasks.tracking import client
+    from msaflow.tasks.tracking import client
 
     tags = client(uri).get_run(r.parent_run_id).data.tags
     body: list[Block] = [("h2", section.title)]

@@ -22,14 +22,14 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from feature_store.extract import DataError, Utterance, read_extraction_manifest
-from feature_store.extract.audio import AudioConfig, extract_audio_batch
-from feature_store.extract.audio import pool_to_words as pool_audio
-from feature_store.extract.cache import load_entry
-from feature_store.extract.text import TextConfig, extract_text_batch, get_encoder
-from feature_store.extract.visual import VisualConfig, extract_visual_batch
-from feature_store.extract.visual import pool_to_words as pool_visual
 from msaflow.atomic import atomic_target
+from msaflow.feature_store.extract import DataError, Utterance, read_extraction_manifest
+from msaflow.feature_store.extract.audio import AudioConfig, extract_audio_batch
+from msaflow.feature_store.extract.audio import pool_to_words as pool_audio
+from msaflow.feature_store.extract.cache import load_entry
+from msaflow.feature_store.extract.text import TextConfig, extract_text_batch, get_encoder
+from msaflow.feature_store.extract.visual import VisualConfig, extract_visual_batch
+from msaflow.feature_store.extract.visual import pool_to_words as pool_visual
 from msaflow.modalities import MODALITIES
 
 _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -150,7 +150,7 @@ def write_store(
     Returns the split sizes, the number written, every failure, the dims, the content hash and
     the sidecar's path. All utterances failing is a ``DataError``: an empty store is no result.
     """
-    from feature_store import SplitData, write_dataset
+    from msaflow.feature_store import SplitData, write_dataset
 
     per_split, failures, modes = align_utterances(utts, present, results, max_words)
     failures = list(config.get("manifest_failures", [])) + failures

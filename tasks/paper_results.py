@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from models import RegistryView
-from models import paper_tables as _paper_tables
-from models.spec import PERCENT_METRICS, Citation, PaperTable
+from msaflow.models import RegistryView
+from msaflow.models import paper_tables as _paper_tables
+from msaflow.models.spec import PERCENT_METRICS, Citation, PaperTable
 
 # Which paper dataset a feature-store profile stands in for (``sim-mosi`` -> the paper's CMU-MOSI).
 PROFILE_TO_PAPER_DATASET = {"mosi": "CMU-MOSI", "mosei": "CMU-MOSEI", "iemocap": "IEMOCAP"}

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from models.spec import TraceFamily  # noqa: E402
+from msaflow.models.spec import TraceFamily  # noqa: E402
 
 
 def _series(rows: Sequence[dict], x: str, key: str) -> tuple[list, list]:
@@ -71,7 +71,7 @@ def run_trace_figures(
     ``families``: the run's model's ``SPEC.traces``; None: every registered model's.
     """
     if families is None:
-        from models import registry
+        from msaflow.models import registry
 
         families = [f for spec in registry().values() for f in spec.traces]
     figs: dict[str, Figure] = {}

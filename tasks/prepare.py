@@ -25,8 +25,8 @@ from prefect.cache_policies import NO_CACHE
 from msaflow.atomic import atomic_write
 from msaflow.errors import DataError
 from msaflow.settings import msaflow_home
-from tasks.policy import retry_transient
-from tasks.refs import DataRef
+from msaflow.tasks.policy import retry_transient
+from msaflow.tasks.refs import DataRef
 
 DATA_HELP = (
     "a feature-store directory, an MMSA/MulT .pkl file, a raw-input manifest .csv, or sim-<profile>"
@@ -54,8 +54,8 @@ def check_raw_manifest(path: str | Path) -> None:
     skip them); a manifest where no row survives fails here with one line instead of after Prefect
     started.
     """
-    from feature_store.extract import read_extraction_manifest
-    from feature_store.extract.visual import VisualConfig, preflight_visual
+    from msaflow.feature_store.extract import read_extraction_manifest
+    from msaflow.feature_store.extract.visual import VisualConfig, preflight_visual
 
     utts, present, failures = read_extraction_manifest(path)
     missing = {
@@ -82,9 +82,9 @@ def check_data(data: str | None, scale: float = 1.0, data_format: str = "mmsa") 
     """What ``prepare_data`` will read, checked before a flow starts: the sim profile and scale, a
     store's manifest, a pickle's format, a raw manifest's rows. (The full check of a store's files
     runs in the task.)"""
-    from feature_store import read_manifest
-    from feature_store.ingest import FORMATS
-    from feature_store.sim import SIM_PROFILES
+    from msaflow.feature_store import read_manifest
+    from msaflow.feature_store.ingest import FORMATS
+    from msaflow.feature_store.sim import SIM_PROFILES
 
     if data is None or data.startswith("sim-"):
         profile = data.removeprefix("sim-") if data else "mosi"
@@ -119,7 +119,7 @@ def prepare_store(
 ) -> DataRef:
     """Synthesize (default), validate an existing store, or ingest a pickle; all cached on
     content."""
-    from feature_store import ingest, synthesize, validate_dataset
+    from msaflow.feature_store import ingest, synthesize, validate_dataset
 
     if data is None or data.startswith("sim-"):
         profile = data.removeprefix("sim-") if data else profile
@@ -183,8 +183,8 @@ def hash_raw_inputs(manifest: str, options: dict[str, Any]) -> str:
     """One hash of everything extraction reads: the manifest, every file it names (bytes), the
     extraction options and the extractors' code. Equal hash: the store written last time is
     current."""
-    from feature_store.extract import read_extraction_manifest
-    from feature_store.schema import file_sha256
+    from msaflow.feature_store.extract import read_extraction_manifest
+    from msaflow.feature_store.schema import file_sha256
 
     h = hashlib.sha256(Path(manifest).read_bytes())
     h.update(
@@ -207,7 +207,7 @@ raw_inputs_task = task(name="hash-raw-inputs", cache_policy=NO_CACHE, persist_re
 
 def store_is_current(store: Path, inputs: str) -> bool:
     """The store was written from inputs that hash to ``inputs`` and is unchanged since."""
-    from feature_store import read_manifest
+    from msaflow.feature_store import read_manifest
 
     try:
         stamp = json.loads(_stamp_path(store).read_text())
@@ -227,7 +227,7 @@ def extract_raw_manifest(manifest: str, progress: bool = True) -> dict[str, Any]
     caches (``feature_store.extract.cache``) make a partial re-extraction cheap; an unchanged input
     hash (``raw_inputs_task``) skips extraction altogether. Returns a summary for the parent run.
     """
-    from tasks.extract import extract_features
+    from msaflow.tasks.extract import extract_features
 
     src = Path(manifest).expanduser().resolve()
     store = raw_store_dir(src)
@@ -301,8 +301,8 @@ def write_folds(data_ref: DataRef, k: int, seed: int = 0) -> list[DataRef]:
 
     import numpy as np
 
-    from feature_store import SplitData, load_dataset, read_manifest, write_dataset
-    from tasks.folds import fold_splits
+    from msaflow.feature_store import SplitData, load_dataset, read_manifest, write_dataset
+    from msaflow.tasks.folds import fold_splits
 
     manifest, splits = load_dataset(data_ref.path)
     parts = list(splits.values())

@@ -16,12 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from models.spec import Cell, TableSpec
+from msaflow.models.spec import Cell, TableSpec
 from msaflow.settings import msaflow_home
-from tasks import tracking as tr
-from tasks.policy import code_version
-from tasks.refs import DataRef, Tracking
-from tasks.run import open_parent_run
+from msaflow.tasks import tracking as tr
+from msaflow.tasks.policy import code_version
+from msaflow.tasks.refs import DataRef, Tracking
+from msaflow.tasks.run import open_parent_run
 
 
 def default_report_path(experiment: str) -> Path:
@@ -121,8 +121,8 @@ def write_report(
     Returns the written paths (``{"markdown": ..., "html": ...}``) and no error, or no paths and
     the reason when there is nothing to report (every run failed: the failures say why).
     """
-    from tasks.artifacts import publish_markdown
-    from tasks.report import ReportError, build_report
+    from msaflow.tasks.artifacts import publish_markdown
+    from msaflow.tasks.report import ReportError, build_report
 
     try:
         report = build_report(tracking.uri, tracking.experiment, parent_run_id)

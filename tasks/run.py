@@ -19,12 +19,12 @@ from typing import Any
 
 from prefect import task
 
-from models.spec import Cell
+from msaflow.models.spec import Cell
 from msaflow.settings import msaflow_home
-from tasks import tracking as tr
-from tasks.config import RunConfig
-from tasks.policy import code_version, retry_transient
-from tasks.refs import DataRef, Tracking
+from msaflow.tasks import tracking as tr
+from msaflow.tasks.config import RunConfig
+from msaflow.tasks.policy import code_version, retry_transient
+from msaflow.tasks.refs import DataRef, Tracking
 
 
 def run_key(cfg: RunConfig, data_ref: DataRef, tracking: Tracking) -> str:
@@ -142,10 +142,13 @@ def train_run(
     ``fresh`` (``--force``, or the cached run was deleted) first removes this key's checkpoints, so
     the run trains from scratch instead of resuming a finished checkpoint.
     """
-    from feature_store import load_dataset, read_manifest
-    from models import get_spec
-    from tasks.plots import learning_curves, run_trace_figures
-    from tasks.train import clear_checkpoints, train_model  # looked up per call: tests patch it
+    from msaflow.feature_store import load_dataset, read_manifest
+    from msaflow.models import get_spec
+    from msaflow.tasks.plots import learning_curves, run_trace_figures
+    from msaflow.tasks.train import (  # looked up per call: tests patch it
+        clear_checkpoints,
+        train_model,
+    )
 
     uri = tracking.uri
     key = run_key(cfg, data_ref, tracking)
@@ -244,8 +247,8 @@ def evaluate_run(
     tracking: Tracking,
 ) -> dict[str, Any]:
     """Evaluate the best epoch on test, log test metrics and the model, and close the run."""
-    from tasks.data import load_standardized, split_to_tensors
-    from tasks.train import evaluate, load_best_model
+    from msaflow.tasks.data import load_standardized, split_to_tensors
+    from msaflow.tasks.train import evaluate, load_best_model
 
     uri, run_id = tracking.uri, trained["run_id"]
     try:

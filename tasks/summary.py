@@ -11,8 +11,8 @@ from typing import Any
 
 from prefect import task
 
-from tasks import tracking as tr
-from tasks.refs import DataRef, Tracking
+from msaflow.tasks import tracking as tr
+from msaflow.tasks.refs import DataRef, Tracking
 
 
 def cross_fold_means(rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
@@ -41,8 +41,8 @@ def summarize(
     data_ref: DataRef,
 ) -> dict[str, Any]:
     """The parent run's summary table (CSV + Markdown) of every child's test metrics."""
-    from tasks.artifacts import mlflow_pointer, publish_markdown, publish_table
-    from tasks.metrics import HEADLINE
+    from msaflow.tasks.artifacts import mlflow_pointer, publish_markdown, publish_table
+    from msaflow.tasks.metrics import HEADLINE
 
     uri = tracking.uri
     headline = [f"test/{m}" for m in HEADLINE[data_ref.task]]

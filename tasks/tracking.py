@@ -27,7 +27,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from msaflow.settings import default_artifact_root, default_tracking_uri
-from tasks.config import RunConfig, flatten
+from msaflow.tasks.config import RunConfig, flatten
 
 # MLflow's advice that does not apply here: the model is pickled on purpose (pt2 export needs a
 # traced example), a local dataset path is unambiguous, and feature inputs never hold missing ints.
@@ -315,7 +315,7 @@ def log_params(tracking_uri: str, run_id: str, params: dict[str, Any]) -> None:
 def log_config(tracking_uri: str, run_id: str, cfg: RunConfig) -> None:
     """The fully resolved config as params (and as JSON), plus ``model.num_params``: the trainable
     parameter count, the same key for every model family so the UI compares them."""
-    from tasks.train import count_trainable_params
+    from msaflow.tasks.train import count_trainable_params
 
     params = flatten(cfg.to_dict())
     params["model.num_params"] = count_trainable_params(cfg)
@@ -401,7 +401,7 @@ def set_tags(tracking_uri: str, run_id: str, tags: dict[str, Any]) -> None:
 
 
 def log_figures(tracking_uri: str, run_id: str, figures: dict[str, Any]) -> None:
-    from tasks.plots import close
+    from msaflow.tasks.plots import close
 
     c = client(tracking_uri)
     for name, fig in figures.items():

@@ -31,13 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from feature_store.schema import DataError
-from models import get_spec
-from models.base import MSAModel, task_loss
 from msaflow.atomic import atomic_target
-from tasks.config import ConfigError, RunConfig
-from tasks.data import Batch, iterate_batches, split_to_tensors, standardize_splits
-from tasks.metrics import metric_fn
+from msaflow.feature_store.schema import DataError
+from msaflow.models import get_spec
+from msaflow.models.base import MSAModel, task_loss
+from msaflow.tasks.config import ConfigError, RunConfig
+from msaflow.tasks.data import Batch, iterate_batches, split_to_tensors, standardize_splits
+from msaflow.tasks.metrics import metric_fn
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 # (epoch, its history row, its per-step trace rows, its per-epoch trace rows): what a live

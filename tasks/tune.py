@@ -4,7 +4,7 @@ The study itself (space, storage, objective, results) is ``tasks.tuning``, Prefe
 the steps the flow retries or runs as units, each a plain function with its task beside it.
 
 Workers: ``optimize(spec, 1)`` optimises in this process; ``optimize(spec, K)`` starts K processes
-of ``python -m tasks.tune --worker SPEC.json --index i`` on the same storage (``worker_main``).
+of ``python -m msaflow.tasks.tune --worker SPEC.json --index i`` on the same storage (``worker_main``).
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import tracking as tr
-from tasks import tuning as tu
-from tasks.refs import Tracking
+from msaflow.tasks import tracking as tr
+from msaflow.tasks import tuning as tu
+from msaflow.tasks.refs import Tracking
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKER_MODULE = "tasks.tune"  # ``python -m tasks.tune --worker ...`` runs ``worker_main``
+WORKER_MODULE = (
+    "msaflow.tasks.tune"  # ``python -m msaflow.tasks.tune --worker ...`` runs ``worker_main``
+)
 _TASK: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
@@ -164,7 +166,7 @@ def log_best_test(
 
     Returns ``{"rows", "failures", "aggregate"}`` (``best_test_<metric>_mean`` / ``_std``).
     """
-    from tasks.artifacts import mlflow_pointer, publish_markdown, publish_table
+    from msaflow.tasks.artifacts import mlflow_pointer, publish_markdown, publish_table
 
     uri = tracking.uri
     test_keys = sorted({k for r in rows for k in r if k.startswith("test/")})
@@ -207,7 +209,7 @@ def log_best_test(
 
 
 def worker_main(argv: list[str] | None = None, prog: str = f"python -m {WORKER_MODULE}") -> int:
-    """``python -m tasks.tune --worker SPEC.json --index I``: one optimize loop, no Prefect."""
+    """``python -m msaflow.tasks.tune --worker SPEC.json --index I``: one optimize loop, no Prefect."""
     from msaflow.settings import apply_defaults
 
     apply_defaults()

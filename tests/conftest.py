@@ -41,7 +41,7 @@ def msaflow_home() -> Path:
 @pytest.fixture(scope="session")
 def tiny_sim(tmp_path_factory) -> Path:
     """A small sim-mosi store (about 5% of MOSI), built once per session."""
-    from feature_store import synthesize
+    from msaflow.feature_store import synthesize
 
     out = tmp_path_factory.mktemp("stores") / "sim-mosi-tiny"
     synthesize("mosi", out, seed=0, scale=0.05)

@@ -191,10 +191,10 @@ def test_the_lazy_api_facade_is_the_only_exception():
 
 def test_the_checks_catch_what_they_look_for():
     graph = {
-        "models.x": {"tasks.y"},  # up
-        "tasks.y": {"models.x"},
-        "feature_store.a": {"models.x"},  # sideways
-        "flows.f": {"tasks.y", "msaflow.settings"},  # down, and to the ground
+        "msaflow.models.x": {"msaflow.tasks.y"},  # up
+        "msaflow.tasks.y": {"msaflow.models.x"},
+        "msaflow.feature_store.a": {"msaflow.models.x"},  # sideways
+        "msaflow.flows.f": {"msaflow.tasks.y", "msaflow.settings"},  # down, and to the ground
     }
     assert upward(graph) == ["feature_store.a -> models.x", "models.x -> tasks.y"]
-    assert cycles(graph) == [["models.x", "tasks.y"]]
+    assert cycles(graph) == [["msaflow.models.x", "msaflow.tasks.y"]]

@@ -18,12 +18,12 @@ import math
 import numpy as np
 import pytest
 
-from feature_store import SplitData, load_dataset, synthesize
-from models import registry
-from tasks.config import resolve_run_config
-from tasks.folds import fold_splits
-from tasks.metrics import DEFAULT_SELECTION
-from tasks.train import train_model
+from msaflow.feature_store import SplitData, load_dataset, synthesize
+from msaflow.models import registry
+from msaflow.tasks.config import resolve_run_config
+from msaflow.tasks.folds import fold_splits
+from msaflow.tasks.metrics import DEFAULT_SELECTION
+from msaflow.tasks.train import train_model
 
 IEMOCAP = ["neutral", "happy", "sad", "angry"]
 EXPECTED = {

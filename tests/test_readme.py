@@ -291,7 +291,7 @@ def _raw_manifest(workdir: Path) -> None:
     them."""
     import soundfile as sf
 
-    from feature_store.extract.visual import OPENFACE_COLUMNS
+    from msaflow.feature_store.extract.visual import OPENFACE_COLUMNS
 
     raw = workdir / "raw"
     raw.mkdir()

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from feature_store.extract.paths import is_file
+from msaflow.feature_store.extract.paths import is_file
 
 try:  # the store package's error type, when it is importable
-    from feature_store import DataError
+    from msaflow.feature_store import DataError
 except ImportError:  # pragma: no cover - only while feature_store/__init__.py is being written
 
     class DataError(ValueError):  # type: ignore[no-redef]
@@ -195,7 +195,7 @@ def read_extraction_manifest(
     """
     import numpy as np
 
-    from feature_store.extract.alignment import parse_words
+    from msaflow.feature_store.extract.alignment import parse_words
 
     path = Path(path)
     df = read_user_csv(path, "--manifest", "CSV manifest", skipinitialspace=True)

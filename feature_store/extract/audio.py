@@ -42,9 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from feature_store.extract import UtteranceError
-from feature_store.extract.alignment import pool_spans, spans_to_frames, word_spans
-from feature_store.extract.paths import is_file
+from msaflow.feature_store.extract import UtteranceError
+from msaflow.feature_store.extract.alignment import pool_spans, spans_to_frames, word_spans
+from msaflow.feature_store.extract.paths import is_file
 
 NAME = "audio"
 VERSION = "1"
@@ -278,10 +278,10 @@ def extract_audio_batch(
 
     Each entry holds ``frames`` (F, 37) float32 and ``duration`` (s).
     """
-    from feature_store.extract import failure_record
-    from feature_store.extract.cache import FeatureCache
-    from feature_store.extract.text import _progress
-    from feature_store.parquet_io import file_sha256
+    from msaflow.feature_store.extract import failure_record
+    from msaflow.feature_store.extract.cache import FeatureCache
+    from msaflow.feature_store.extract.text import _progress
+    from msaflow.feature_store.parquet_io import file_sha256
 
     c = config or AudioConfig()
     cache = FeatureCache(NAME, VERSION, c.cache_config(), root=cache_dir)

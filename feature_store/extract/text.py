@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from feature_store.extract import DataError
+from msaflow.feature_store.extract import DataError
 
 NAME = "text"
 VERSION = "1"
@@ -254,7 +254,7 @@ _FLAGS = {
 
 
 def _read_table(path: Path, columns: TableColumns, with_split: bool, limit: int | None):
-    from feature_store.extract import read_user_csv
+    from msaflow.feature_store.extract import read_user_csv
 
     df = read_user_csv(path, "--csv", "CSV file", nrows=limit)
     wanted = [("id", c) for c in columns.id] + [("text", columns.text), ("label", columns.label)]
@@ -302,7 +302,12 @@ def table_manifest(
     """
     import pandas as pd
 
-    from feature_store.extract import SPLIT_ALIASES, UtteranceError, check_label, failure_record
+    from msaflow.feature_store.extract import (
+        SPLIT_ALIASES,
+        UtteranceError,
+        check_label,
+        failure_record,
+    )
 
     if task not in TEXT_TASKS:
         raise DataError(None, "--task", f"one of {', '.join(TEXT_TASKS)}, got {task!r}")
@@ -520,8 +525,8 @@ def extract_text_batch(
     "model"}``; each entry holds ``words`` (W, dim) float32. The model loads only when something
     misses.
     """
-    from feature_store.extract import UtteranceError, failure_record
-    from feature_store.extract.cache import FeatureCache, load_entry
+    from msaflow.feature_store.extract import UtteranceError, failure_record
+    from msaflow.feature_store.extract.cache import FeatureCache, load_entry
 
     config = config or TextConfig()
     cache = FeatureCache(NAME, VERSION, cache_config(config), root=cache_dir)

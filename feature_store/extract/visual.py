@@ -55,9 +55,9 @@ from typing import Any
 
 import numpy as np
 
-from feature_store.extract import DataError, UtteranceError, read_error_reason
-from feature_store.extract.alignment import pool_spans, spans_to_indices, word_spans
-from feature_store.extract.paths import is_file
+from msaflow.feature_store.extract import DataError, UtteranceError, read_error_reason
+from msaflow.feature_store.extract.alignment import pool_spans, spans_to_indices, word_spans
+from msaflow.feature_store.extract.paths import is_file
 
 NAME = "visual"
 VERSION = "2"  # entries carry their column names; columns chosen per file (auto) or by profile
@@ -540,9 +540,9 @@ def extract_visual_batch(
     Entries hold ``times``, ``features``, ``valid``, ``kind``, ``names``. Under ``auto`` all parsed
     files must share one column set (``check_agreement``). ``manifest_config`` records the choice.
     """
-    from feature_store.extract import failure_record
-    from feature_store.extract.cache import FeatureCache
-    from feature_store.parquet_io import file_sha256
+    from msaflow.feature_store.extract import failure_record
+    from msaflow.feature_store.extract.cache import FeatureCache
+    from msaflow.feature_store.parquet_io import file_sha256
 
     c = config or VisualConfig()
     cache = FeatureCache(NAME, VERSION, c.cache_config(), root=cache_dir)

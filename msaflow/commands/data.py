@@ -63,7 +63,7 @@ def synth(
     force: Annotated[bool, typer.Option("--force", help=_FORCE_HELP)] = False,
 ) -> None:
     """Write a simulation benchmark store (a no-op when OUT already holds the same one)."""
-    from feature_store import DataError, synthesize
+    from msaflow.feature_store import DataError, synthesize
 
     try:
         manifest = synthesize(profile, out, seed=seed, scale=scale, force=force)
@@ -94,9 +94,9 @@ def ingest(
     ] = "sentiment",
 ) -> None:
     """Ingest a pickle safely (no code runs) into a Parquet store."""
-    from feature_store import DataError
-    from feature_store import ingest as do_ingest
-    from feature_store.schema import check_target
+    from msaflow.feature_store import DataError
+    from msaflow.feature_store import ingest as do_ingest
+    from msaflow.feature_store.schema import check_target
 
     try:
         check_target(out, force=force)  # refuse a user's folder before reading the pickle
@@ -114,7 +114,7 @@ def info(
     ] = False,
 ) -> None:
     """Show a store's manifest."""
-    from feature_store import DataError, read_manifest
+    from msaflow.feature_store import DataError, read_manifest
 
     try:
         manifest = read_manifest(path)
@@ -153,7 +153,7 @@ def info(
 @app.command()
 def validate(path: Annotated[Path, typer.Argument(help="Store directory.")]) -> None:
     """Check checksums, shapes, labels, finite features and unique ids (no id in two splits)."""
-    from feature_store import DataError, validate_dataset
+    from msaflow.feature_store import DataError, validate_dataset
 
     try:
         manifest = validate_dataset(path)

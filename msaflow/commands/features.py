@@ -80,8 +80,8 @@ def print_error(message: str) -> None:
 def preflight(manifest: str, visual_profile: str) -> None:
     """Manifest-wide errors before Prefect starts: its task logs would print a traceback around
     them."""
-    from feature_store.extract import read_extraction_manifest
-    from feature_store.extract.visual import VisualConfig, preflight_visual
+    from msaflow.feature_store.extract import read_extraction_manifest
+    from msaflow.feature_store.extract.visual import VisualConfig, preflight_visual
 
     utts, present, _ = read_extraction_manifest(manifest)
     if present["vision"]:
@@ -91,10 +91,10 @@ def preflight(manifest: str, visual_profile: str) -> None:
 def check_out(out_dir: Path, force: bool) -> None:
     """Refuse a foreign non-empty ``--out`` before extracting for minutes (the writer checks
     again)."""
-    from feature_store.extract import DataError
+    from msaflow.feature_store.extract import DataError
 
     try:
-        from feature_store.schema import store_file_names
+        from msaflow.feature_store.schema import store_file_names
     except ImportError:  # pragma: no cover - an older store package: the writer decides alone
         return
     if (
@@ -116,7 +116,7 @@ def check_out(out_dir: Path, force: bool) -> None:
 def _run(as_json: bool = False, **kwargs) -> dict:
     import os
 
-    from feature_store.extract import DataError
+    from msaflow.feature_store.extract import DataError
 
     try:
         preflight(kwargs["manifest"], kwargs.get("visual_kind", "auto"))
@@ -126,7 +126,7 @@ def _run(as_json: bool = False, **kwargs) -> dict:
         Path(os.environ.get("PREFECT_HOME", ".msaflow/prefect")).expanduser().parent.mkdir(
             parents=True, exist_ok=True
         )
-        from flows.features import features
+        from msaflow.flows.features import features
 
         result = features(**kwargs)
     except DataError as exc:
@@ -142,7 +142,7 @@ def _run(as_json: bool = False, **kwargs) -> dict:
 
 
 def _visual_profile(value: str) -> str:
-    from feature_store.extract.visual import PROFILE_CHOICES
+    from msaflow.feature_store.extract.visual import PROFILE_CHOICES
 
     legacy = {"openface": "openface-full"}  # the old --visual-kind values
     value = legacy.get(value, value)
@@ -240,7 +240,7 @@ def _table_run(table, *, out_dir: Path, as_json: bool = False, **kwargs) -> dict
 def _convert(make):
     """Run a table converter; its ``DataError`` is a one-line error and exit 2, like
     extraction's."""
-    from feature_store.extract import DataError
+    from msaflow.feature_store.extract import DataError
 
     try:
         return make()
@@ -263,7 +263,7 @@ def mosi_text(
     ] = False,
 ) -> None:
     """Build a text-only store from CMU-MOSI transcripts (ids video_id$_$clip_id)."""
-    from feature_store.extract.text import mosi_transcripts_table
+    from msaflow.feature_store.extract.text import mosi_transcripts_table
 
     with tempfile.TemporaryDirectory(prefix="mosi-text-") as tmp:
         table = _convert(
@@ -382,7 +382,7 @@ def text(
     ] = False,
 ) -> None:
     """Build a text-only store from any labelled CSV (sentiment scores or emotion classes)."""
-    from feature_store.extract.text import TEXT_TASKS, TableColumns, table_manifest
+    from msaflow.feature_store.extract.text import TEXT_TASKS, TableColumns, table_manifest
 
     if task not in TEXT_TASKS:
         raise typer.BadParameter(f"expected one of {', '.join(TEXT_TASKS)}", param_hint="--task")

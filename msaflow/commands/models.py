@@ -14,8 +14,8 @@ def command(
     """List the models: variants, presets, tuned parameters and the tables they reproduce."""
     from rich.table import Table
 
-    from models import registry
     from msaflow.cli import out
+    from msaflow.models import registry
 
     rows = [
         {

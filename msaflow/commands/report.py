@@ -47,9 +47,9 @@ def command(
     try:
         from pathlib import Path
 
-        from tasks.report import build_report
-        from tasks.reproduce import default_report_path
-        from tasks.tracking import check_tracking
+        from msaflow.tasks.report import build_report
+        from msaflow.tasks.reproduce import default_report_path
+        from msaflow.tasks.tracking import check_tracking
 
         uri = tracking_uri or default_tracking_uri()
         check_tracking(uri)
@@ -75,8 +75,8 @@ def _evidence(spec_path: str, uri: str, out: str) -> None:
     from msaflow.cli import err, fail, user_errors
 
     try:
-        from tasks.evidence import build_evidence, read_spec
-        from tasks.tracking import check_tracking
+        from msaflow.tasks.evidence import build_evidence, read_spec
+        from msaflow.tasks.tracking import check_tracking
 
         check_tracking(uri)
         spec = read_spec(spec_path)

@@ -17,7 +17,7 @@ def print_summary(report: Any) -> None:
     from rich.text import Text
 
     from msaflow.cli import out
-    from tasks.report import fmt_summary
+    from msaflow.tasks.report import fmt_summary
 
     # Text, not markup: a dataset or cell name is the user's and may hold brackets.
     out.print(Text(report.statement.replace("**", "")), highlight=False)
@@ -88,7 +88,7 @@ def command(
 
     prefect_ready = start_prefect_early()
     with handled_errors():  # PREFECT_HOME exists: the CLI's apply_defaults creates it
-        from flows.reproduce import get_table, reproduce
+        from msaflow.flows.reproduce import get_table, reproduce
 
         get_table(table)  # an unknown table is a usage error, before anything starts
         # reproduce() checks the preset, --params, --data, seeds and the tracking store before its
@@ -138,7 +138,7 @@ def command(
             + "\n"
         )
     else:
-        from tasks.report import build_report
+        from msaflow.tasks.report import build_report
 
         if result["report"]:
             print_summary(

@@ -72,9 +72,15 @@ http://127.0.0.1:4200/api).
     from rich.markup import escape
     from rich.text import Text
 
-    from flows.serve import ServeError, deploy_from_yaml, parse_params, serve_flow, task_runner_for
-    from flows.serve import setup_pool as make_pool
     from msaflow.cli import err, fail
+    from msaflow.flows.serve import (
+        ServeError,
+        deploy_from_yaml,
+        parse_params,
+        serve_flow,
+        task_runner_for,
+    )
+    from msaflow.flows.serve import setup_pool as make_pool
 
     needs_server = setup_pool or deploy
     if needs_server and not os.environ.get("PREFECT_API_URL"):

@@ -136,9 +136,9 @@ resumes
 
     prefect_ready = start_prefect_early()
     with handled_errors():  # PREFECT_HOME exists: the CLI's apply_defaults creates it
-        from flows.tune import check_tune_inputs, tune
+        from msaflow.flows.tune import check_tune_inputs, tune
         from msaflow.settings import default_tracking_uri
-        from tasks.tracking import check_tracking
+        from msaflow.tasks.tracking import check_tracking
 
         seeds = (
             []

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.paper_results import paper_table
-from tasks.report.collect import (
+from msaflow.tasks.paper_results import paper_table
+from msaflow.tasks.report.collect import (
     N_BOOT,
     NON_TRACE_PREFIXES,
     Report,
@@ -38,8 +38,13 @@ from tasks.report.collect import (
     dataset_statement,
     find_reproduction,
 )
-from tasks.report.figures import MODALITY_ORDER, cell_trace_figures, curves_figure, metrics_figure
-from tasks.report.render import (
+from msaflow.tasks.report.figures import (
+    MODALITY_ORDER,
+    cell_trace_figures,
+    curves_figure,
+    metrics_figure,
+)
+from msaflow.tasks.report.render import (
     ORACLE_SUBSETS,
     Block,
     _fmt_d,
@@ -55,7 +60,7 @@ from tasks.report.render import (
     to_html,
     to_markdown,
 )
-from tasks.stats import adjust_comparisons, cell_summaries, compare_to_baseline
+from msaflow.tasks.stats import adjust_comparisons, cell_summaries, compare_to_baseline
 
 # the public names, and the private ones other modules import from here (tasks.evidence, tests)
 __all__ = [
@@ -93,8 +98,8 @@ def build_report(
     tracking_uri: str, experiment: str, parent_run_id: str | None = None, figures: bool = True
 ) -> Report:
     """Everything the report says, from MLflow alone."""
-    from tasks.metrics import DEFAULT_SELECTION, HEADLINE
-    from tasks.tracking import client
+    from msaflow.tasks.metrics import DEFAULT_SELECTION, HEADLINE
+    from msaflow.tasks.tracking import client
 
     c = client(tracking_uri)
     parent = find_reproduction(tracking_uri, experiment, parent_run_id)

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.spec import TraceFamily
 from msaflow.atomic import atomic_write
-from tasks.paper_results import PaperTable, paper_dataset_for
-from tasks.stats import Paired, Summary
+from msaflow.models.spec import TraceFamily
+from msaflow.tasks.paper_results import PaperTable, paper_dataset_for
+from msaflow.tasks.stats import Paired, Summary
 
 NON_TRACE_PREFIXES = ("test/", "train/", "valid/", "time/")
 
@@ -80,7 +80,7 @@ class Report:
 
     def log_to_parent(self, tracking_uri: str) -> None:
         """Log the report under ``report/`` of the parent run (re-logging replaces the files)."""
-        from tasks.tracking import client
+        from msaflow.tasks.tracking import client
 
         with tempfile.TemporaryDirectory() as tmp:
             self.write(Path(tmp) / "report.md")
@@ -89,7 +89,7 @@ class Report:
 
 def find_reproduction(tracking_uri: str, experiment: str, parent_run_id: str | None = None) -> Any:
     """The parent run: the given one, or the newest reproduction in ``experiment``."""
-    from tasks.tracking import client
+    from msaflow.tasks.tracking import client
 
     c = client(tracking_uri)
     exp = c.get_experiment_by_name(experiment)
@@ -240,7 +240,7 @@ def _windows(picked: dict[tuple[str, int], Any]) -> dict[str, int]:
 def _trace_families(model: str) -> tuple[TraceFamily, ...]:
     """The model's declared trace families; none for a model this install does not know (the
     report still draws its traces, by their groups)."""
-    from models import get_spec
+    from msaflow.models import get_spec
 
     try:
         return get_spec(model).traces

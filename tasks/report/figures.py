@@ -9,14 +9,14 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from models.spec import TraceFamily
-from tasks.report.collect import Report
+from msaflow.models.spec import TraceFamily
+from msaflow.tasks.report.collect import Report
 
 MODALITY_ORDER = {"t": 0, "a": 1, "v": 2, "c": 3}
 
 
 def _png(fig: Any) -> bytes:
-    from tasks.plots import close
+    from msaflow.tasks.plots import close
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

@@ -11,9 +11,9 @@ import math
 import re
 from typing import Any
 
-from tasks.paper_results import PERCENT_METRICS
-from tasks.report.collect import N_BOOT, Report
-from tasks.stats import Summary
+from msaflow.tasks.paper_results import PERCENT_METRICS
+from msaflow.tasks.report.collect import N_BOOT, Report
+from msaflow.tasks.stats import Summary
 
 Block = tuple[Any, ...]
 
@@ -297,7 +297,7 @@ def paper_blocks(r: Report) -> list[Block]:
 
 
 def to_markdown(blocks: list[Block]) -> str:
-    from tasks.tracking import markdown_table
+    from msaflow.tasks.tracking import markdown_table
 
     out: list[str] = []
     for block in blocks:

@@ -18,8 +18,8 @@ in.
 
 from __future__ import annotations
 
-from tasks.tuning.objective import Objective, SurplusTrial, run_worker
-from tasks.tuning.results import (
+from msaflow.tasks.tuning.objective import Objective, SurplusTrial, run_worker
+from msaflow.tasks.tuning.results import (
     best_overrides,
     default_best_path,
     epochs_spent,
@@ -29,7 +29,7 @@ from tasks.tuning.results import (
     trials_table,
     write_best,
 )
-from tasks.tuning.space import (
+from msaflow.tasks.tuning.space import (
     OPTIONAL,
     SPACES,
     ParamSpec,
@@ -40,7 +40,7 @@ from tasks.tuning.space import (
     suggest,
     validate_space,
 )
-from tasks.tuning.study import (
+from msaflow.tasks.tuning.study import (
     FINISHED,
     StudySpec,
     count_states,

@@ -11,9 +11,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from tasks import tracking as tr
-from tasks.tuning.space import space_from_dict, suggest
-from tasks.tuning.study import StudySpec, count_states, load_study
+from msaflow.tasks import tracking as tr
+from msaflow.tasks.tuning.space import space_from_dict, suggest
+from msaflow.tasks.tuning.study import StudySpec, count_states, load_study
 
 
 class SurplusTrial(RuntimeError):
@@ -46,8 +46,8 @@ class Objective:
             )
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from tasks.config import resolve_run_config
-        from tasks.train import train_model
+        from msaflow.tasks.config import resolve_run_config
+        from msaflow.tasks.train import train_model
 
         spec = self.spec
         self._guard(trial)
@@ -157,7 +157,7 @@ def run_worker(spec: StudySpec, worker_index: int = 0, log=None) -> dict[str, An
     Before each trial: stale RUNNING trials (dead workers) are failed and retried; when the
     remaining slots are all in flight elsewhere this worker waits for them (one may still fail).
     """
-    from feature_store import load_dataset
+    from msaflow.feature_store import load_dataset
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -11,12 +11,12 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from models.spec import ParamSpec
 from msaflow.atomic import atomic_write
+from msaflow.models.spec import ParamSpec
 from msaflow.settings import msaflow_home
-from tasks import tracking as tr
-from tasks.tuning.space import space_from_dict, split_params
-from tasks.tuning.study import StudySpec, count_states, load_study, mask_url
+from msaflow.tasks import tracking as tr
+from msaflow.tasks.tuning.space import space_from_dict, split_params
+from msaflow.tasks.tuning.study import StudySpec, count_states, load_study, mask_url
 
 
 def epochs_spent(study: optuna.Study) -> int:

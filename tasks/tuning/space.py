@@ -11,9 +11,9 @@ from typing import Any
 
 import optuna
 
-from models import RegistryView, registry
-from models.spec import ParamSpec  # re-exported: the space's type, defined with the models
-from tasks.config import ConfigError, TrainConfig, read_yaml, short_repr
+from msaflow.models import RegistryView, registry
+from msaflow.models.spec import ParamSpec  # re-exported: the space's type, defined with the models
+from msaflow.tasks.config import ConfigError, TrainConfig, read_yaml, short_repr
 
 # The search spaces live in each model's SPEC (``search_space``: the default parameters;
 # ``optional_space``: those ``include=`` adds); these views keep the old per-model mappings.
@@ -31,7 +31,7 @@ _SPEC_KEYS = {f.name for f in fields(ParamSpec)}
 
 
 def _model_fields(model: str) -> set[str]:
-    from models import get_spec
+    from msaflow.models import get_spec
 
     return {f.name for f in fields(get_spec(model).config_cls)}
 
@@ -91,7 +91,7 @@ def load_search_space(
     left out keep the built-in definition of a known parameter; ``name: null`` drops a default
     parameter.
     """
-    from models import get_spec
+    from msaflow.models import get_spec
 
     spec = get_spec(model)  # unknown model -> KeyError naming the known ones
     space = dict(spec.search_space)

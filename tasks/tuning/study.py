@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import TrialState
 
 from msaflow.settings import msaflow_home
-from tasks.config import ConfigError
+from msaflow.tasks.config import ConfigError
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -175,7 +175,7 @@ class StudySpec:
         it)."""
         if self.epochs is not None:
             return self.epochs
-        from tasks.config import resolve_run_config
+        from msaflow.tasks.config import resolve_run_config
 
         return resolve_run_config(
             self.model, self.variant, self.preset, train_overrides=self.train_overrides

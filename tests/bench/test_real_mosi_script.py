@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from feature_store import synthesize
+from msaflow.feature_store import synthesize
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ import pickle
 import numpy as np
 import pytest
 
-from feature_store import DataError, ingest, load_dataset, read_manifest
+from msaflow.feature_store import DataError, ingest, load_dataset, read_manifest
 
 
 def test_mmsa_aligned_round_trip(tmp_path, mmsa_pickle):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from feature_store import DataError, ingest, load_dataset, read_manifest
-from feature_store.ingest import MULT_IEMOCAP_CLASSES
+from msaflow.feature_store import DataError, ingest, load_dataset, read_manifest
+from msaflow.feature_store.ingest import MULT_IEMOCAP_CLASSES
 
 
 def _pairs(classes: np.ndarray) -> np.ndarray:
@@ -47,7 +47,7 @@ def iemocap_pickle(tmp_path):
 
 
 def test_mult_iemocap_ingests_as_four_class_emotion_like_sim_iemocap(iemocap_pickle, tmp_path):
-    from feature_store import synthesize
+    from msaflow.feature_store import synthesize
 
     path, classes = iemocap_pickle()
     m = ingest("mult", path, tmp_path / "store", task="emotion")
@@ -115,8 +115,8 @@ def test_depression_task_uses_the_phq_range(mult_pickle, tmp_path):
 
 def test_cli_ingest_task_emotion_then_unimodal_and_mmcl_train(iemocap_pickle, tmp_path):
     from msaflow.commands.data import app
-    from tasks.config import resolve_run_config
-    from tasks.train import train_model
+    from msaflow.tasks.config import resolve_run_config
+    from msaflow.tasks.train import train_model
 
     path, _ = iemocap_pickle()
     out = tmp_path / "iemocap"

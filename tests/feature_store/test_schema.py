@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from feature_store import (
+from msaflow.feature_store import (
     DataError,
     SplitData,
     load_dataset,
@@ -53,7 +53,7 @@ def test_round_trip_and_manifest(tmp_path):
 
 
 def test_many_row_groups_load_in_order(tmp_path, monkeypatch):
-    import feature_store.parquet_io as parquet_io
+    import msaflow.feature_store.parquet_io as parquet_io
 
     monkeypatch.setattr(parquet_io, "ROW_GROUP_BYTES", 100)  # forces one row per group
     s = _split(9)
@@ -119,7 +119,7 @@ def test_empty_split_is_an_error(tmp_path):
 
 
 def test_crash_while_writing_keeps_old_store(tmp_path, monkeypatch):
-    import feature_store.parquet_io as parquet_io
+    import msaflow.feature_store.parquet_io as parquet_io
 
     out = tmp_path / "s"
     write_dataset(out, {"train": _split(5)}, name="old", source="unit")

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from feature_store import DataError, load_dataset, synthesize
-from feature_store.sim import MOSI_ACC7_SHARES
+from msaflow.feature_store import DataError, load_dataset, synthesize
+from msaflow.feature_store.sim import MOSI_ACC7_SHARES
 
 
 def test_generator_is_deterministic(tmp_path):

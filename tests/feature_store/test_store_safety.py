@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import feature_store.datatypes as datatypes
-import feature_store.schema as schema
-from feature_store import (
+import msaflow.feature_store.datatypes as datatypes
+import msaflow.feature_store.schema as schema
+from msaflow.commands.data import app
+from msaflow.feature_store import (
     DataError,
     SplitData,
     load_split,
@@ -28,8 +29,7 @@ from feature_store import (
     validate_dataset,
     write_dataset,
 )
-from feature_store.schema import clean_stale_temporaries
-from msaflow.commands.data import app
+from msaflow.feature_store.schema import clean_stale_temporaries
 
 runner = CliRunner()
 
@@ -190,7 +190,7 @@ def test_corrupt_manifest_folder_is_not_treated_as_ours(tmp_path):
 _KILLED_WRITER = """
 import sys, time
 import numpy as np
-import feature_store.parquet_io as s
+import msaflow.feature_store.parquet_io as s
 
 real = s._write_split
 def slow(path, split):

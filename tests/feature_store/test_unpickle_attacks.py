@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from feature_store import DataError, ingest, safe_load_pickle
-from feature_store.ingest import BUDGET_FLOOR
+from msaflow.feature_store import DataError, ingest, safe_load_pickle
+from msaflow.feature_store.ingest import BUDGET_FLOOR
 
 P = pickle
 REAL_PKL = Path("/work/shared/data/mosi_bclstm_utterance.pkl")

@@ -3,8 +3,8 @@
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.pipeline import pipeline
-from flows.serve import task_runner_for
+from msaflow.flows.pipeline import pipeline
+from msaflow.flows.serve import task_runner_for
 
 
 def test_task_runner_for_kinds():

@@ -5,8 +5,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.pipeline import pipeline
-from models import get_spec
+from msaflow.flows.pipeline import pipeline
+from msaflow.models import get_spec
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -31,7 +31,7 @@ def _assert_prefect_artifacts(result):
     )
     from prefect.client.schemas.sorting import ArtifactSort
 
-    from tasks.artifacts import artifact_key
+    from msaflow.tasks.artifacts import artifact_key
 
     async def read(key):
         async with get_client() as client:
@@ -192,9 +192,9 @@ def test_pipeline_end_to_end_then_cached(tiny_sim, mlflow_uri):
 
 
 def test_one_failing_cell_loses_nothing(tiny_sim, mlflow_uri, monkeypatch):
-    import tasks.train
+    import msaflow.tasks.train
 
-    real = tasks.train.train_model
+    real = msaflow.tasks.train.train_model
 
     def broken_sgm(
         cfg, *args, **kw
@@ -203,7 +203,7 @@ def test_one_failing_cell_loses_nothing(tiny_sim, mlflow_uri, monkeypatch):
             raise FloatingPointError("simulated divergence: loss is nan")
         return real(cfg, *args, **kw)
 
-    monkeypatch.setattr(tasks.train, "train_model", broken_sgm)
+    monkeypatch.setattr(msaflow.tasks.train, "train_model", broken_sgm)
     cells = [{"name": "none", "variant": "none"}, {"name": "broken", "variant": "sgm"}]
     result = pipeline(
         data=str(tiny_sim),
@@ -228,7 +228,7 @@ def test_one_failing_cell_loses_nothing(tiny_sim, mlflow_uri, monkeypatch):
 
 
 def test_subject_folds_cross_validation(mlflow_uri, msaflow_home):
-    from feature_store import load_split
+    from msaflow.feature_store import load_split
 
     result = pipeline(
         data="sim-cmdc",
@@ -258,7 +258,7 @@ def test_subject_folds_cross_validation(mlflow_uri, msaflow_home):
 
 def test_folds_need_subjects(tiny_sim, mlflow_uri):
     """``make_folds`` failed after the parent run opened, leaving it RUNNING: now it runs first."""
-    from feature_store import DataError
+    from msaflow.feature_store import DataError
 
     with pytest.raises(DataError, match="subject"):
         pipeline(
@@ -274,7 +274,7 @@ def test_folds_need_subjects(tiny_sim, mlflow_uri):
 
 
 def test_bad_folds_fail_before_any_run(tiny_sim, mlflow_uri):
-    from tasks.config import ConfigError
+    from msaflow.tasks.config import ConfigError
 
     with pytest.raises(ConfigError, match="--folds"):
         pipeline(
@@ -290,12 +290,12 @@ def test_bad_folds_fail_before_any_run(tiny_sim, mlflow_uri):
 
 def test_parent_ends_failed_on_any_error(tiny_sim, mlflow_uri, monkeypatch):
     """An error after the parent opened left it RUNNING forever."""
-    import flows.pipeline
+    import msaflow.flows.pipeline
 
     def lost(**kwargs):
         raise RuntimeError("simulated crash in the grid")
 
-    monkeypatch.setattr(flows.pipeline, "run_grid", lost)
+    monkeypatch.setattr(msaflow.flows.pipeline, "run_grid", lost)
     with pytest.raises(RuntimeError, match="simulated crash"):
         pipeline(
             data=str(tiny_sim),

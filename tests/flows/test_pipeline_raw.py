@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from feature_store import DataError
-from flows.pipeline import pipeline
-from tasks.prepare import check_data, raw_inputs_task, raw_store_dir
+from msaflow.feature_store import DataError
+from msaflow.flows.pipeline import pipeline
+from msaflow.tasks.prepare import check_data, raw_inputs_task, raw_store_dir
 
 EXTRACT_TASKS = {
     "read-extraction-manifest",
@@ -31,7 +31,7 @@ def write_raw_manifest(workdir: Path, n: int = 12) -> Path:
     label and a row whose WAV is missing: both are reported and skipped."""
     import soundfile as sf
 
-    from feature_store.extract.visual import OPENFACE_COLUMNS
+    from msaflow.feature_store.extract.visual import OPENFACE_COLUMNS
 
     raw = workdir / "raw"
     raw.mkdir(parents=True)

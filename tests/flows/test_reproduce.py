@@ -14,13 +14,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-import tasks.train
-from flows.reproduce import TABLES, TableSpec, get_table, membership_tags, reproduce
-from models import get_spec
-from models.spec import Cell
+import msaflow.tasks.train
 from msaflow.cli import app
-from tasks.config import ConfigError
-from tasks.paper_results import paper_table
+from msaflow.flows.reproduce import TABLES, TableSpec, get_table, membership_tags, reproduce
+from msaflow.models import get_spec
+from msaflow.models.spec import Cell
+from msaflow.tasks.config import ConfigError
+from msaflow.tasks.paper_results import paper_table
 
 CELLS = ["none", "full"]
 TINY = TableSpec(
@@ -52,7 +52,7 @@ def resumed(tiny_sim, tmp_path_factory, prefect_harness):
         out=str(out),
         max_workers=2,
     )
-    real = tasks.train.train_model
+    real = msaflow.tasks.train.train_model
 
     def interrupted(cfg, *args, **kw):
         if cfg.variant == "full" and cfg.train.seed == 2:
@@ -62,7 +62,7 @@ def resumed(tiny_sim, tmp_path_factory, prefect_harness):
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(TABLES, "tiny-table2", TINY)
         with pytest.MonkeyPatch.context() as broken:
-            broken.setattr(tasks.train, "train_model", interrupted)
+            broken.setattr(msaflow.tasks.train, "train_model", interrupted)
             first = reproduce("tiny-table2", **kwargs)
             first_children = _children(uri, first)
         second = reproduce("tiny-table2", **kwargs)
@@ -172,7 +172,7 @@ def test_unknown_table_is_a_usage_error():
 def test_membership_tags_round_trip():
     from types import SimpleNamespace
 
-    from tasks.report import _membership
+    from msaflow.tasks.report import _membership
 
     ids = [f"{i:032x}" for i in range(400)]  # more than one 5000-character tag holds
     tags = membership_tags(ids)
@@ -292,7 +292,7 @@ def test_twin_cells_never_train_one_checkpoint_at_once(tiny_sim, tmp_path, prefe
         paper=None,
         description="two names for one config",
     )
-    real = tasks.train.train_model
+    real = msaflow.tasks.train.train_model
     lock, busy, overlaps = threading.Lock(), Counter(), []
 
     def watched(cfg, *args, checkpoint_dir=None, **kw):
@@ -308,7 +308,7 @@ def test_twin_cells_never_train_one_checkpoint_at_once(tiny_sim, tmp_path, prefe
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(TABLES, "twins", twins)
-        mp.setattr(tasks.train, "train_model", watched)
+        mp.setattr(msaflow.tasks.train, "train_model", watched)
         result = reproduce(
             "twins",
             data=str(tiny_sim),

@@ -16,7 +16,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from flows.serve import ENTRYPOINTS, ServeError, entrypoint_exists, entrypoint_file, parse_params
+from msaflow.flows.serve import (
+    ENTRYPOINTS,
+    ServeError,
+    entrypoint_exists,
+    entrypoint_file,
+    parse_params,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -64,7 +70,7 @@ def test_prefect_yaml_names_existing_entrypoints():
 def test_entrypoints_are_flows():
     from prefect import Flow
 
-    from flows.serve import load_flow
+    from msaflow.flows.serve import load_flow
 
     for name, entrypoint in ENTRYPOINTS.items():
         if entrypoint_exists(entrypoint):
@@ -74,13 +80,13 @@ def test_entrypoints_are_flows():
 def test_deploy_skips_what_no_worker_could_run(tmp_path):
     """A plain function or a flow whose required parameters are unset is reported, not deployed (no
     server is contacted for skipped entries)."""
-    from flows.serve import deploy_from_yaml
+    from msaflow.flows.serve import deploy_from_yaml
 
     spec = {
         "deployments": [
             {
                 "name": "plain",
-                "entrypoint": "flows.serve:parse_params",
+                "entrypoint": "msaflow.flows.serve:parse_params",
                 "work_pool": {"name": "gpu"},
             },
             {
@@ -90,7 +96,7 @@ def test_deploy_skips_what_no_worker_could_run(tmp_path):
                 "work_pool": {"name": "gpu"},
             },
             {"name": "typo", "entrypoint": ENTRYPOINTS["pipeline"], "parameters": {"epoch": 3}},
-            {"name": "absent", "entrypoint": "flows.nothing_here:flow"},
+            {"name": "absent", "entrypoint": "msaflow.flows.nothing_here:flow"},
         ]
     }
     path = tmp_path / "prefect.yaml"

@@ -7,9 +7,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from flows.tune import tune
 from msaflow.cli import app
-from tasks.config import load_overrides_file
+from msaflow.flows.tune import tune
+from msaflow.tasks.config import load_overrides_file
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 runner = CliRunner()

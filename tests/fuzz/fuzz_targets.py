@@ -40,14 +40,14 @@ class Target:
 
 
 def _data_errors() -> tuple[type[BaseException], ...]:
-    from feature_store.schema import DataError
+    from msaflow.feature_store.schema import DataError
 
     return (DataError,)
 
 
 def _config_errors() -> tuple[type[BaseException], ...]:
-    from feature_store.schema import DataError
-    from tasks.config import ConfigError
+    from msaflow.feature_store.schema import DataError
+    from msaflow.tasks.config import ConfigError
 
     return (ConfigError, DataError)
 
@@ -227,7 +227,7 @@ def _mutate_pickle(case: Case, rng: random.Random, seeds: list[Case]) -> Case:
 
 
 def _run_pickle(case_dir: Path, work: Path) -> Any:
-    from feature_store.ingest import ingest
+    from msaflow.feature_store.ingest import ingest
 
     src = _one(case_dir, ".pkl")
     fmt = "mult" if src.name.startswith("mult") else "mmsa"
@@ -245,7 +245,7 @@ def _cli_pickle(case_dir: Path, work: Path) -> list[str]:
 def _store_seed_bytes(classification: bool) -> tuple[tuple[str, bytes], ...]:
     import tempfile
 
-    from feature_store.schema import SplitData, write_dataset
+    from msaflow.feature_store.schema import SplitData, write_dataset
 
     rng = np.random.default_rng(0)
     splits = {}
@@ -422,7 +422,7 @@ def _mutate_store(case: Case, rng: random.Random, seeds: list[Case]) -> Case:
 
 def fixup_store(case_dir: Path) -> None:
     """Recompute the manifest's sha256, crc32 and bytes of the files it lists (best effort)."""
-    from feature_store.schema import file_crc32, file_sha256
+    from msaflow.feature_store.schema import file_crc32, file_sha256
 
     mpath = case_dir / "manifest.json"
     try:
@@ -437,8 +437,8 @@ def fixup_store(case_dir: Path) -> None:
 
 
 def _run_store(case_dir: Path, work: Path) -> Any:
-    from feature_store.schema import load_dataset, validate_dataset
     from msaflow.commands import data as cli
+    from msaflow.feature_store.schema import load_dataset, validate_dataset
 
     if (case_dir / ".fixup").exists():
         fixup_store(case_dir)
@@ -531,7 +531,7 @@ def _mutate_yaml(case: Case, rng: random.Random, seeds: list[Case]) -> Case:
         r = rng.random()
         if r < 0.4:
             try:
-                from tasks.config import _NoAliasLoader
+                from msaflow.tasks.config import _NoAliasLoader
 
                 # no aliases: walking an alias bomb's tree here would hang the fuzzer itself (a
                 # harness bug the long campaign showed as "hang"); alias inputs still reach the
@@ -560,13 +560,13 @@ def _mutate_yaml(case: Case, rng: random.Random, seeds: list[Case]) -> Case:
 
 
 def _run_params(case_dir: Path, work: Path) -> Any:
-    from flows.pipeline import check_pipeline_inputs
+    from msaflow.flows.pipeline import check_pipeline_inputs
 
     return check_pipeline_inputs(params_file=str(_one(case_dir, ".yaml")))
 
 
 def _run_space(case_dir: Path, work: Path) -> Any:
-    from tasks.tuning import load_search_space
+    from msaflow.tasks.tuning import load_search_space
 
     return load_search_space("mmafnet", _one(case_dir, ".yaml"))
 
@@ -648,13 +648,13 @@ def _mutate_csv(case: Case, rng: random.Random, seeds: list[Case]) -> Case:
 
 
 def _run_manifest_csv(case_dir: Path, work: Path) -> Any:
-    from feature_store.extract import read_extraction_manifest
+    from msaflow.feature_store.extract import read_extraction_manifest
 
     return read_extraction_manifest(case_dir / "manifest.csv")
 
 
 def _facial_seeds() -> list[Case]:
-    from feature_store.extract.visual import FACET_COLUMNS, OPENFACE_COLUMNS
+    from msaflow.feature_store.extract.visual import FACET_COLUMNS, OPENFACE_COLUMNS
 
     rows_of = []
     cols = ["frame", "face_id", "timestamp", "confidence", "success", *OPENFACE_COLUMNS]
@@ -685,7 +685,7 @@ def _facial_seeds() -> list[Case]:
 
 
 def _run_facial(case_dir: Path, work: Path) -> Any:
-    from feature_store.extract.visual import read_visual_csv
+    from msaflow.feature_store.extract.visual import read_visual_csv
 
     return read_visual_csv(_one(case_dir, ".csv"))
 
@@ -717,7 +717,7 @@ def _mutate_wav(case: Case, rng: random.Random, seeds: list[Case]) -> Case:
 
 
 def _run_wav(case_dir: Path, work: Path) -> Any:
-    from feature_store.extract.audio import load_wav
+    from msaflow.feature_store.extract.audio import load_wav
 
     return load_wav(_one(case_dir, ".wav"))
 
@@ -760,7 +760,7 @@ def _mutate_ckpt(case: Case, rng: random.Random, seeds: list[Case]) -> Case:
 
 
 def _run_ckpt(case_dir: Path, work: Path) -> Any:
-    from tasks.train import load_checkpoint
+    from msaflow.tasks.train import load_checkpoint
 
     return load_checkpoint(_one(case_dir, ".pt"), required=("epoch", "model"))
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from models import get_spec
-from models.earlyfusion import SPEC, EarlyFusion, EarlyFusionConfig, masked_mean
-from tasks.config import TrainConfig, apply_overrides, resolve_run_config
+from msaflow.models import get_spec
+from msaflow.models.earlyfusion import SPEC, EarlyFusion, EarlyFusionConfig, masked_mean
+from msaflow.tasks.config import TrainConfig, apply_overrides, resolve_run_config
 
 DIMS = {"text": 3, "audio": 2, "vision": 4}
 
@@ -117,7 +117,7 @@ def test_registered_with_variants_and_presets():
 
 
 def _split(n: int, seed: int, t: int = 1):
-    from feature_store.schema import SplitData
+    from msaflow.feature_store.schema import SplitData
 
     rng = np.random.default_rng(seed)
     feats = {
@@ -132,8 +132,8 @@ def _split(n: int, seed: int, t: int = 1):
 
 
 def test_trains_through_the_engine_at_t1_on_standardised_features():
-    from tasks.data import standardize_splits
-    from tasks.train import train_model
+    from msaflow.tasks.data import standardize_splits
+    from msaflow.tasks.train import train_model
 
     spec = {"text_dim": 3, "audio_dim": 2, "vision_dim": 4, "seq_len": 1}
     cfg = resolve_run_config(

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from models import get_spec
-from models.base import ModelOutput
-from models.lmf import (
+from msaflow.models import get_spec
+from msaflow.models.base import ModelOutput
+from msaflow.models.lmf import (
     LMF,
     REFERENCE_OUTPUTS,
     SPEC,
@@ -20,9 +20,9 @@ from models.lmf import (
     low_rank_fusion,
     rank_products,
 )
-from models.tfn import tensor_fusion
-from tasks.config import TrainConfig, apply_overrides, resolve_run_config
-from tasks.train import build_optimizer, count_trainable_params
+from msaflow.models.tfn import tensor_fusion
+from msaflow.tasks.config import TrainConfig, apply_overrides, resolve_run_config
+from msaflow.tasks.train import build_optimizer, count_trainable_params
 
 DIMS = {"text": 6, "audio": 3, "vision": 4}
 DIMS_SPEC = {"text_dim": 6, "audio_dim": 3, "vision_dim": 4, "seq_len": 5}
@@ -260,7 +260,7 @@ def test_registered_with_presets_and_search_space():
 
 
 def _split(n: int, seed: int, t: int):
-    from feature_store.schema import SplitData
+    from msaflow.feature_store.schema import SplitData
 
     rng = np.random.default_rng(seed)
     feats = {m: rng.standard_normal((n, t, d)).astype(np.float32) for m, d in DIMS.items()}
@@ -273,7 +273,7 @@ def _split(n: int, seed: int, t: int):
 
 
 def test_trains_through_the_engine():
-    from tasks.train import train_model
+    from msaflow.tasks.train import train_model
 
     spec = {"text_dim": 6, "audio_dim": 3, "vision_dim": 4, "seq_len": 4}
     cfg = resolve_run_config(

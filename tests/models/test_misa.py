@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from models import get_spec
-from models.misa import (
+from msaflow.errors import ConfigError
+from msaflow.models import get_spec
+from msaflow.models.misa import (
     FUSION_ORDER,
     MISA,
     SLSTM,
@@ -23,8 +24,7 @@ from models.misa import (
     reconstruction_loss,
     similarity_loss,
 )
-from msaflow.errors import ConfigError
-from tasks.config import TrainConfig, apply_overrides, resolve_run_config
+from msaflow.tasks.config import TrainConfig, apply_overrides, resolve_run_config
 
 DIMS = {"text": 6, "audio": 3, "vision": 4}
 MODS = ("t", "a", "v")
@@ -410,8 +410,8 @@ def test_output_keys_and_shapes_correspond_to_mmsa():
 
 
 def test_trains_through_the_engine():
-    from feature_store.schema import SplitData
-    from tasks.train import train_model
+    from msaflow.feature_store.schema import SplitData
+    from msaflow.tasks.train import train_model
 
     def split(n: int, seed: int) -> SplitData:
         rng = np.random.default_rng(seed)

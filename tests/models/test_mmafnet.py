@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from models.mmafnet import (
+from msaflow.models.mmafnet import (
     SPEC,
     AdaptiveFusion,
     MMAFNet,
@@ -27,7 +27,7 @@ from models.mmafnet import (
     sgm_coefficients,
     similarity_loss,
 )
-from tasks.config import ConfigError, TrainConfig, apply_overrides
+from msaflow.tasks.config import ConfigError, TrainConfig, apply_overrides
 
 DIMS = {"text": 6, "audio": 5, "vision": 4}
 
@@ -681,9 +681,9 @@ def test_paper_preset_text_probe_is_the_most_accurate_after_one_epoch(tmp_path):
     """On sim-mosi text is the planted strong modality: the probes must see it within an epoch of
     the paper's SGD lr 1e-4 (before, they sat at chance and initialisation picked the damped
     one)."""
-    from feature_store import load_dataset, synthesize
-    from tasks.config import resolve_run_config
-    from tasks.train import train_model
+    from msaflow.feature_store import load_dataset, synthesize
+    from msaflow.tasks.config import resolve_run_config
+    from msaflow.tasks.train import train_model
 
     synthesize("mosi", tmp_path / "sim", seed=0, scale=0.25)  # 321 training utterances, 11 steps
     manifest, splits = load_dataset(tmp_path / "sim")

@@ -8,8 +8,8 @@ from dataclasses import fields, replace
 import pytest
 import torch
 
-from models.base import ModelOutput
-from models.mmcl import (
+from msaflow.models.base import ModelOutput
+from msaflow.models.mmcl import (
     MMCL,
     SPEC,
     MMCLConfig,
@@ -22,7 +22,7 @@ from models.mmcl import (
     normalise_weights,
     raw_common_weights,
 )
-from tasks.config import TrainConfig, apply_overrides
+from msaflow.tasks.config import TrainConfig, apply_overrides
 
 S = 1 / math.sqrt(2)
 DIMS = {"text": 6, "audio": 5, "vision": 4}
@@ -358,7 +358,7 @@ def test_spec_variants_and_presets_apply_to_the_configs():
 def _split(n: int, seed: int):
     import numpy as np
 
-    from feature_store.schema import SplitData
+    from msaflow.feature_store.schema import SplitData
 
     rng = np.random.default_rng(seed)
     feats = {m: rng.standard_normal((n, 7, d)).astype(np.float32) for m, d in DIMS.items()}
@@ -372,8 +372,8 @@ def _split(n: int, seed: int):
 
 
 def test_trains_through_the_engine_with_the_quick_preset():
-    from tasks.config import resolve_run_config
-    from tasks.train import train_model
+    from msaflow.tasks.config import resolve_run_config
+    from msaflow.tasks.train import train_model
 
     spec = {"text_dim": 6, "audio_dim": 5, "vision_dim": 4, "seq_len": 7}
     cfg = resolve_run_config(

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from models import get_spec
-from models.mult import (
+from msaflow.models import get_spec
+from msaflow.models.mult import (
     SPEC,
     CrossmodalTransformer,
     MulT,
@@ -22,7 +22,7 @@ from models.mult import (
     last_valid,
     sinusoidal_embedding,
 )
-from tasks.config import TrainConfig, apply_overrides, resolve_run_config
+from msaflow.tasks.config import TrainConfig, apply_overrides, resolve_run_config
 
 DIMS = {"text": 6, "audio": 3, "vision": 4}
 
@@ -394,7 +394,7 @@ def test_registered_with_variants_presets_and_search_space():
 
 
 def _split(n: int, seed: int, lengths: tuple[int, int, int]):
-    from feature_store.schema import SplitData
+    from msaflow.feature_store.schema import SplitData
 
     rng = np.random.default_rng(seed)
     feats = {
@@ -410,7 +410,7 @@ def _split(n: int, seed: int, lengths: tuple[int, int, int]):
 
 
 def test_trains_through_the_engine_on_unaligned_sequences():
-    from tasks.train import train_model
+    from msaflow.tasks.train import train_model
 
     cfg = resolve_run_config(
         "mult",

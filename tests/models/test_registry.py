@@ -14,7 +14,7 @@ from importlib.metadata import EntryPoint
 import pytest
 from mlflow.tracking import MlflowClient
 
-import models
+from msaflow import models
 from msaflow.errors import ConfigError
 
 TOY = '''
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.base import InputSpec, ModelOutput, ModelSpec, MSAModel, task_loss
-from models.spec import Cell, Citation, PaperTable, ParamSpec, TableSpec, TraceFamily
+from msaflow.models.base import InputSpec, ModelOutput, ModelSpec, MSAModel, task_loss
+from msaflow.models.spec import Cell, Citation, PaperTable, ParamSpec, TableSpec, TraceFamily
 
 
 @dataclass
@@ -135,9 +135,9 @@ def test_the_package_models_are_found_by_their_files():
 
 
 def test_a_toy_model_from_an_entry_point_shows_up_everywhere(toy):
-    from flows.reproduce import TABLES, get_table
-    from tasks.paper_results import PAPER_TABLES, paper_table
-    from tasks.tuning import SPACES, load_search_space
+    from msaflow.flows.reproduce import TABLES, get_table
+    from msaflow.tasks.paper_results import PAPER_TABLES, paper_table
+    from msaflow.tasks.tuning import SPACES, load_search_space
 
     assert toy.name == "toy" and "mmafnet" in models.registry()
     assert get_table("toy-table").model == "toy" and "toy-table" in TABLES
@@ -169,14 +169,14 @@ def test_a_name_that_is_no_spec_is_refused():
         tables={"t": table},
     )
     with pytest.raises(ConfigError, match="a table belongs to its model's SPEC"):
-        models.add_spec({}, wrong, "models.other.SPEC")
+        models.add_spec({}, wrong, "msaflow.models.other.SPEC")
 
 
 def test_run_tune_and_reproduce_a_toy_model(toy, tiny_sim, tmp_path, prefect_harness):
-    from flows.pipeline import pipeline
-    from flows.reproduce import reproduce
-    from flows.tune import tune
-    from tasks.config import load_overrides_file
+    from msaflow.flows.pipeline import pipeline
+    from msaflow.flows.reproduce import reproduce
+    from msaflow.flows.tune import tune
+    from msaflow.tasks.config import load_overrides_file
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)

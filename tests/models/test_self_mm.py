@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from feature_store.schema import SplitData
-from models import get_spec
-from models.base import ModelOutput
-from models.self_mm import (
+from msaflow.errors import ConfigError
+from msaflow.feature_store.schema import SplitData
+from msaflow.models import get_spec
+from msaflow.models.base import ModelOutput
+from msaflow.models.self_mm import (
     REFERENCE_OUTPUTS,
     SPEC,
     LabelMemory,
@@ -25,9 +26,8 @@ from models.self_mm import (
     relative_distance,
     unimodal_loss,
 )
-from msaflow.errors import ConfigError
-from tasks.config import resolve_run_config
-from tasks.train import count_trainable_params, train_model
+from msaflow.tasks.config import resolve_run_config
+from msaflow.tasks.train import count_trainable_params, train_model
 
 DIMS = {"text": 6, "audio": 5, "vision": 4}
 

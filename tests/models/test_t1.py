@@ -14,11 +14,11 @@ import math
 import numpy as np
 import pytest
 
-from feature_store.schema import SplitData
-from models import registry
-from tasks.config import resolve_run_config
-from tasks.data import standardize_splits
-from tasks.train import train_model
+from msaflow.feature_store.schema import SplitData
+from msaflow.models import registry
+from msaflow.tasks.config import resolve_run_config
+from msaflow.tasks.data import standardize_splits
+from msaflow.tasks.train import train_model
 
 DIMS = {"text": 6, "audio": 5, "vision": 4}
 # every variant with the regression head; each family's default variant with the classification head

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from models import get_spec
-from models.base import ModelOutput
-from models.tfn import (
+from msaflow.models import get_spec
+from msaflow.models.base import ModelOutput
+from msaflow.models.tfn import (
     REFERENCE_OUTPUTS,
     SPEC,
     TERM_ORDERS,
@@ -20,8 +20,8 @@ from models.tfn import (
     tensor_fusion,
     term_mask,
 )
-from tasks.config import TrainConfig, apply_overrides, resolve_run_config
-from tasks.train import count_trainable_params
+from msaflow.tasks.config import TrainConfig, apply_overrides, resolve_run_config
+from msaflow.tasks.train import count_trainable_params
 
 DIMS = {"text": 6, "audio": 3, "vision": 4}
 MOSI = {"text_dim": 768, "audio_dim": 5, "vision_dim": 20, "seq_len": 50}  # MMSA aligned MOSI
@@ -284,7 +284,7 @@ def test_registered_with_variants_presets_and_search_space():
 
 
 def _split(n: int, seed: int, t: int, classes: int = 0):
-    from feature_store.schema import SplitData
+    from msaflow.feature_store.schema import SplitData
 
     rng = np.random.default_rng(seed)
     feats = {m: rng.standard_normal((n, t, d)).astype(np.float32) for m, d in DIMS.items()}
@@ -300,7 +300,7 @@ def _split(n: int, seed: int, t: int, classes: int = 0):
 
 
 def test_trains_through_the_engine():
-    from tasks.train import train_model
+    from msaflow.tasks.train import train_model
 
     spec = {"text_dim": 6, "audio_dim": 3, "vision_dim": 4, "seq_len": 4}
     cfg = resolve_run_config(

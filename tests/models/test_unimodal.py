@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from models.unimodal import SPEC, Unimodal, UnimodalConfig
-from tasks.config import TrainConfig, apply_overrides
+from msaflow.models.unimodal import SPEC, Unimodal, UnimodalConfig
+from msaflow.tasks.config import TrainConfig, apply_overrides
 
 DIMS = {"text": 6, "audio": 5, "vision": 4}
 

@@ -18,8 +18,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import msaflow
-from flows.reproduce import TABLES, get_table
 from msaflow.errors import ConfigError, DataError
+from msaflow.flows.reproduce import TABLES, get_table
 
 ROOT = Path(__file__).resolve().parents[2]
 # What ``msaflow.api`` documents it sets (``msaflow.settings.apply_defaults`` + MSAFLOW_HOME).

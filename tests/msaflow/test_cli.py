@@ -237,7 +237,7 @@ def test_json_is_plain_and_names_are_never_markup(tiny_sim, tmp_path):
 def test_models_lists_every_registered_model_with_its_tables():
     import json
 
-    from models import registry
+    from msaflow.models import registry
 
     result = runner.invoke(app, ["models", "--json"])
     assert result.exit_code == 0, result.output

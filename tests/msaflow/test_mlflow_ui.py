@@ -64,7 +64,7 @@ def _chromium(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def reproduction(tiny_sim, tmp_path_factory, prefect_harness):
-    from flows.reproduce import reproduce
+    from msaflow.flows.reproduce import reproduce
 
     folder = tmp_path_factory.mktemp("ui-store")
     uri = f"sqlite:///{folder / 'mlflow.db'}"

@@ -1,6 +1,6 @@
 import pytest
 
-from tasks.config import (
+from msaflow.tasks.config import (
     ConfigError,
     TrainConfig,
     apply_overrides,
@@ -211,7 +211,7 @@ def test_choices_are_checked():
 
 
 def test_every_shipped_preset_and_variant_is_in_range():
-    from models import registry
+    from msaflow.models import registry
 
     for name, spec in registry().items():
         for preset in spec.presets:

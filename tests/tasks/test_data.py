@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from feature_store.schema import SplitData
-from tasks.data import Standardization, fit_standardization, standardize_splits
+from msaflow.feature_store.schema import SplitData
+from msaflow.tasks.data import Standardization, fit_standardization, standardize_splits
 
 
 def _split(features: dict[str, np.ndarray], lengths: dict[str, list[int]]) -> SplitData:
@@ -125,7 +125,7 @@ def test_fold_store_fits_on_its_training_rows_only():
     """Subject folds are written as stores whose "train" is the fold's training part
     (tasks.prepare.make_folds); fitting there uses exactly those rows: a fold's test rows never
     shift the statistics."""
-    from tasks.folds import fold_splits
+    from msaflow.tasks.folds import fold_splits
 
     rng = np.random.default_rng(1)
     subjects = np.repeat([f"s{i}" for i in range(10)], 3)

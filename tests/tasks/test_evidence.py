@@ -8,11 +8,11 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from flows.reproduce import TABLES, TableSpec, reproduce
-from flows.tune import tune
-from models.spec import Cell
 from msaflow.cli import app
-from tasks.evidence import EvidenceError, read_spec, selection_rows
+from msaflow.flows.reproduce import TABLES, TableSpec, reproduce
+from msaflow.flows.tune import tune
+from msaflow.models.spec import Cell
+from msaflow.tasks.evidence import EvidenceError, read_spec, selection_rows
 
 TINY = TableSpec(
     model="mmafnet",
@@ -167,7 +167,7 @@ def test_an_unknown_experiment_is_a_clear_error(evidence, tmp_path):
 def test_mechanism_summary_by_hand():
     from types import SimpleNamespace
 
-    from tasks.evidence import mechanism_rows, phi_by_epoch
+    from msaflow.tasks.evidence import mechanism_rows, phi_by_epoch
 
     traces = {  # key -> cell -> epoch -> [seed values]; a window of 2 epochs, 3 epochs run
         "sgm/damped_t": {"sgm": {0: [1.0, 0.8], 1: [0.6, 0.6], 2: [0.0, 0.0]}},
@@ -193,7 +193,7 @@ def test_mechanism_summary_by_hand():
 
 
 def test_a_section_missing_from_mlflow_comes_from_its_snapshot_or_says_not_run(evidence, tmp_path):
-    from tasks.evidence import build_evidence
+    from msaflow.tasks.evidence import build_evidence
 
     out = evidence["out"]  # built once from MLflow: its snapshots are beside it
     snap = out.parent / "results" / "sections" / "ev-t2-reproduce.json"
@@ -231,7 +231,7 @@ def test_a_section_missing_from_mlflow_comes_from_its_snapshot_or_says_not_run(e
 def test_sections_whose_titles_share_a_prefix_keep_their_own_files(evidence, tmp_path):
     """Two sections whose titles agree in their first 60 characters once shared one snapshot and
     one set of PNGs, and the second overwrote the first; files are named after the experiment."""
-    from tasks.evidence import _find_snapshot, _section_slug
+    from msaflow.tasks.evidence import _find_snapshot, _section_slug
 
     spec = read_spec(evidence["spec"])
     base = spec.sections[0]

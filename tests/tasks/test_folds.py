@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.folds import fold_splits, subject_folds
+from msaflow.tasks.folds import fold_splits, subject_folds
 
 
 def dataset(n_subjects: int = 23, seed: int = 0) -> tuple[list[str], np.ndarray]:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
-from tasks.metrics import (
+from msaflow.tasks.metrics import (
     DEFAULT_SELECTION,
     depression_metrics,
     emotion_metrics,

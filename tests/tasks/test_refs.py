@@ -10,11 +10,11 @@ from prefect.serializers import PickleSerializer
 from prefect.utilities.collections import visit_collection
 from prefect.utilities.hashing import hash_objects
 
-from tasks.config import resolve_run_config
-from tasks.policy import code_version
-from tasks.prepare import prepare_store
-from tasks.refs import DataRef, Tracking
-from tasks.run import eval_cache_key, run_key, train_cache_key
+from msaflow.tasks.config import resolve_run_config
+from msaflow.tasks.policy import code_version
+from msaflow.tasks.prepare import prepare_store
+from msaflow.tasks.refs import DataRef, Tracking
+from msaflow.tasks.run import eval_cache_key, run_key, train_cache_key
 
 
 def test_data_ref_round_trips_through_prefect(tiny_sim):

@@ -11,8 +11,8 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from scipy import stats as sps
 
-from tasks.paper_results import PAPER_TABLES, paper_dataset_for, paper_table
-from tasks.report import ReportError, build_report, dataset_statement
+from msaflow.tasks.paper_results import PAPER_TABLES, paper_dataset_for, paper_table
+from msaflow.tasks.report import ReportError, build_report, dataset_statement
 
 CELLS = ["none", "sgm", "sgm_ipr", "full"]
 SEEDS = [1, 2, 3]

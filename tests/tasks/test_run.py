@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-import tasks.train
-from tasks import tracking as tr
-from tasks.config import resolve_run_config
-from tasks.prepare import prepare_store
-from tasks.refs import Tracking
-from tasks.run import open_parent_run, train_run
+import msaflow.tasks.train
+from msaflow.tasks import tracking as tr
+from msaflow.tasks.config import resolve_run_config
+from msaflow.tasks.prepare import prepare_store
+from msaflow.tasks.refs import Tracking
+from msaflow.tasks.run import open_parent_run, train_run
 
 
 class Interrupt(Exception):
@@ -33,7 +33,7 @@ def world(tiny_sim, tmp_path, monkeypatch):
         data_task=ref.task,
         class_names=ref.class_names,
     )
-    from models.spec import Cell
+    from msaflow.models.spec import Cell
 
     parent = open_parent_run(tracking, ref, "mmafnet", [Cell("full", "full")], [1], "quick", "t")
     return uri, ref, tracking, cfg, parent
@@ -45,7 +45,7 @@ def _history(uri: str, run_id: str, key: str) -> list[int]:
 
 def test_each_epoch_is_in_mlflow_while_the_run_is_still_running(world, monkeypatch):
     uri, ref, tracking, cfg, parent = world
-    real, seen = tasks.train.train_model, []
+    real, seen = msaflow.tasks.train.train_model, []
 
     def watching(*args, callbacks=(), **kw):
         def look(epoch, record):
@@ -62,7 +62,7 @@ def test_each_epoch_is_in_mlflow_while_the_run_is_still_running(world, monkeypat
 
         return real(*args, callbacks=[*callbacks, look], **kw)
 
-    monkeypatch.setattr(tasks.train, "train_model", watching)
+    monkeypatch.setattr(msaflow.tasks.train, "train_model", watching)
     out = train_run(cfg, "full", ref, tracking, parent)
     assert seen[0] == ("RUNNING", [0], True) and seen[1] == ("RUNNING", [0, 1], True)
     assert _history(uri, out["run_id"], "valid/mae") == [0, 1, 2]  # once each, not twice

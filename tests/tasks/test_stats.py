@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from tasks.stats import bootstrap_mean_ci, cell_summaries, compare_to_baseline, paired, summarize
+from msaflow.tasks.stats import (
+    bootstrap_mean_ci,
+    cell_summaries,
+    compare_to_baseline,
+    paired,
+    summarize,
+)
 
 # Five "seeds": mean 0.8, sample std sqrt(0.00025) (deviations -0.02, -0.01, 0, 0.01, 0.02).
 VALUES = [0.78, 0.79, 0.80, 0.81, 0.82]
@@ -101,7 +107,7 @@ def test_cell_tables():
 
 
 def test_holm_step_down_by_hand():
-    from tasks.stats import holm
+    from msaflow.tasks.stats import holm
 
     # sorted: 0.01 (x4 = 0.04), 0.03 (x3 = 0.09), 0.04 (x2 = 0.08 -> monotone 0.09), 0.2 (x1)
     assert holm([0.04, 0.01, 0.2, 0.03]) == pytest.approx([0.09, 0.04, 0.2, 0.09])
@@ -111,7 +117,7 @@ def test_holm_step_down_by_hand():
 
 
 def test_benjamini_hochberg_by_hand():
-    from tasks.stats import benjamini_hochberg
+    from msaflow.tasks.stats import benjamini_hochberg
 
     # m = 4: 0.01*4/1 = 0.04; 0.03*4/2 = 0.06, 0.04*4/3 = 0.0533 -> min over later ranks 0.0533
     assert benjamini_hochberg([0.01, 0.04, 0.03, 0.2]) == pytest.approx(
@@ -121,7 +127,7 @@ def test_benjamini_hochberg_by_hand():
 
 
 def test_adjusted_p_is_one_family_per_metric_over_the_cells():
-    from tasks.stats import adjust_comparisons
+    from msaflow.tasks.stats import adjust_comparisons
 
     values = {
         "base": {1: {"mae": 1.0}, 2: {"mae": 1.1}, 3: {"mae": 0.9}},

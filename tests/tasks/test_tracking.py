@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tasks.tracking import TrackingError, check_tracking
+from msaflow.tasks.tracking import TrackingError, check_tracking
 
 
 def _closed_port() -> int:
@@ -23,7 +23,7 @@ def test_sqlite_store_is_usable(tmp_path):
 def test_a_store_reached_a_moment_ago_is_not_probed_again(tmp_path, monkeypatch):
     """CLI and flow both check; the second check of a store that just answered costs nothing,
     and after the TTL a store that went away is named again."""
-    from tasks import tracking as tr
+    from msaflow.tasks import tracking as tr
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     check_tracking(uri)
@@ -55,7 +55,7 @@ def test_unreachable_postgres_fails_fast_without_mlflow_retries():
 
 def test_a_killed_attempt_is_superseded_by_its_rerun(tmp_path):
     """A SIGKILLed process leaves its child RUNNING; the re-run of the same key marks it KILLED."""
-    from tasks import tracking as tr
+    from msaflow.tasks import tracking as tr
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     exp = tr.ensure_experiment(uri, "e")
@@ -108,8 +108,8 @@ def test_concurrent_dataset_inputs_never_collide(race_uri, tiny_sim, monkeypatch
     Without the process lock (workers in other processes) the retry alone must hold."""
     import contextlib
 
-    from feature_store import read_manifest
-    from tasks import tracking as tr
+    from msaflow.feature_store import read_manifest
+    from msaflow.tasks import tracking as tr
 
     if not locked:
         monkeypatch.setattr(tr, "_WRITE_LOCK", contextlib.nullcontext())
@@ -128,7 +128,7 @@ def test_concurrent_dataset_inputs_never_collide(race_uri, tiny_sim, monkeypatch
 def test_concurrent_experiment_creation_is_get_or_create(race_uri, monkeypatch):
     import contextlib
 
-    from tasks import tracking as tr
+    from msaflow.tasks import tracking as tr
 
     monkeypatch.setattr(tr, "_WRITE_LOCK", contextlib.nullcontext())  # as two processes would
     uri = race_uri

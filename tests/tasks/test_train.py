@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from feature_store import DataError, load_dataset
-from tasks.config import ConfigError, resolve_run_config
-from tasks.data import split_to_tensors, standardize_splits
-from tasks.metrics import sentiment_metrics
-from tasks.train import (
+from msaflow.feature_store import DataError, load_dataset
+from msaflow.tasks.config import ConfigError, resolve_run_config
+from msaflow.tasks.data import split_to_tensors, standardize_splits
+from msaflow.tasks.metrics import sentiment_metrics
+from msaflow.tasks.train import (
     _rng_state,
     _set_rng_state,
     build_model,
@@ -312,8 +312,8 @@ def test_clear_checkpoints_removes_only_what_msaflow_wrote(tiny, tmp_path):
 def test_trainable_parameter_count_matches_a_built_model_and_skips_frozen_ones():
     """``model.num_params`` (logged for every run) counts what the optimiser may train, built on
     the meta device; it equals the count of a model built for real."""
-    from tasks.config import resolve_run_config
-    from tasks.train import build_model, count_trainable_params
+    from msaflow.tasks.config import resolve_run_config
+    from msaflow.tasks.train import build_model, count_trainable_params
 
     for model, variant in (("mmafnet", "full"), ("mmcl", "full"), ("unimodal", "text")):
         cfg = resolve_run_config(model, variant, "quick")
@@ -356,7 +356,7 @@ def test_early_stopping_ends_after_patience_epochs_and_resumes_to_the_same_stop(
 def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
     import torch
 
-    from tasks.train import select_device
+    from msaflow.tasks.train import select_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)

@@ -16,15 +16,15 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tasks import tracking as tr
-from tasks import tuning as tu
-from tasks.config import ConfigError, load_overrides_file, resolve_run_config
+from msaflow.tasks import tracking as tr
+from msaflow.tasks import tuning as tu
+from msaflow.tasks.config import ConfigError, load_overrides_file, resolve_run_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _spec(tiny_sim, tmp_path, mlflow_uri=None, **kw) -> tu.StudySpec:
-    from feature_store import read_manifest
+    from msaflow.feature_store import read_manifest
 
     manifest = read_manifest(tiny_sim)
     space = tu.load_search_space("mmafnet", include=("lr",), entries=kw.pop("entries", None))
@@ -227,7 +227,7 @@ def test_a_study_from_before_the_hash_records_it_on_resume(tiny_sim, tmp_path):
 
 
 def test_default_study_name_holds_the_content_hash():
-    from flows.tune import default_study_name
+    from msaflow.flows.tune import default_study_name
 
     mosi = default_study_name("mmafnet", "aligned_50", "valid/mae", "0123456789abcdef01234567")
     mosei = default_study_name("mmafnet", "aligned_50", "valid/mae", "fedcba9876543210fedcba98")
@@ -242,7 +242,7 @@ def _start_worker(spec, tmp_path, index: int) -> subprocess.Popen:
     path.write_text(spec.to_json())
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "flows.tune", "--worker", str(path), "--index", str(index)],
+        [sys.executable, "-m", "msaflow.flows.tune", "--worker", str(path), "--index", str(index)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -352,7 +352,7 @@ def test_samplers_and_pruners():
 
 
 def test_pruner_warmup_scales_with_the_epochs_and_can_be_overridden():
-    from tasks import tuning as tu
+    from msaflow.tasks import tuning as tu
 
     assert tu.make_pruner("median", 4)._n_warmup_steps == 0  # quick preset: prune from epoch 1
     assert tu.make_pruner("percentile", 50)._n_warmup_steps == 10  # paper preset: after 10 epochs

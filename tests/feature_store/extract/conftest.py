@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from feature_store.extract.visual import FACET_COLUMNS, OPENFACE_COLUMNS
+from msaflow.feature_store.extract.visual import FACET_COLUMNS, OPENFACE_COLUMNS
 
 
 def write_tone(
@@ -76,7 +76,7 @@ def tone_wav(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def minilm():
     """The real offline MiniLM encoder, loaded once per session."""
-    from feature_store.extract.text import TextConfig, get_encoder
+    from msaflow.feature_store.extract.text import TextConfig, get_encoder
 
     return get_encoder(TextConfig(max_words=50))
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from feature_store.extract.alignment import (
+from msaflow.feature_store.extract.alignment import (
     equal_spans,
     fixed_windows,
     parse_words,

@@ -6,8 +6,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from feature_store.extract import Utterance, UtteranceError
-from feature_store.extract.audio import (
+from msaflow.feature_store.extract import Utterance, UtteranceError
+from msaflow.feature_store.extract.audio import (
     FEATURE_NAMES,
     AudioConfig,
     extract_audio_batch,

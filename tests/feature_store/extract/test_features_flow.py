@@ -10,7 +10,7 @@ import pytest
 
 from .conftest import write_openface, write_tone
 
-fs = pytest.importorskip("feature_store")
+fs = pytest.importorskip("msaflow.feature_store")
 if not hasattr(fs, "write_dataset"):
     pytest.skip("feature_store.write_dataset is not there yet", allow_module_level=True)
 
@@ -60,8 +60,8 @@ def inputs(tmp_path):
 
 
 def test_features_flow_end_to_end(prefect_harness, tmp_path, inputs):
-    from feature_store import load_split, read_manifest
-    from flows.features import features
+    from msaflow.feature_store import load_split, read_manifest
+    from msaflow.flows.features import features
 
     manifest = _manifest(tmp_path, inputs)
     kw = {
@@ -98,8 +98,8 @@ def test_features_flow_end_to_end(prefect_harness, tmp_path, inputs):
 
 
 def test_text_only_manifest_and_all_failing(prefect_harness, tmp_path):
-    from feature_store import DataError, load_split
-    from flows.features import features
+    from msaflow.feature_store import DataError, load_split
+    from msaflow.flows.features import features
 
     ok = _manifest(
         tmp_path,
@@ -128,8 +128,8 @@ def test_text_only_manifest_and_all_failing(prefect_harness, tmp_path):
 
 def test_bad_labels_are_reported_and_skipped(prefect_harness, tmp_path):
     """One NaN/inf/out-of-range label used to abort the whole write (write_dataset refuses it)."""
-    from feature_store import load_split, read_manifest
-    from flows.features import features
+    from msaflow.feature_store import load_split, read_manifest
+    from msaflow.flows.features import features
 
     (tmp_path / "face").mkdir()
     rows = []
@@ -163,9 +163,9 @@ def test_bad_labels_are_reported_and_skipped(prefect_harness, tmp_path):
 
 
 def test_store_manifest_records_visual_columns_and_never_file_contents(prefect_harness, tmp_path):
-    from feature_store import read_manifest
-    from feature_store.extract.visual import AU_COLUMNS
-    from flows.features import features
+    from msaflow.feature_store import read_manifest
+    from msaflow.feature_store.extract.visual import AU_COLUMNS
+    from msaflow.flows.features import features
 
     secret = tmp_path / "diary.txt"
     secret.write_text("my-private-first-line\n")

@@ -30,8 +30,8 @@ def mosi_subset(mosi_label_csv, tmp_path) -> pd.DataFrame:
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_mosi_text_store_has_real_labels_and_word_features(prefect_harness, mosi_subset, tmp_path):
-    from feature_store import load_split, read_manifest
     from msaflow.commands.features import app
+    from msaflow.feature_store import load_split, read_manifest
 
     out = tmp_path / "mosi-text-subset"
     res = CliRunner().invoke(

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from feature_store.extract import DataError, Utterance
-from feature_store.extract.text import (
+from msaflow.feature_store.extract import DataError, Utterance
+from msaflow.feature_store.extract.text import (
     TextConfig,
     TextEncoder,
     extract_text_batch,
@@ -69,7 +69,7 @@ def test_text_cache_and_empty_transcript(tmp_path, minilm):
 
 @pytest.mark.real_data
 def test_real_mosi_transcripts_first_rows(mosi_label_csv, tmp_path, minilm):
-    from feature_store.extract import read_extraction_manifest
+    from msaflow.feature_store.extract import read_extraction_manifest
 
     manifest = mosi_transcripts_manifest(mosi_label_csv, tmp_path / "m.csv", limit=20)
     utts, present, failures = read_extraction_manifest(manifest)

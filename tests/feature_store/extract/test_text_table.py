@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from feature_store.extract import DataError
-from feature_store.extract.text import TableColumns, mosi_transcripts_table, table_manifest
 from msaflow.commands.features import app
+from msaflow.feature_store.extract import DataError
+from msaflow.feature_store.extract.text import TableColumns, mosi_transcripts_table, table_manifest
 
 SECRET = "SECRET-CONTENT-42"  # a value in a bad row; no error may quote it
 
@@ -173,10 +173,10 @@ def test_mosi_table_keeps_the_mosi_ids_and_splits(tmp_path):
 def test_cli_emotion_store_trains_unimodal_and_mmcl_says_why_not(
     prefect_harness, minilm, meld_like, tmp_path
 ):
-    from feature_store import load_dataset, read_manifest
-    from models.mmcl import MMCL, MMCLConfig
-    from tasks.config import resolve_run_config
-    from tasks.train import train_model
+    from msaflow.feature_store import load_dataset, read_manifest
+    from msaflow.models.mmcl import MMCL, MMCLConfig
+    from msaflow.tasks.config import resolve_run_config
+    from msaflow.tasks.train import train_model
 
     out = tmp_path / "meld-like"
     files = ",".join(f"{k}={v}" for k, v in meld_like.items())

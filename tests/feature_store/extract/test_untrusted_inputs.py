@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from feature_store.extract import read_extraction_manifest
-from feature_store.extract.audio import AudioConfig, extract_audio_batch
-from feature_store.extract.visual import extract_visual_batch
+from msaflow.feature_store.extract import read_extraction_manifest
+from msaflow.feature_store.extract.audio import AudioConfig, extract_audio_batch
+from msaflow.feature_store.extract.visual import extract_visual_batch
 
 from .conftest import write_openface
 

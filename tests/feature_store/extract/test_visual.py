@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from feature_store.extract import Utterance, UtteranceError
-from feature_store.extract.visual import (
+from msaflow.feature_store.extract import Utterance, UtteranceError
+from msaflow.feature_store.extract.visual import (
     FACET_COLUMNS,
     OPENFACE_COLUMNS,
     VisualConfig,

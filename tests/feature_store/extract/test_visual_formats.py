@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from feature_store.extract import DataError, Utterance
-from feature_store.extract.visual import (
+from msaflow.feature_store.extract import DataError, Utterance
+from msaflow.feature_store.extract.visual import (
     AU_COLUMNS,
     FACET_AUS,
     FACET_COLUMNS,

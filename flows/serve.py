@@ -9,12 +9,13 @@ runner.
 * ``task_runner_for`` gives the pipeline a Dask task runner (a local cluster or a remote scheduler),
   so the training tasks of *one* flow run spread over several cores or machines.
 
-Flows are referenced by *module* entrypoint (``flows.reproduce:reproduce_flow``), not by file path:
-Prefect loads a file-path entrypoint (``flows/pipeline.py:pipeline``) with ``flows/`` first on
-``sys.path``, where a module of ``flows/`` could shadow a top-level package of the same name (the
-tasks once lived in ``flows/tasks.py``, which shadowed ``tasks``); a module path imports the project
-the same way on every machine. A flow whose file is not in this checkout is reported as missing,
-never imported eagerly.
+Flows are referenced by *module* entrypoint (``msaflow.flows.reproduce:reproduce_flow``), not by
+file path: Prefect loads a file-path entrypoint (``flows/pipeline.py:pipeline``) with ``flows/``
+first on ``sys.path``, where a module of ``flows/`` could shadow a top-level package of the same
+name (the tasks once lived in ``flows/tasks.py``, which shadowed ``tasks``); a module path imports
+the project the same way on every machine, installed (``site-packages/msaflow/flows/``) or from a
+checkout (``<root>/flows/``, see ``msaflow/__init__.py``). A flow whose file is not in this
+checkout is reported as missing, never imported eagerly.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+import msaflow
+
+# The folder that holds the ``msaflow`` package: a checkout's root (with ``prefect.yaml``), or
+# site-packages
+ROOT = Path(msaflow.__file__).resolve().parents[1]
 POOL = "gpu"
 
 # name -> module entrypoint (module : flow function), importable from the project root
@@ -60,10 +65,18 @@ def not_a_flow(obj: Any, entrypoint: str) -> str | None:
 
 
 def entrypoint_file(entrypoint: str, root: Path = ROOT) -> Path:
-    """``flows.pipeline:pipeline`` or ``flows/pipeline.py:pipeline``
-    -> ``<root>/flows/pipeline.py``."""
+    """``msaflow.flows.pipeline:pipeline`` -> ``<root>/msaflow/flows/pipeline.py`` where installed,
+    else ``<root>/flows/pipeline.py`` (a checkout keeps ``flows/`` at its top, and
+    ``msaflow/__init__.py`` maps it into the package); ``flows/pipeline.py:pipeline`` -> that
+    file under ``<root>``."""
     target = entrypoint.rsplit(":", 1)[0]
-    return root / (target if target.endswith(".py") else target.replace(".", "/") + ".py")
+    rel = target if target.endswith(".py") else target.replace(".", "/") + ".py"
+    path = root / rel
+    if not path.is_file() and rel.startswith("msaflow/"):
+        checkout = root / rel.removeprefix("msaflow/")
+        if checkout.is_file():
+            return checkout
+    return path
 
 
 def entrypoint_exists(entrypoint: str, root: Path = ROOT) -> bool:
@@ -312,7 +325,8 @@ def deploy_from_yaml(
         module, _, func = dep["entrypoint"].partition(":")
         if module.endswith(".py"):
             raise ServeError(
-                f"deployment {dep['name']!r}: use a module entrypoint (flows.x:y), not {module!r}"
+                f"deployment {dep['name']!r}: use a module entrypoint (msaflow.flows.x:y), "
+                f"not {module!r}"
             )
         if str(root) not in sys.path:
             sys.path.insert(0, str(root))

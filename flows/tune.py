@@ -5,8 +5,8 @@ MLflow parent run) -> the best params trained and evaluated on test with several
 pipeline's own ``run_grid`` (ordinary child runs of the study's parent run).
 
 Workers: ``workers=1`` optimises in this process; ``workers=K`` starts K processes of
-``python -m msaflow.tasks.tune --worker SPEC.json --index i`` on the same storage (``python -m msaflow.flows.tune``
-takes the same arguments). SQLite serves a few local
+``python -m msaflow.tasks.tune --worker SPEC.json --index i`` on the same storage
+(``python -m msaflow.flows.tune`` takes the same arguments). SQLite serves a few local
 processes; for many workers or several machines use PostgreSQL
 (``--storage postgresql+psycopg2://...``) and run the same ``msaflow tune --study NAME --trials N``
 on every machine: N is the study's total.
@@ -276,7 +276,8 @@ def tune(
 
 def _worker_main(argv: list[str] | None = None) -> int:
     """``python -m msaflow.flows.tune --worker SPEC.json --index I``: one optimize loop, no Prefect
-    (``tasks.tune.worker_main``; the tune flow's own workers run ``python -m msaflow.tasks.tune``)."""
+    (``tasks.tune.worker_main``; the tune flow's own workers run
+    ``python -m msaflow.tasks.tune``)."""
     return worker_main(argv, prog="python -m msaflow.flows.tune")
 
 

@@ -4,7 +4,8 @@ The study itself (space, storage, objective, results) is ``tasks.tuning``, Prefe
 the steps the flow retries or runs as units, each a plain function with its task beside it.
 
 Workers: ``optimize(spec, 1)`` optimises in this process; ``optimize(spec, K)`` starts K processes
-of ``python -m msaflow.tasks.tune --worker SPEC.json --index i`` on the same storage (``worker_main``).
+of ``python -m msaflow.tasks.tune --worker SPEC.json --index i`` on the same storage
+(``worker_main``).
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+import msaflow
 from msaflow.tasks import tracking as tr
 from msaflow.tasks import tuning as tu
 from msaflow.tasks.refs import Tracking
 
-ROOT = Path(__file__).resolve().parents[1]
-WORKER_MODULE = (
-    "msaflow.tasks.tune"  # ``python -m msaflow.tasks.tune --worker ...`` runs ``worker_main``
-)
+# The folder that holds the ``msaflow`` package (a checkout's root, or site-packages): the worker
+# processes start there and import msaflow from it.
+ROOT = Path(msaflow.__file__).resolve().parents[1]
+WORKER_MODULE = "msaflow.tasks.tune"  # ``python -m msaflow.tasks.tune --worker ...``
 _TASK: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
@@ -209,7 +211,8 @@ def log_best_test(
 
 
 def worker_main(argv: list[str] | None = None, prog: str = f"python -m {WORKER_MODULE}") -> int:
-    """``python -m msaflow.tasks.tune --worker SPEC.json --index I``: one optimize loop, no Prefect."""
+    """``python -m msaflow.tasks.tune --worker SPEC.json --index I``: one optimize loop, no
+    Prefect."""
     from msaflow.settings import apply_defaults
 
     apply_defaults()

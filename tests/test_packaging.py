@@ -4,8 +4,9 @@ The repository keeps ``models/``, ``tasks/``, ``flows/`` and ``feature_store/`` 
 wheel installs them as ``msaflow.models`` ... (``pyproject.toml``'s ``package-dir``) and a checkout
 maps them the same way (``msaflow/__init__.py``). Importing a bare ``models`` as well as
 ``msaflow.models`` would load every module twice (two registries), so nothing in the project may
-import the bare names. The last test (about 12 s) builds the wheel, installs it into a fresh venv and imports it
-from a folder with its own ``models/`` and ``tasks/``, as a researcher's notebook folder would be.
+import the bare names. The last test (about 12 s) builds the wheel, installs it into a fresh venv
+and imports it from a folder with its own ``models/`` and ``tasks/``, as a notebook's folder would
+be.
 """
 
 from __future__ import annotations

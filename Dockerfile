@@ -44,7 +44,7 @@ COPY --chown=msaflow:msaflow feature_store ./feature_store
 COPY --chown=msaflow:msaflow experiments ./experiments
 COPY --chown=msaflow:msaflow docker ./docker
 
-# Editable install: deployments run with /app as working directory and import flows.* from it.
+# Editable install: deployments run with /app as working directory and import msaflow.flows.* from it.
 RUN pip install -e ".[${EXTRAS}]" \
     && chmod +x docker/*.sh
 

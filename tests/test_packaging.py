@@ -158,9 +158,10 @@ print(json.dumps({
 
 
 def _dependency_paths() -> list[str]:
-    """This interpreter's site-packages (torch, prefect ...), never the project's own source."""
+    """This interpreter's site-packages (torch, prefect ...), never the checkout (``PYTHONPATH``).
+    As plain paths: their ``.pth`` files (an editable msaflow's finder) are not run."""
     paths = [*site.getsitepackages(), sysconfig.get_paths()["purelib"]]
-    return sorted({p for p in paths if Path(p).is_dir() and not Path(p, "msaflow").is_dir()})
+    return sorted({p for p in paths if Path(p).is_dir() and Path(p).resolve() != ROOT})
 
 
 def test_the_wheel_installs_only_msaflow_and_imports_beside_a_models_folder(tmp_path):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
+import logging
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from msaflow.atomic import atomic_write
 from msaflow.errors import DataError
 from msaflow.settings import msaflow_home
 from msaflow.tasks.policy import retry_transient
+from msaflow.tasks.progress import report as report_progress
 from msaflow.tasks.refs import DataRef
 
 DATA_HELP = (
@@ -250,8 +251,8 @@ def extract_raw_manifest(manifest: str, progress: bool = True) -> dict[str, Any]
     stamp_body = {"inputs": inputs, "content_hash": result["content_hash"], "manifest": str(src)}
     atomic_write(stamp, json.dumps(stamp_body))
     for f in result["failures"]:  # reported and skipped, as by ``features extract``
-        print(
-            f"[extract] skipped {f['id']} ({f['stage']}): {f['error']}", file=sys.stderr, flush=True
+        report_progress(
+            f"[extract] skipped {f['id']} ({f['stage']}): {f['error']}", logging.WARNING
         )
     return {
         "manifest": str(src),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +23,7 @@ from msaflow.settings import msaflow_home
 from msaflow.tasks import tracking as tr
 from msaflow.tasks.config import RunConfig
 from msaflow.tasks.policy import code_version, retry_transient
+from msaflow.tasks.progress import report as report_progress
 from msaflow.tasks.refs import DataRef, Tracking
 
 
@@ -124,7 +124,7 @@ def _progress(run_name: str, epochs: int) -> Callable[[int, dict[str, float]], N
             if k in record
         }
         text = " ".join(f"{k}={v:.4f}" for k, v in shown.items())
-        print(f"[{run_name}] epoch {epoch + 1}/{epochs} {text}", file=sys.stderr, flush=True)
+        report_progress(f"[{run_name}] epoch {epoch + 1}/{epochs} {text}")
 
     return report
 

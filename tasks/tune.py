@@ -25,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 import msaflow
 from msaflow.tasks import tracking as tr
 from msaflow.tasks import tuning as tu
+from msaflow.tasks.progress import report as report_progress
 from msaflow.tasks.refs import Tracking
 
 # The folder that holds the ``msaflow`` package (a checkout's root, or site-packages): the worker
@@ -226,7 +227,7 @@ def worker_main(argv: list[str] | None = None, prog: str = f"python -m {WORKER_M
     args = parser.parse_args(argv)
     spec = tu.StudySpec.from_json(Path(args.worker).read_text())
     result = tu.run_worker(spec, args.index)
-    print(f"[{spec.study}] worker {args.index} done: {result}", file=sys.stderr, flush=True)
+    report_progress(f"[{spec.study}] worker {args.index} done: {result}")
     return 0
 
 

@@ -3,7 +3,6 @@ MLflow child run; a worker runs trials until the study holds its target count.""
 
 from __future__ import annotations
 
-import sys
 import time
 import warnings
 from typing import Any
@@ -12,6 +11,7 @@ import optuna
 from optuna.trial import TrialState
 
 from msaflow.tasks import tracking as tr
+from msaflow.tasks.progress import report as report_progress
 from msaflow.tasks.tuning.space import space_from_dict, suggest
 from msaflow.tasks.tuning.study import StudySpec, count_states, load_study
 
@@ -29,7 +29,7 @@ class Objective:
         self.splits = splits
         self.space = space_from_dict(spec.space)
         self.mode = "min" if spec.direction == "minimize" else "max"
-        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.log = log or report_progress
 
     def _guard(self, trial: optuna.Trial) -> None:
         """Refuse a trial beyond the study's target (two workers racing for the last slot)."""

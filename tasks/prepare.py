@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -42,10 +43,34 @@ def store_dir(name: str) -> Path:
 # --------------------------------------------------------------------------------------------------
 # Checks before a flow starts
 # --------------------------------------------------------------------------------------------------
-def is_raw_manifest(data: str | None) -> bool:
-    """``--data utterances.csv``: a raw-input manifest (``features extract``'s format) to extract
-    first."""
-    return data is not None and Path(data).suffix.lower() == ".csv"
+@dataclass(frozen=True)
+class DataSource:
+    """What ``--data`` names, parsed in one place for the check, the preparation and the routing.
+
+    ``kind``: ``sim`` (``sim-<profile>``, or no ``--data``), ``store`` (a folder), ``raw`` (a
+    raw-input manifest ``.csv``, ``features extract``'s format, extracted first), ``pickle`` (any
+    other file: MMSA/MulT), or ``missing`` (nothing there).
+    """
+
+    kind: str
+    given: str | None
+    profile: str = ""
+    path: Path | None = None
+
+
+def parse_data(data: str | None, default_profile: str = "mosi") -> DataSource:
+    if data is None or data.startswith("sim-"):
+        return DataSource(
+            "sim", data, profile=data.removeprefix("sim-") if data else default_profile
+        )
+    path = Path(data).expanduser()
+    if path.is_dir():
+        kind = "store"
+    elif path.is_file():
+        kind = "raw" if path.suffix.lower() == ".csv" else "pickle"
+    else:
+        kind = "missing"
+    return DataSource(kind, data, path=path)
 
 
 def check_raw_manifest(path: str | Path) -> None:
@@ -87,25 +112,25 @@ def check_data(data: str | None, scale: float = 1.0, data_format: str = "mmsa") 
     from msaflow.feature_store.ingest import FORMATS
     from msaflow.feature_store.sim import SIM_PROFILES
 
-    if data is None or data.startswith("sim-"):
-        profile = data.removeprefix("sim-") if data else "mosi"
-        if profile not in SIM_PROFILES:
+    source = parse_data(data)
+    if source.kind == "sim":
+        if source.profile not in SIM_PROFILES:
             raise DataError(
                 data, "--data", f"sim-<profile> with a profile among {sorted(SIM_PROFILES)}"
             )
         if not 0 < scale <= 1:
             raise DataError(data or "sim-mosi", "--scale", f"a fraction in (0, 1], got {scale:g}")
-        return
-    src = Path(data).expanduser()
-    if src.is_dir():
-        read_manifest(src)
-    elif src.is_file() and is_raw_manifest(data):
-        check_raw_manifest(src)
-    elif src.is_file():
+    elif source.kind == "store":
+        read_manifest(source.path)
+    elif source.kind == "raw":
+        check_raw_manifest(source.path)
+    elif source.kind == "pickle":
         if data_format not in FORMATS:
-            raise DataError(src, "--format", f"one of {', '.join(FORMATS)}, got {data_format!r}")
+            raise DataError(
+                source.path, "--format", f"one of {', '.join(FORMATS)}, got {data_format!r}"
+            )
     else:
-        raise DataError(src, "--data", DATA_HELP)
+        raise DataError(source.path, "--data", DATA_HELP)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -122,22 +147,21 @@ def prepare_store(
     content."""
     from msaflow.feature_store import ingest, synthesize, validate_dataset
 
-    if data is None or data.startswith("sim-"):
-        profile = data.removeprefix("sim-") if data else profile
+    source = parse_data(data, default_profile=profile)
+    if source.kind == "sim":
         suffix = "" if scale == 1.0 else f"-x{scale:g}"
-        path = store_dir(f"sim-{profile}{suffix}")
-        manifest = synthesize(profile, path, seed=seed, scale=scale)
+        path = store_dir(f"sim-{source.profile}{suffix}")
+        manifest = synthesize(source.profile, path, seed=seed, scale=scale)
+    elif source.kind == "store":
+        path = source.path
+        manifest = validate_dataset(path)
+    elif source.kind in ("pickle", "raw"):  # a .csv given here is read as the --format says
+        src = source.path
+        digest = hashlib.sha256(str(src.resolve()).encode()).hexdigest()[:8]
+        path = store_dir(f"{src.stem}-{digest}")
+        manifest = ingest(data_format, src, path)
     else:
-        src = Path(data).expanduser()
-        if src.is_dir():
-            path = src
-            manifest = validate_dataset(src)
-        elif src.is_file():
-            digest = hashlib.sha256(str(src.resolve()).encode()).hexdigest()[:8]
-            path = store_dir(f"{src.stem}-{digest}")
-            manifest = ingest(data_format, src, path)
-        else:
-            raise DataError(src, "--data", DATA_HELP)
+        raise DataError(source.path, "--data", DATA_HELP)
     return DataRef.from_manifest(str(path), manifest)
 
 
@@ -280,7 +304,7 @@ def resolve_source(
     function (no Prefect run: ``msaflow.load_dataset`` reading a local store); a raw manifest's
     extraction and preparation run as tasks either way.
     """
-    if not is_raw_manifest(data):
+    if parse_data(data).kind != "raw":
         prepare = prepare_data if as_tasks else prepare_store
         return prepare(data, scale=scale, data_format=data_format)
     extraction = extract_raw_manifest(data)

@@ -8,7 +8,7 @@ its model's ``SPEC``.
 
 The flow reuses the pipeline's machinery: ``resolve_source`` -> ``run_grid`` (train -> evaluate per
 (cell, seed), content-cached) -> ``summarize_task``; then the report is built from MLflow alone
-(``tasks.reproduce.write_report``), logged to the parent run and written to a file.
+(``tasks.reproduce.report_task``), logged to the parent run and written to a file.
 
 Why not call the ``pipeline`` flow as a subflow: it opens a new parent run every time, so a resumed
 reproduction would scatter its runs over several parents. Here the parent is keyed on what defines
@@ -41,9 +41,9 @@ from msaflow.tasks.refs import DataRef, Tracking
 from msaflow.tasks.reproduce import (
     membership_tags,
     open_or_resume_parent,
+    report_task,
     reproduction_key,
     thread_share,
-    write_report,
 )
 from msaflow.tasks.summary import summarize_task
 
@@ -194,7 +194,7 @@ def _reproduce_into(
     # Which runs make up this reproduction: a cache hit may belong to an earlier parent.
     tr.set_tags(tracking_uri, parent_run_id, membership_tags([r["run_id"] for r in rows]))
 
-    report_paths, report_error = write_report(tracking, parent_run_id, out)
+    report_paths, report_error = report_task(tracking, parent_run_id, out)
     return {
         "table": table,
         "parent_run_id": parent_run_id,

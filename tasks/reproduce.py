@@ -16,10 +16,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
 from msaflow.models.spec import Cell, TableSpec
 from msaflow.settings import msaflow_home
 from msaflow.tasks import tracking as tr
-from msaflow.tasks.policy import code_version
+from msaflow.tasks.policy import code_version, retry_transient
 from msaflow.tasks.refs import DataRef, Tracking
 from msaflow.tasks.run import open_parent_run
 
@@ -134,3 +137,13 @@ def write_report(
     except ReportError as exc:
         return {}, str(exc)
     return {k: str(v) for k, v in paths.items()}, None
+
+
+# Always rebuilt from MLflow (never cached): the runs it reads may have changed since.
+report_task = task(
+    name="report",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=1,
+    retry_condition_fn=retry_transient,
+)(write_report)

@@ -372,3 +372,25 @@ def test_table1_trains_a_model_family_per_cell_and_sets_the_papers_rows_beside(
 def test_a_comparison_table_needs_its_preset_in_every_model():
     with pytest.raises(ConfigError, match="'tfn' has no preset 'paper-fast'"):
         reproduce("mmafnet-table1", preset="paper-fast", seeds=1, epochs=1)
+
+
+def test_the_report_is_a_task_run_of_the_flow(resumed):
+    """The report step is a Prefect task (retried when MLflow is busy, visible in the UI)."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, TaskRunFilter, TaskRunFilterName
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    async def report_runs():
+        async with get_client() as client:
+            return await client.read_task_runs(
+                task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="report-")),
+                flow_run_filter=FlowRunFilter(),
+                sort=TaskRunSort.EXPECTED_START_TIME_DESC,
+                limit=10,
+            )
+
+    runs = asyncio.run(report_runs())
+    assert runs and runs[0].state.is_completed()
+    assert resumed["second"]["report"], "and it still writes the report"

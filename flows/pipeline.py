@@ -15,6 +15,7 @@ from prefect import flow
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from msaflow.devices import GPU_TAG, uses_cuda
 from msaflow.flows.errors import quiet_user_errors
 from msaflow.models.spec import Cell  # a table's column; defined with the tables
 from msaflow.settings import default_tracking_uri
@@ -146,7 +147,7 @@ def _submit_train(
     """``refresh`` bypasses (and rewrites) Prefect's cache."""
     opts: dict[str, Any] = {"refresh_cache": True} if refresh else {}
     return train_task.with_options(
-        task_run_name=f"train-{_task_name(cfg, cell)}", tags=run_tags(cfg, cell), **opts
+        task_run_name=f"train-{_task_name(cfg, cell)}", tags=train_tags(cfg, cell), **opts
     ).submit(cfg, cell.name, data_ref, tracking, parent_run_id, fresh=refresh)
 
 
@@ -169,6 +170,12 @@ def run_tags(cfg, cell: Cell) -> set[str]:
         f"cell:{cell.name}",
         f"seed:{cfg.train.seed}",
     }
+
+
+def train_tags(cfg, cell: Cell) -> set[str]:
+    """A training's tags: ``run_tags``, plus ``gpu`` when it trains on CUDA (judged where the flow
+    runs), which the tag concurrency limit of ``msaflow serve --setup-pool`` caps at one per GPU."""
+    return run_tags(cfg, cell) | ({GPU_TAG} if uses_cuda(cfg.train.device) else set())
 
 
 def _task_name(cfg, cell: Cell) -> str:

@@ -4,8 +4,10 @@ runner.
 * ``serve_flow`` wraps ``Flow.serve``: one process that creates a deployment (optionally on a cron)
   and runs its scheduled runs itself. Good for one machine.
 * ``setup_pool`` creates/updates the ``gpu`` work pool (type ``process``) with a concurrency limit
-  equal to the GPU count (at least 1). Deployments declared in ``prefect.yaml`` target it; any
-  number of ``prefect worker start --pool gpu`` processes, on any number of machines, take its runs.
+  equal to the GPU count (at least 1), and the ``gpu`` *tag* concurrency limit with the same value
+  (training tasks on CUDA carry the tag: at most that many train at once, across all flow runs).
+  Deployments declared in ``prefect.yaml`` target the pool; any number of ``prefect worker start
+  --pool gpu`` processes, on any number of machines, take its runs.
 * ``task_runner_for`` gives the pipeline a Dask task runner (a local cluster or a remote scheduler),
   so the training tasks of *one* flow run spread over several cores or machines.
 
@@ -27,6 +29,7 @@ from typing import Any
 import yaml
 
 import msaflow
+from msaflow.devices import GPU_TAG, cuda_count
 
 # The folder that holds the ``msaflow`` package: a checkout's root (with ``prefect.yaml``), or
 # site-packages
@@ -181,19 +184,19 @@ def task_runner_for(
 
 
 def gpu_count() -> int:
-    """Number of visible CUDA devices, at least 1 (a CPU-only machine runs one training at a
-    time)."""
+    """Number of visible CUDA devices (``CUDA_VISIBLE_DEVICES`` applies), at least 1 (a CPU-only
+    machine runs one training at a time)."""
     try:
-        import torch
-
-        return max(1, torch.cuda.device_count())
+        return max(1, cuda_count())
     except Exception:  # noqa: BLE001 - no torch/CUDA: one slot
         return 1
 
 
-def setup_pool(name: str = POOL, concurrency: int | None = None) -> dict[str, Any]:
+def setup_pool(
+    name: str = POOL, concurrency: int | None = None, gpu_tag: str = GPU_TAG
+) -> dict[str, Any]:
     """Create (or update) the process-type work pool ``name`` with ``concurrency`` (default: GPU
-    count).
+    count), and the tag concurrency limit of ``gpu_tag`` with the same value.
 
     Needs ``PREFECT_API_URL`` (a real server); against the ephemeral server the pool would vanish.
     """
@@ -224,11 +227,17 @@ def setup_pool(name: str = POOL, concurrency: int | None = None) -> dict[str, An
             )
             created = True
         pool = client.read_work_pool(name)
+        # The server's POST is an upsert (3.8 stores it as the global limit ``tag:<tag>``): a
+        # second setup updates the value.
+        client.create_concurrency_limit(tag=gpu_tag, concurrency_limit=limit)
+        tag_limit = client.read_concurrency_limit_by_tag(gpu_tag)
     return {
         "name": pool.name,
         "type": pool.type,
         "concurrency_limit": pool.concurrency_limit,
         "created": created,
+        "tag": tag_limit.tag,
+        "tag_concurrency_limit": tag_limit.concurrency_limit,
     }
 
 

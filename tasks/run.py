@@ -18,6 +18,7 @@ from typing import Any
 
 from prefect import task
 
+from msaflow.devices import lease_device, on_device, resolve
 from msaflow.models.spec import Cell
 from msaflow.settings import msaflow_home
 from msaflow.tasks import tracking as tr
@@ -129,6 +130,18 @@ def _progress(run_name: str, epochs: int) -> Callable[[int, dict[str, float]], N
     return report
 
 
+def device_tags(device: str) -> dict[str, str]:
+    """The training's device as MLflow tags: ``msaflow.device`` (``cuda:1``, ``cuda``, ``cpu``;
+    a tag, since a retry may land on another GPU), and the process's ``CUDA_VISIBLE_DEVICES``
+    when set (``cuda:0`` under ``CUDA_VISIBLE_DEVICES=2`` is physical GPU 2)."""
+    import os
+
+    tags = {"msaflow.device": resolve(device)}
+    if (visible := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
+        tags["msaflow.cuda_visible_devices"] = visible
+    return tags
+
+
 def train_run(
     cfg: RunConfig,
     cell: str,
@@ -181,17 +194,22 @@ def train_run(
         tr.log_config(uri, run_id, cfg)
         tr.log_dataset_input(uri, run_id, read_manifest(data_ref.path), data_ref.path)
         _, splits = load_dataset(data_ref.path, splits=("train", "valid"), shared=True)
-        result = train_model(
-            cfg,
-            splits,
-            task=data_ref.task,
-            class_names=data_ref.class_names,
-            checkpoint_dir=ckpt,
-            callbacks=[_progress(run_name, cfg.train.epochs)],
-            evaluate_test=False,
-            # every epoch reaches MLflow as it ends: a long run is watched live in the UI
-            epoch_sink=lambda epoch, *rows: tr.log_epoch_live(uri, run_id, *rows),
-        )
+        # Concurrent trainings on a multi-GPU machine each hold their own cuda:k, made this
+        # thread's current CUDA device: the engine's "cuda" means it. The config keeps its device
+        # (it is in the fingerprint that names the checkpoint and the cache key).
+        with lease_device(cfg.train.device) as device, on_device(device):
+            tr.set_tags(uri, run_id, device_tags(device))
+            result = train_model(
+                cfg,
+                splits,
+                task=data_ref.task,
+                class_names=data_ref.class_names,
+                checkpoint_dir=ckpt,
+                callbacks=[_progress(run_name, cfg.train.epochs)],
+                evaluate_test=False,
+                # every epoch reaches MLflow as it ends: a long run is watched live in the UI
+                epoch_sink=lambda epoch, *rows: tr.log_epoch_live(uri, run_id, *rows),
+            )
         # what an interrupted attempt checkpointed but had not logged; nothing twice
         tr.log_missing_rows(uri, run_id, result.history, "epoch")
         tr.log_missing_rows(uri, run_id, result.step_traces, "step", skip=("epoch",))
@@ -228,9 +246,10 @@ def train_run(
     }
 
 
+# No static tags: the flow gives each training its own (``flows.pipeline.train_tags``), ``gpu``
+# only for one that trains on CUDA, so the ``gpu`` concurrency limit never holds back CPU runs.
 train_task = task(
     name="train",
-    tags=["gpu"],
     retries=2,
     retry_delay_seconds=2,
     retry_condition_fn=retry_transient,

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from msaflow.devices import resolve
 from msaflow.feature_store.extract import DataError
 
 NAME = "text"
@@ -34,6 +35,9 @@ class TextConfig:
     batch_size: int = 64
     max_tokens: int = 512  # tokenizer truncation; words past it get zero vectors
     layer: int = -1  # hidden_states index; -1 = last layer
+    # auto = CUDA, then MPS, then the CPU (as training's); not part of the cache key, like
+    # batch_size: a cache entry is the same features whichever device computed it
+    device: str = "auto"
 
 
 def _offline() -> bool:
@@ -81,7 +85,11 @@ def words_of(text: str | None, timings: Sequence[tuple[str, float, float]] | Non
 
 
 class TextEncoder:
-    """Loads the tokenizer and model once; ``encode`` maps word lists to (W, hidden) arrays."""
+    """Loads the tokenizer and model once; ``encode`` maps word lists to (W, hidden) arrays.
+
+    The model and each batch's inputs live on ``device`` (``config.device`` resolved: ``auto`` is
+    CUDA, then MPS, then the CPU); the pooled words come back as host arrays.
+    """
 
     def __init__(self, config: TextConfig | None = None):
         import torch
@@ -111,7 +119,8 @@ class TextEncoder:
             raise DataError(
                 self.name_or_path, "--text-model", "a model with a fast tokenizer (word_ids())"
             )
-        self.model.eval()
+        self.device = torch.device(resolve(self.config.device))
+        self.model.to(self.device).eval()
         self.hidden = int(self.model.config.hidden_size)
         self.fingerprint = model_fingerprint(self.name_or_path)
         self._torch = torch
@@ -119,7 +128,8 @@ class TextEncoder:
     def cache_config(self) -> dict[str, Any]:
         cfg = asdict(self.config)
         cfg["model"] = self.fingerprint
-        cfg.pop("batch_size")  # does not change the result
+        for key in ("batch_size", "device"):  # they do not change the result
+            cfg.pop(key)
         return cfg
 
     def encode(
@@ -155,21 +165,22 @@ class TextEncoder:
             return_tensors="pt",
         )
         want_all = self.config.layer != -1
-        result = self.model(**enc, output_hidden_states=want_all)
+        result = self.model(**enc.to(self.device), output_hidden_states=want_all)
         states = (
             result.hidden_states[self.config.layer] if want_all else result.last_hidden_state
         )  # (B, L, d)
         b, length, d = states.shape
         w_max = max((len(w) for w in batch), default=0)
-        wid = torch.full((b, length), w_max, dtype=torch.long)  # w_max = "no word" bucket
-        for i in range(b):
-            ids = enc.word_ids(i)
-            wid[i] = torch.tensor([w_max if w is None else w for w in ids], dtype=torch.long)
-        sums = torch.zeros(b, w_max + 1, d, dtype=states.dtype)
+        # word ids built on the host, moved in one copy; pooled on the encoder's device
+        wid = torch.tensor(
+            [[w_max if w is None else w for w in enc.word_ids(i)] for i in range(b)],
+            dtype=torch.long,
+        ).to(states.device)  # (B, L); w_max = "no word" bucket
+        sums = torch.zeros(b, w_max + 1, d, dtype=states.dtype, device=states.device)
         sums.scatter_add_(1, wid.unsqueeze(-1).expand(-1, -1, d), states)  # (B, W+1, d)
-        counts = torch.zeros(b, w_max + 1, dtype=states.dtype)
+        counts = torch.zeros(b, w_max + 1, dtype=states.dtype, device=states.device)
         counts.scatter_add_(1, wid, torch.ones_like(wid, dtype=states.dtype))  # (B, W+1)
-        pooled = (sums / counts.clamp(min=1).unsqueeze(-1))[:, :w_max].float().numpy()
+        pooled = (sums / counts.clamp(min=1).unsqueeze(-1))[:, :w_max].float().cpu().numpy()
         return [np.ascontiguousarray(pooled[i, : len(w)]) for i, w in enumerate(batch)]
 
     def token_ids(self, word_lists: Sequence[Sequence[str]], max_tokens: int) -> np.ndarray:
@@ -498,7 +509,8 @@ def cache_config(config: TextConfig) -> dict[str, Any]:
     name_or_path, _ = resolve_model(config.model)
     cfg = asdict(config)
     cfg["model"] = model_fingerprint(name_or_path)
-    cfg.pop("batch_size")
+    for key in ("batch_size", "device"):
+        cfg.pop(key)
     return cfg
 
 
@@ -522,8 +534,8 @@ def extract_text_batch(
     """Encode the utterances' words (cached per utterance) -> entries, failures, cache stats.
 
     Returns ``{"entries": {id: npz path}, "failures": [...], "cache": {hits, misses}, "dim",
-    "model"}``; each entry holds ``words`` (W, dim) float32. The model loads only when something
-    misses.
+    "model", "device"}``; each entry holds ``words`` (W, dim) float32; ``device`` is where the
+    encoder ran (None when everything was cached). The model loads only when something misses.
     """
     from msaflow.feature_store.extract import UtteranceError, failure_record
     from msaflow.feature_store.extract.cache import FeatureCache, load_entry
@@ -551,10 +563,10 @@ def extract_text_batch(
         if not cache.has(key):
             todo.append((u.id, key, words))
         entries[u.id] = str(cache.path(key))
-    dim = None
+    dim, device = None, None
     if todo:
         encoder = get_encoder(config)
-        dim = encoder.hidden
+        dim, device = encoder.hidden, str(encoder.device)
         for start in range(0, len(todo), 8192):  # bounded memory; the encoder batches inside
             chunk = todo[start : start + 8192]
             for (_, key, _), emb in zip(
@@ -569,4 +581,5 @@ def extract_text_batch(
         "cache": cache.stats(),
         "dim": dim,
         "model": cache.config["model"],
+        "device": device,
     }

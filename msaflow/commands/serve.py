@@ -46,14 +46,15 @@ def command(
         bool,
         typer.Option(
             "--setup-pool",
-            help="Create/update the process work pool (concurrency = GPU count, min 1) and exit.",
+            help="Create/update the process work pool (concurrency = GPU count, min 1) and the "
+            "'gpu' tag concurrency limit (same value), and exit.",
         ),
     ] = False,
     pool: Annotated[str, typer.Option(help="Work pool for --setup-pool and --deploy.")] = "gpu",
     concurrency: Annotated[
         int | None,
         typer.Option(
-            help="Override the pool's concurrency (default: torch.cuda.device_count(), min 1)."
+            help="Override the pool's and the gpu tag's concurrency (default: GPU count, min 1)."
         ),
     ] = None,
     deploy: Annotated[
@@ -93,7 +94,8 @@ http://127.0.0.1:4200/api).
             err.print(
                 f"work pool [bold]{escape(str(info['name']))}[/] ({escape(str(info['type']))}) "
                 f"{'created' if info['created'] else 'updated'}: concurrency "
-                f"{info['concurrency_limit']}"
+                f"{info['concurrency_limit']}; tag [bold]{escape(str(info['tag']))}[/]: "
+                f"{info['tag_concurrency_limit']} training task(s) at once"
             )
             typer.echo(json.dumps(info))
         if deploy:

@@ -1,6 +1,8 @@
 """The pipeline end to end on a tiny simulation: real Prefect (test harness), real MLflow
 (SQLite)."""
 
+from dataclasses import replace
+
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
@@ -77,6 +79,27 @@ def _assert_prefect_artifacts(result):
 
     tags = asyncio.run(train_task_tags())
     assert tags and {"model:mmafnet", "variant:full", "seed:1"} <= tags[0]
+    # the `gpu` tag (its concurrency limit: one training per GPU) only on a training that uses one
+    import torch
+
+    assert ("gpu" in tags[0]) == torch.cuda.is_available(), tags[0]
+
+
+def test_only_a_training_on_cuda_carries_the_gpu_tag(monkeypatch):
+    import torch
+
+    from msaflow.flows.pipeline import run_tags, train_tags
+    from msaflow.models.spec import Cell
+    from msaflow.tasks.config import resolve_run_config
+
+    cfg = resolve_run_config("mmafnet", "full", "quick")
+    cell = Cell("full", "full")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train_tags(cfg, cell) == run_tags(cfg, cell)  # auto on a CPU: no gpu slot taken
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert train_tags(cfg, cell) == run_tags(cfg, cell) | {"gpu"}
+    on_cpu = replace(cfg, train=replace(cfg.train, device="cpu"))
+    assert "gpu" not in train_tags(on_cpu, cell)  # an explicit CPU run, even with a GPU there
 
 
 def test_pipeline_end_to_end_then_cached(tiny_sim, mlflow_uri):

@@ -121,6 +121,47 @@ def test_parse_params():
         parse_params(["novalue"])
 
 
+def test_setup_pool_limits_the_gpu_tag_to_the_gpu_count(prefect_harness, monkeypatch):
+    """``--setup-pool`` also gives the ``gpu`` tag (training tasks on CUDA) a concurrency limit of
+    one per GPU, read back from the (test harness's) Prefect server; a second setup updates it.
+    Two GPUs are faked: none here."""
+    import contextlib
+
+    import torch
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL
+
+    from msaflow.cli import app
+    from msaflow.flows.serve import setup_pool
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
+    pool = "gpu-tag-limit-test"
+    try:
+        result = CliRunner().invoke(app, ["serve", "--setup-pool", "--pool", pool])
+        assert result.exit_code == 0, result.output
+        info = json.loads(result.stdout.strip().splitlines()[-1])
+        assert (info["concurrency_limit"], info["tag"], info["tag_concurrency_limit"]) == (
+            2,
+            "gpu",
+            2,
+        )
+        with get_client(sync_client=True) as client:
+            assert client.read_concurrency_limit_by_tag("gpu").concurrency_limit == 2
+        assert setup_pool(pool, concurrency=3)["tag_concurrency_limit"] == 3
+        with get_client(sync_client=True) as client:
+            assert client.read_concurrency_limit_by_tag("gpu").concurrency_limit == 3
+            assert client.read_work_pool(pool).concurrency_limit == 3
+    finally:  # the harness serves the whole session: leave no limit for other tests' tasks
+        with get_client(sync_client=True) as client:
+            with contextlib.suppress(ObjectNotFound):
+                client.delete_concurrency_limit_by_tag("gpu")
+            with contextlib.suppress(ObjectNotFound):
+                client.delete_work_pool(pool)
+
+
 # --- a real server, two workers -----------------------------------------------------------------
 
 

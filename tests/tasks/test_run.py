@@ -1,9 +1,17 @@
-"""The train task's plain function: metrics reach MLflow live, epoch by epoch, and a resumed run
-ends with each epoch logged exactly once."""
+"""The train task's plain function: metrics reach MLflow live, epoch by epoch, a resumed run
+ends with each epoch logged exactly once, and concurrent trainings on a multi-GPU machine each
+train on their own GPU (a faked device count: no GPU here)."""
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 import msaflow.tasks.train
@@ -66,6 +74,7 @@ def test_each_epoch_is_in_mlflow_while_the_run_is_still_running(world, monkeypat
     out = train_run(cfg, "full", ref, tracking, parent)
     assert seen[0] == ("RUNNING", [0], True) and seen[1] == ("RUNNING", [0, 1], True)
     assert _history(uri, out["run_id"], "valid/mae") == [0, 1, 2]  # once each, not twice
+    assert MlflowClient(uri).get_run(out["run_id"]).data.tags["msaflow.device"] == "cpu"
 
 
 def test_an_epoch_checkpointed_but_not_logged_is_logged_once_on_resume(world, monkeypatch):
@@ -86,3 +95,78 @@ def test_an_epoch_checkpointed_but_not_logged_is_logged_once_on_resume(world, mo
         assert _history(uri, out["run_id"], key) == [0, 1, 2], key
     steps = _history(uri, out["run_id"], "sgm/omega_t")
     assert len(steps) == len(set(steps)) > 0
+
+
+class _CurrentDevice:
+    """Stands in for ``torch.cuda.device`` (a CPU build cannot enter it): records, per thread,
+    which GPU the block made current."""
+
+    current = threading.local()
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def __enter__(self):
+        self.current.index = self.index
+
+    def __exit__(self, *exc):
+        self.current.index = None
+        return False
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_concurrent_trainings_each_train_on_their_own_gpu(world, monkeypatch):
+    from msaflow import devices
+
+    uri, ref, tracking, cfg, parent = world
+    monkeypatch.setenv(devices.LOCK_DIR_ENV, str(Path(os.environ["MSAFLOW_HOME"]) / "locks"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "device", _CurrentDevice)
+    barrier, seen = threading.Barrier(2, timeout=60), []
+
+    def on_gpu(run_cfg, *args, **kw):
+        barrier.wait()  # both trainings are in train_model at once
+        seen.append((run_cfg.train.device, _CurrentDevice.current.index))
+        raise _Stop  # nothing can really train on a faked GPU
+
+    monkeypatch.setattr(msaflow.tasks.train, "train_model", on_gpu)
+    cfgs = [cfg, replace(cfg, train=replace(cfg.train, seed=2))]
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(train_run, c, "full", ref, tracking, parent) for c in cfgs]
+        for f in futures:
+            with pytest.raises(_Stop):
+                f.result()
+    # the config keeps "auto" (its fingerprint names the checkpoint); the thread's current GPU
+    # differs
+    assert sorted(seen) == [("auto", 0), ("auto", 1)]
+    runs = MlflowClient(uri).search_runs(
+        [tracking.experiment_id], filter_string="tags.`msaflow.kind` = 'train'"
+    )
+    assert sorted(r.data.tags["msaflow.device"] for r in runs) == ["cuda:0", "cuda:1"]
+    assert {r.info.status for r in runs} == {"FAILED"}
+    assert sum(devices.SLOTS.load.values()) == 0  # a failed training returns its slot
+
+
+def test_one_gpu_trains_as_before(world, monkeypatch):
+    uri, ref, tracking, cfg, parent = world
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "device", _CurrentDevice)
+    seen = []
+
+    def on_gpu(run_cfg, *args, **kw):
+        seen.append((run_cfg.train.device, getattr(_CurrentDevice.current, "index", None)))
+        raise _Stop
+
+    monkeypatch.setattr(msaflow.tasks.train, "train_model", on_gpu)
+    with pytest.raises(_Stop):
+        train_run(cfg, "full", ref, tracking, parent)
+    assert seen == [("auto", None)]  # no slot, no current-device switch: select_device decides
+    (run,) = MlflowClient(uri).search_runs(
+        [tracking.experiment_id], filter_string="tags.`msaflow.kind` = 'train'"
+    )
+    assert run.data.tags["msaflow.device"] == "cuda"

@@ -83,3 +83,30 @@ def test_real_mosi_transcripts_first_rows(mosi_label_csv, tmp_path, minilm):
     assert len(res["entries"]) == 20 and not res["failures"]
     emb = np.load(res["entries"][utts[1].id])["words"]
     assert emb.shape == (min(len(utts[1].word_list()), 50), 384) and np.isfinite(emb).all()
+
+
+def test_the_encoder_runs_on_an_explicit_cpu_with_the_same_features(minilm, tmp_path):
+    """``device`` is honoured and recorded; it changes neither the features nor the cache key."""
+    from msaflow.feature_store.extract.text import cache_config
+
+    enc = TextEncoder(TextConfig(max_words=50, device="cpu"))
+    assert enc.device == torch.device("cpu")
+    assert {p.device for p in enc.model.parameters()} == {torch.device("cpu")}
+    words = [["hello", "world"], ["an", "unbelievably", "tokenized", "sentence"]]
+    for a, b in zip(enc.encode(words), minilm.encode(words), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert cache_config(TextConfig(device="cpu")) == cache_config(TextConfig())
+    utts = [Utterance("0", "it was good", None, None, None, 0.0, "train")]
+    assert extract_text_batch(utts, TextConfig(device="cpu"), cache_dir=tmp_path)["device"] == "cpu"
+    cached = extract_text_batch(utts, TextConfig(), cache_dir=tmp_path)  # same entry: no encoder
+    assert cached["cache"] == {"hits": 1, "misses": 0} and cached["device"] is None
+
+
+def test_the_encoder_goes_to_cuda_when_available(monkeypatch):
+    if torch.cuda.is_available():
+        assert TextEncoder(TextConfig()).device.type == "cuda"
+        return
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # faked: no GPU here
+    # this CPU build of torch cannot move the model: the error proves that it tried
+    with pytest.raises((AssertionError, RuntimeError), match="CUDA"):
+        TextEncoder(TextConfig())

@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from msaflow.devices import lease_device, on_device, resolve
 from msaflow.tasks import tracking as tr
 from msaflow.tasks.progress import report as report_progress
 from msaflow.tasks.tuning.space import space_from_dict, suggest
@@ -118,14 +119,18 @@ class Objective:
                 tr.finish_run(uri, run_id, status)
 
         try:
-            result = train_model(
-                cfg,
-                self.splits,
-                task=spec.data_task,
-                class_names=spec.class_names,
-                callbacks=[on_epoch],
-                evaluate_test=False,
-            )
+            # concurrent trials (tune --workers K) each hold their own GPU, as pipeline runs do
+            with lease_device(cfg.train.device) as device, on_device(device):
+                if run_id is not None:
+                    tr.set_tags(uri, run_id, {"msaflow.device": resolve(device)})
+                result = train_model(
+                    cfg,
+                    self.splits,
+                    task=spec.data_task,
+                    class_names=spec.class_names,
+                    callbacks=[on_epoch],
+                    evaluate_test=False,
+                )
         except optuna.TrialPruned as exc:
             close("PRUNED", "KILLED")
             self.log(

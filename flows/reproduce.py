@@ -8,7 +8,9 @@ its model's ``SPEC``.
 
 The flow reuses the pipeline's machinery: ``resolve_source`` -> ``run_grid`` (train -> evaluate per
 (cell, seed), content-cached) -> ``summarize_task``; then the report is built from MLflow alone
-(``tasks.reproduce.report_task``), logged to the parent run and written to a file.
+(``tasks.reproduce.report_task``), logged to the parent run and written to a file, and the best run
+per model family on validation is registered as ``models:/msaflow-<experiment>-<model>@best``
+(``tasks.model_registry``).
 
 Why not call the ``pipeline`` flow as a subflow: it opens a new parent run every time, so a resumed
 reproduction would scatter its runs over several parents. Here the parent is keyed on what defines
@@ -36,6 +38,7 @@ from msaflow.models.spec import Cell
 from msaflow.settings import default_tracking_uri
 from msaflow.tasks import tracking as tr
 from msaflow.tasks.config import ConfigError, resolve_run_config
+from msaflow.tasks.model_registry import register_best_task
 from msaflow.tasks.prepare import resolve_source
 from msaflow.tasks.refs import DataRef, Tracking
 from msaflow.tasks.reproduce import (
@@ -195,6 +198,15 @@ def _reproduce_into(
     tr.set_tags(tracking_uri, parent_run_id, membership_tags([r["run_id"] for r in rows]))
 
     report_paths, report_error = report_task(tracking, parent_run_id, out)
+    # The best run on validation, per model family, as models:/msaflow-<experiment>-<model>@best
+    registered = register_best_task(
+        tracking_uri,
+        experiment,
+        rows,
+        kind="reproduce",
+        parent_run_id=parent_run_id,
+        extra_tags={"msaflow.table": table, "msaflow.reproduce_key": key},
+    )
     return {
         "table": table,
         "parent_run_id": parent_run_id,
@@ -207,6 +219,7 @@ def _reproduce_into(
         "failures": failures,
         "report": report_paths,
         "report_error": report_error,
+        "registered": registered,
     }
 
 

@@ -2,7 +2,9 @@
 
 data -> study (create or resume) -> K workers optimise on one storage -> best params (best.yaml,
 MLflow parent run) -> the best params trained and evaluated on test with several seeds through the
-pipeline's own ``run_grid`` (ordinary child runs of the study's parent run).
+pipeline's own ``run_grid`` (ordinary child runs of the study's parent run) -> the best of those on
+the study's validation metric registered as ``models:/msaflow-<experiment>-<model>@best``
+(``tasks.model_registry``; trials keep no weights, so these runs are the study's models).
 
 Workers: ``workers=1`` optimises in this process; ``workers=K`` starts K processes of
 ``python -m msaflow.tasks.tune --worker SPEC.json --index i`` on the same storage
@@ -26,6 +28,7 @@ from msaflow.settings import default_tracking_uri
 from msaflow.tasks import tracking as tr
 from msaflow.tasks import tuning as tu
 from msaflow.tasks.config import ConfigError
+from msaflow.tasks.model_registry import register_best_task
 from msaflow.tasks.prepare import resolve_source
 from msaflow.tasks.refs import DataRef, Tracking
 from msaflow.tasks.tune import (
@@ -249,9 +252,21 @@ def tune(
         worker_results = optimize_task(spec, workers)
         best_path = out or str(tu.default_best_path(name))
         summary = finalize_task(spec, best_path)
-        evaluation = None
+        evaluation, registered = None, []
         if summary["best_params"] is not None and summary["finished"] >= n_trials and eval_seeds:
             evaluation = _evaluate_best(spec, summary, data_ref, tracking, eval_seeds)
+            # Trials keep no weights: the best params' runs are the study's models. The best of
+            # them on the study's validation metric is models:/msaflow-<experiment>-<model>@best.
+            registered = register_best_task(
+                tracking_uri,
+                experiment,
+                evaluation["rows"],
+                kind="tune",
+                parent_run_id=spec.parent_run_id,
+                metric=metric,
+                mode="min" if direction == "minimize" else "max",
+                extra_tags={"optuna.study": name, "optuna.best_trial": summary.get("best_trial")},
+            )
     except BaseException as exc:
         tr.fail_run(tracking_uri, spec.parent_run_id, exc)
         raise
@@ -271,6 +286,7 @@ def tune(
         "tracking_uri": tracking_uri,
         "dataset": data_ref.as_dict(),  # the result stays plain data for callers (CLI, API)
         "evaluation": evaluation,
+        "registered": registered,
     }
 
 

@@ -51,6 +51,15 @@ class TrainConfig:
     num_threads: int = 0  # 0 = torch default
     # per-dimension feature standardisation fit on the train split (tasks.data.standardize_splits)
     standardize: bool = True
+    # MLflow system metrics (system/cpu_utilization_percentage, memory, disk, network; GPU where
+    # nvidia-ml-py is installed) sampled every system_metrics_interval seconds while a run trains.
+    # They observe a run without changing it, so they are not part of its fingerprint.
+    system_metrics: bool = True
+    system_metrics_interval: float = 10.0
+
+
+# TrainConfig fields that observe a run without changing its result: left out of the fingerprint.
+OBSERVE_ONLY = ("system_metrics", "system_metrics_interval")
 
 
 @dataclass(frozen=True)
@@ -80,9 +89,56 @@ class RunConfig:
         }
 
     def fingerprint(self) -> str:
-        """Content hash of the resolved config (a cache key component)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        """Content hash of the resolved config (a cache key component), less the fields that only
+        observe a run (``OBSERVE_ONLY``): switching system metrics off reuses the cached result."""
+        d = self.to_dict()
+        d["train"] = {k: v for k, v in d["train"].items() if k not in OBSERVE_ONLY}
+        blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """The config ``to_dict`` wrote (``config/resolved.json``), rebuilt as it was resolved.
+
+        JSON turns tuples into lists; a field whose default is a tuple gets one back. Unknown keys
+        are a ConfigError (the file came from another msaflow version)."""
+
+        def build(cls_: type, values: dict[str, Any], where: str) -> Any:
+            known = {f.name: f for f in fields(cls_)}
+            unknown = sorted(set(values) - set(known))
+            if unknown:
+                raise ConfigError(
+                    f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}"
+                )
+            out = {}
+            for key, value in values.items():
+                f = known[key]
+                default = (
+                    f.default_factory()
+                    if f.default_factory is not dataclasses.MISSING
+                    else f.default
+                )
+                out[key] = (
+                    tuple(value)
+                    if isinstance(default, tuple) and isinstance(value, list)
+                    else value
+                )
+            return cls_(**out)
+
+        try:
+            model, variant, preset = d["model"], d["variant"], d["preset"]
+            model_values, train_values = d["model_cfg"], d["train"]
+        except (KeyError, TypeError):
+            raise ConfigError(
+                "resolved config: expected keys model, variant, preset, model_cfg and train"
+            ) from None
+        return cls(
+            model=model,
+            variant=variant,
+            preset=preset,
+            model_cfg=build(get_spec(model).config_cls, model_values, f"{model} config"),
+            train=build(TrainConfig, train_values, "train"),
+        )
 
 
 @dataclass(frozen=True)
@@ -130,6 +186,7 @@ RANGES: dict[str, Range] = {
     "patience": _NON_NEG,
     "seed": _NON_NEG,
     "num_threads": _NON_NEG,
+    "system_metrics_interval": _POS,
     # MMAFNet (eqs. 9, 14, 18)
     "alpha": _NON_NEG,
     "delta": Range(0, 1),

@@ -110,8 +110,15 @@ class Standardization:
     def apply(self, split: SplitData) -> SplitData:
         """A copy of ``split`` with standardised features; padded frames stay 0. Inputs are not
         modified."""
-        features = {}
-        for m, x in split.features.items():
+        return dataclasses.replace(split, features=self.apply_arrays(split.features, split.lengths))
+
+    def apply_arrays(
+        self, features: Mapping[str, np.ndarray], lengths: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """``apply`` on plain arrays: modality -> (N, T, d) features and (N,) lengths, as a store
+        holds them (the served model, ``tasks.serving``, standardises its inputs with this)."""
+        out = {}
+        for m, x in features.items():
             if m not in self.mean:
                 raise ValueError(
                     f"standardization: no statistics for modality {m!r}; fit on {sorted(self.mean)}"
@@ -121,10 +128,10 @@ class Standardization:
                     f"standardization: {m} has {x.shape[-1]} dims, statistics have "
                     f"{len(self.mean[m])}"
                 )
-            mask = _valid_mask(split.lengths[m], x.shape[1])[..., None]
+            mask = _valid_mask(lengths[m], x.shape[1])[..., None]
             mean, std = self.mean[m].astype(np.float32), self.std[m].astype(np.float32)
-            features[m] = np.where(mask, (x - mean) / std, 0.0).astype(np.float32)
-        return dataclasses.replace(split, features=features)
+            out[m] = np.where(mask, (x - mean) / std, 0.0).astype(np.float32)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (logged as the ``data/standardization.json`` artifact)."""

@@ -196,8 +196,15 @@ def train_run(
         _, splits = load_dataset(data_ref.path, splits=("train", "valid"), shared=True)
         # Concurrent trainings on a multi-GPU machine each hold their own cuda:k, made this
         # thread's current CUDA device: the engine's "cuda" means it. The config keeps its device
-        # (it is in the fingerprint that names the checkpoint and the cache key).
-        with lease_device(cfg.train.device) as device, on_device(device):
+        # (it is in the fingerprint that names the checkpoint and the cache key). CPU, memory
+        # (and GPU) figures beside the epochs; the monitor is stopped however training ends.
+        with (
+            lease_device(cfg.train.device) as device,
+            on_device(device),
+            tr.system_metrics(
+                uri, run_id, cfg.train.system_metrics, cfg.train.system_metrics_interval
+            ),
+        ):
             tr.set_tags(uri, run_id, device_tags(device))
             result = train_model(
                 cfg,
@@ -273,9 +280,8 @@ def evaluate_run(
     try:
         # test goes through the same train-fit standardisation as in training (so does the logged
         # model's input)
-        test = split_to_tensors(
-            load_standardized(data_ref.path, ["test"], cfg.train.standardize)[0]["test"]
-        )
+        test_splits, stats = load_standardized(data_ref.path, ["test"], cfg.train.standardize)
+        test = split_to_tensors(test_splits["test"])
         model = load_best_model(trained["checkpoint_dir"], cfg)
         # the engine's own evaluation (fp32), as used for validation during training
         metrics, _, _ = evaluate(
@@ -289,7 +295,16 @@ def evaluate_run(
             device=next(model.parameters()).device,
         )
         tr.log_metrics(uri, run_id, metrics)
-        tr.log_model(uri, run_id, model, test)
+        # a pyfunc that takes the store's raw features: it applies these statistics itself
+        tr.log_model(
+            uri,
+            run_id,
+            model,
+            test,
+            cfg,
+            stats.to_dict() if stats is not None else None,
+            data_ref.class_names,
+        )
         tr.finish_run(uri, run_id)
     except BaseException as exc:
         tr.fail_run(uri, run_id, exc)

@@ -3,7 +3,8 @@
 Layout: one experiment per pipeline; a parent run per pipeline/reproduction/study run; a child run
 per (model, cell, seed) named ``mmafnet/sgm_ipr/seed1`` carrying params (the fully resolved config),
 tags (model, variant, seed, dataset, git commit), per-epoch metrics, modulation traces as stepped
-metrics, test metrics, plots, the model and the dataset manifest as a logged input.
+metrics, system metrics while it trains (``system/...``), test metrics, plots, the model (a
+servable pyfunc, ``tasks.serving``) and the dataset manifest as a logged input.
 """
 
 from __future__ import annotations
@@ -17,20 +18,20 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from msaflow.settings import default_artifact_root, default_tracking_uri
 from msaflow.tasks.config import RunConfig, flatten
 
-# MLflow's advice that does not apply here: the model is pickled on purpose (pt2 export needs a
-# traced example), a local dataset path is unambiguous, and feature inputs never hold missing ints.
+# MLflow's advice that does not apply here: a local dataset path is unambiguous, and feature inputs
+# never hold missing ints.
 warnings.filterwarnings("ignore", message=".*dataset source can be interpreted in multiple ways.*")
 warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column.*")
 
@@ -430,35 +431,81 @@ def log_dataset_input(tracking_uri: str, run_id: str, manifest: Any, path: str |
     c.log_dict(run_id, info, "dataset/manifest.json")
 
 
-def log_model(tracking_uri: str, run_id: str, model: Any, example_batch: dict[str, Any]) -> None:
-    """The trained module via ``mlflow.pytorch`` with a signature inferred from one batch."""
-    import numpy as np
-    import torch
-    from mlflow.models import infer_signature
+def log_model(
+    tracking_uri: str,
+    run_id: str,
+    model: Any,
+    example_batch: dict[str, Any],
+    cfg: RunConfig,
+    standardization: dict[str, Any] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> str:
+    """The trained module as a servable MLflow pyfunc named ``model`` (``tasks.serving``: logged
+    from code, weights as plain tensors, inputs the store's raw features); its ``models:/`` URI.
 
-    model = model.to("cpu").eval()
-    example = {
-        k: v[:2].cpu() for k, v in example_batch.items() if k not in ("label", "class_label")
-    }
-    with torch.no_grad():
-        pred = model(example).pred.float().numpy()
-    signature = infer_signature({k: np.asarray(v) for k, v in example.items()}, pred)
-    mlflow.set_tracking_uri(tracking_uri)
+    ``example_batch`` gives each modality's shape; ``standardization`` is the train-fit statistics
+    the run applied (``predict`` applies them itself)."""
+    from msaflow.tasks.serving import log_pyfunc
+
+    return log_pyfunc(tracking_uri, run_id, model, cfg, example_batch, standardization, class_names)
+
+
+@contextmanager
+def system_metrics(
+    tracking_uri: str, run_id: str, enabled: bool = True, interval: float = 10.0
+) -> Iterator[None]:
+    """MLflow's system-metrics monitor on ``run_id`` while the block runs (``train.system_metrics``,
+    sampled every ``train.system_metrics_interval`` seconds; ``MLFLOW_SYSTEM_METRICS_SAMPLING_
+    INTERVAL`` wins, as in MLflow).
+
+    ``system/cpu_utilization_percentage``, ``system/system_memory_usage_megabytes``, disk and
+    network, and ``system/gpu_<i>_...`` where nvidia-ml-py is installed (the ``gpu`` extra). Runs
+    are created with ``MlflowClient``, so ``start_run(log_system_metrics=True)`` does not apply;
+    the monitor is started here and always stopped, also when the block raises. The samples of the
+    last, unfinished interval are logged too, so a run shorter than one interval has its figures.
+    A monitor that cannot start costs the run nothing but its system metrics.
+    """
+    monitor = _start_monitor(tracking_uri, run_id, interval) if enabled else None
+    try:
+        yield
+    finally:
+        if monitor is not None:
+            with suppress(Exception):  # observing a run never fails it
+                monitor.finish()
+
+
+def _start_monitor(tracking_uri: str, run_id: str, interval: float) -> Any:
     import logging
 
-    logging.getLogger("mlflow.pytorch").setLevel(
-        logging.ERROR
-    )  # the pickle-format caution, every run
-    with mlflow.start_run(run_id=run_id, nested=True):
-        mlflow.pytorch.log_model(
-            model,
-            name="model",
-            signature=signature,
-            serialization_format="pickle",  # MLflow 3's default (pt2 export) needs an input example
-            pip_requirements=[
-                f"torch=={torch.__version__.split('+')[0]}"
-            ],  # skip slow requirement inference
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    # its start/stop lines at INFO, every run
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+
+    class Monitor(SystemMetricsMonitor):
+        def finish(self) -> None:
+            started = self._process is not None
+            super().finish()  # stops and joins the thread, flushes what it logged
+            if not started:
+                return
+            # The thread leaves the samples of its last interval unlogged when it is stopped
+            # mid-interval; a run shorter than one interval would have none at all.
+            if not any(m.metrics for m in self.monitors):
+                self.collect_metrics()
+            self.publish_metrics(self.aggregate_metrics())
+            self.mlflow_logger.flush()
+
+    try:
+        monitor = Monitor(
+            run_id,
+            sampling_interval=interval,
+            resume_logging=True,  # a resumed run's figures continue its steps
+            tracking_uri=tracking_uri,
         )
+        monitor.start()
+    except Exception:  # noqa: BLE001 - no system metrics, the run goes on
+        return None
+    return monitor
 
 
 def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:

@@ -119,8 +119,18 @@ class Objective:
                 tr.finish_run(uri, run_id, status)
 
         try:
-            # concurrent trials (tune --workers K) each hold their own GPU, as pipeline runs do
-            with lease_device(cfg.train.device) as device, on_device(device):
+            # concurrent trials (tune --workers K) each hold their own GPU, as pipeline runs do;
+            # a trial is a training run: its CPU, memory (and GPU) figures, as train_run's
+            with (
+                lease_device(cfg.train.device) as device,
+                on_device(device),
+                tr.system_metrics(
+                    uri,
+                    run_id,
+                    bool(run_id) and cfg.train.system_metrics,
+                    cfg.train.system_metrics_interval,
+                ),
+            ):
                 if run_id is not None:
                     tr.set_tags(uri, run_id, {"msaflow.device": resolve(device)})
                 result = train_model(

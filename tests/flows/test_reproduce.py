@@ -160,6 +160,53 @@ def test_the_report_of_the_reproduction(resumed):
     assert len(_children(uri, second)) == before
 
 
+def test_the_best_run_on_validation_is_registered_once_and_serves(resumed, tiny_sim):
+    import mlflow
+    import numpy as np
+
+    from msaflow.feature_store import load_dataset
+    from msaflow.tasks.model_registry import register_best, registered_name
+
+    first, second, uri = resumed["first"], resumed["second"], resumed["uri"]
+    name = registered_name("repro", "mmafnet")
+    assert name == "msaflow-repro-mmafnet"
+    client = MlflowClient(uri)
+    # valid/mae chose every run's best epoch, so it chooses the best run; test never does
+    best = min(second["rows"], key=lambda r: r["valid/mae"])
+    version = client.get_model_version_by_alias(name, "best")
+    assert version.run_id == best["run_id"]
+    (reg,) = second["registered"]
+    assert (reg["version"], reg["metric"]) == (version.version, "valid/mae")
+    assert reg["value"] == pytest.approx(best["valid/mae"])
+    assert version.tags["msaflow.select_metric"] == "valid/mae"
+
+    # the resumed reproduction added a version only if its best run changed
+    first_best = min(first["rows"], key=lambda r: r["valid/mae"])
+    versions = client.search_model_versions(f"name = '{name}'")
+    assert len(versions) == (1 if first_best["run_id"] == best["run_id"] else 2)
+    assert len({v.run_id for v in versions}) == len(versions), "one version per run"
+    again = register_best(
+        uri, "repro", second["rows"], kind="reproduce", parent_run_id=second["parent_run_id"]
+    )
+    assert [(r["version"], r["created"], r["alias_moved"]) for r in again] == [
+        (version.version, False, False)
+    ]
+    assert len(client.search_model_versions(f"name = '{name}'")) == len(versions)
+
+    # models:/<name>@best serves the raw store features, with that run's test figures
+    mlflow.set_tracking_uri(uri)
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{name}@best")
+    finally:
+        mlflow.set_tracking_uri(None)
+    _, splits = load_dataset(tiny_sim, splits=("test",))
+    test = splits["test"]
+    raw = {m: test.features[m] for m in test.features}
+    raw |= {f"{m}_len": np.asarray(test.lengths[m], np.int64) for m in test.features}
+    mae = float(np.abs(model.predict(raw) - test.labels).mean())
+    assert mae == pytest.approx(best["test/mae"], abs=1e-5)
+
+
 def test_unknown_table_is_a_usage_error():
     result = CliRunner().invoke(app, ["reproduce", "mmafnet-table9"])
     assert result.exit_code == 2

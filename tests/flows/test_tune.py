@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
@@ -26,7 +27,7 @@ def test_tune_flow_end_to_end(tiny_sim, tmp_path, mlflow_uri):
         sampler="random",
         tracking_uri=mlflow_uri,
         experiment="tune-flow",
-        eval_seeds=[1],
+        eval_seeds=[1, 2],
         out=str(tmp_path / "best.yaml"),
         train_overrides={"batch_size": 16},
     )
@@ -45,13 +46,25 @@ def test_tune_flow_end_to_end(tiny_sim, tmp_path, mlflow_uri):
         filter_string=f"tags.`mlflow.parentRunId` = '{result['parent_run_id']}'",
     )
     names = sorted(r.info.run_name for r in children)
-    assert names == ["mmafnet/best/seed1", "trial-0", "trial-1", "trial-2"]
+    assert names == ["mmafnet/best/seed1", "mmafnet/best/seed2", "trial-0", "trial-1", "trial-2"]
     evaluated = next(r for r in children if r.info.run_name == "mmafnet/best/seed1")
     assert "test/mae" in evaluated.data.metrics
     assert float(evaluated.data.params["model_cfg.alpha"]) == pytest.approx(best["model"]["alpha"])
     for run in children:
         if run.info.run_name.startswith("trial-"):
             assert "test/mae" not in run.data.metrics, "tuning never sees the test split"
+
+    # The best params' runs are the study's models (trials keep no weights): the best of them on
+    # the study's validation metric is registered, never chosen on test.
+    rows = result["evaluation"]["rows"]
+    best_run = min(rows, key=lambda r: r["valid/mae"])
+    (reg,) = result["registered"]
+    assert reg["name"] == "msaflow-tune-flow-mmafnet" and reg["metric"] == "valid/mae"
+    version = client.get_model_version_by_alias(reg["name"], "best")
+    assert version.run_id == best_run["run_id"] and version.version == reg["version"]
+    assert version.tags["optuna.study"] == "flow" and version.tags["msaflow.kind"] == "tune"
+    model = mlflow.pyfunc.load_model(f"models:/{reg['name']}@best")
+    assert model.metadata.run_id == best_run["run_id"]
 
     again = tune(
         **kwargs
@@ -60,6 +73,9 @@ def test_tune_flow_end_to_end(tiny_sim, tmp_path, mlflow_uri):
         again["parent_run_id"] == result["parent_run_id"]
         and again["counts"]["COMPLETE"] + again["counts"]["PRUNED"] == 3
     )
+    (again_reg,) = again["registered"]  # the cached runs: no new version, the alias stays
+    assert (again_reg["version"], again_reg["created"]) == (reg["version"], False)
+    assert len(client.search_model_versions(f"name = '{reg['name']}'")) == 1
 
 
 @pytest.mark.parametrize(

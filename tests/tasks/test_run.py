@@ -170,3 +170,66 @@ def test_one_gpu_trains_as_before(world, monkeypatch):
         [tracking.experiment_id], filter_string="tags.`msaflow.kind` = 'train'"
     )
     assert run.data.tags["msaflow.device"] == "cuda"
+
+
+def _monitors() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "SystemMetricsMonitor" and t.is_alive()]
+
+
+def test_a_training_run_records_system_metrics(world):
+    from dataclasses import replace
+
+    uri, ref, tracking, cfg, parent = world
+    cfg = replace(cfg, train=replace(cfg.train, epochs=1, system_metrics_interval=0.1))
+    out = train_run(cfg, "full", ref, tracking, parent)
+    metrics = MlflowClient(uri).get_run(out["run_id"]).data.metrics
+    for key in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
+        assert key in metrics, sorted(metrics)
+    assert len(_history(uri, out["run_id"], "system/cpu_utilization_percentage")) >= 2
+    assert not _monitors(), "the monitor thread is stopped"
+
+
+def test_the_monitor_stops_when_training_fails_and_can_be_off(world, monkeypatch):
+    import time
+    from dataclasses import replace
+
+    from msaflow.models.spec import Cell
+
+    uri, ref, tracking, cfg, _ = world
+
+    def fails(*args, **kw):
+        assert len(_monitors()) == int(enabled)  # running while training runs
+        time.sleep(0.35)
+        raise Interrupt
+
+    monkeypatch.setattr(msaflow.tasks.train, "train_model", fails)
+    for enabled in (True, False):
+        cfg = replace(
+            cfg, train=replace(cfg.train, system_metrics=enabled, system_metrics_interval=0.1)
+        )
+        parent = open_parent_run(tracking, ref, "mmafnet", [Cell("full", "full")], [1], "q", "t")
+        with pytest.raises(Interrupt):
+            train_run(cfg, "full", ref, tracking, parent)
+        assert not _monitors(), "stopped although training raised"
+        (run,) = MlflowClient(uri).search_runs(
+            [tracking.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent}'",
+        )
+        assert run.info.status == "FAILED"
+        has = any(k.startswith("system/") for k in run.data.metrics)
+        assert has == enabled, (enabled, sorted(run.data.metrics))
+
+
+def test_system_metrics_settings_leave_the_run_key_alone(tiny_sim):
+    from dataclasses import replace
+
+    from msaflow.tasks.run import run_key
+
+    ref = prepare_store(str(tiny_sim))
+    tracking = Tracking(uri="sqlite:///unused.db", experiment_id="1")
+    cfg = resolve_run_config("mmafnet", "full", "quick", input_spec=ref.input_spec)
+    off = replace(cfg, train=replace(cfg.train, system_metrics=False, system_metrics_interval=1.0))
+    assert run_key(off, ref, tracking) == run_key(cfg, ref, tracking)
+    assert replace(cfg, train=replace(cfg.train, epochs=9)).fingerprint() != cfg.fingerprint()

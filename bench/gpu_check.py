@@ -24,6 +24,14 @@ BENCHMARKS.md). On a small ``sim-mosi`` store (``--scale`` of MOSI's size), for 
    sliced there, and losses and predictions are accumulated on the device and read once at the end.
    The model's own hooks (``after_backward``, e.g. SGM) run in both. ``--warmup`` + ``--steps``
    timed steps, best of ``--repeats``.
+4. **The engine's loop with and without per-step host syncs** (issue 19): ``train_model`` itself,
+   ``--engine-epochs`` epochs with ``train.sync_every_step`` true (every step's loss, parts,
+   predictions and traces read back at that step, as the loop before issue 19) and false (read
+   once per epoch), the same config otherwise. Training steps per second over the epochs after
+   the first (which pays for warm-up), validation on one batch of valid rows only (so the figure
+   is the training steps'), best of ``--repeats``. It runs on the device under test and, with
+   ``--cpu-engine`` (default on), on the CPU as well: its own table, labelled CPU. On a machine
+   without CUDA, ``--device cpu`` runs every check on the CPU.
 
 Exit code 0 when every check passed, 1 otherwise (the table says which).
 """
@@ -46,6 +54,7 @@ from typing import Any
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from msaflow.feature_store import load_dataset, synthesize  # noqa: E402
@@ -56,6 +65,7 @@ from msaflow.tasks.train import (  # noqa: E402
     _autocast,
     build_model,
     build_optimizer,
+    optimizer_steps_per_epoch,
     seed_everything,
     train_model,
 )
@@ -314,6 +324,43 @@ def check_throughput(family: str, manifest, splits, args) -> dict[str, Any]:
     }
 
 
+def check_engine_throughput(family: str, manifest, splits, args, device: str) -> dict[str, Any]:
+    """``train_model``'s training steps per second with per-step host syncs and without."""
+    if args.engine_epochs < 2:
+        return {"ok": False, "error": "--engine-epochs must be >= 2 (the first is not timed)"}
+    valid = splits["valid"]
+    small = {
+        "train": splits["train"],
+        "valid": valid.take(np.arange(min(len(valid), args.batch_size or 32))),
+    }
+    best = {True: 0.0, False: 0.0}
+    steps = 0
+    for _ in range(args.repeats):
+        for sync in best:  # interleaved, so a busy machine slows both alike
+            cfg = make_cfg(
+                family,
+                manifest,
+                args,
+                epochs=args.engine_epochs,
+                device=device,
+                sync_every_step=sync,
+                patience=0,
+            )
+            steps = optimizer_steps_per_epoch(len(small["train"]), cfg.train)
+            result = train_model(cfg, small, task=manifest.task, evaluate_test=False)
+            timed = [r["time/epoch_s"] for r in result.history[1:]]
+            best[sync] = max(best[sync], steps * len(timed) / sum(timed))
+    return {
+        "ok": True,
+        "device": device,
+        "steps_per_epoch": steps,
+        "batch_size": cfg.train.batch_size,
+        "synced_steps_s": best[True],
+        "sync_free_steps_s": best[False],
+        "speedup": best[False] / best[True],
+    }
+
+
 # --------------------------------------------------------------------------------------------- main
 
 
@@ -327,6 +374,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=50, help="timed steps per throughput round")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument(
+        "--engine-epochs", type=int, default=3, help="epochs per engine throughput run (>= 2)"
+    )
+    ap.add_argument(
+        "--cpu-engine",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure the engine's throughput on the CPU (a GPU run)",
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument(
         "--resume-tol", type=float, default=1e-3, help="max |difference| after resume on CUDA"
@@ -337,7 +393,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--json", default="", help="also write the results as JSON to this file")
     ap.add_argument(
-        "--skip", default="", help="comma-separated checks to skip: epoch,resume,throughput"
+        "--skip",
+        default="",
+        help="comma-separated checks to skip: epoch,resume,throughput,engine",
     )
     # internal: the child process of the kill-and-resume check
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
@@ -405,7 +463,21 @@ def main(argv: list[str] | None = None) -> int:
                 ("epoch", lambda f=family: check_epoch(f, manifest, splits, args)),
                 ("resume", lambda f=family: check_resume(f, manifest, splits, args, work)),
                 ("throughput", lambda f=family: check_throughput(f, manifest, splits, args)),
+                (
+                    "engine",
+                    lambda f=family: check_engine_throughput(
+                        f, manifest, splits, args, args.device
+                    ),
+                ),
+                (
+                    "engine_cpu",
+                    lambda f=family: check_engine_throughput(f, manifest, splits, args, "cpu"),
+                ),
             ):
+                if name == "engine_cpu" and (device.type == "cpu" or not args.cpu_engine):
+                    continue
+                if name == "engine_cpu" and "engine" in skip:
+                    continue
                 if name in skip:
                     continue
                 t0 = time.perf_counter()
@@ -444,6 +516,40 @@ def _fmt(value: Any, spec: str = ".1f") -> str:
 
 
 def report(results: dict[str, dict[str, Any]], device: torch.device) -> None:
+    if any(k in r for r in results.values() for k in ("epoch", "resume", "throughput")):
+        _report_checks(results, device)
+    engine_tables = [("engine", f"GPU ({device})" if device.type == "cuda" else "CPU")]
+    if any("engine_cpu" in r for r in results.values()):
+        engine_tables.append(("engine_cpu", "CPU"))
+    for key, label in engine_tables:
+        rows = [(f, r[key]) for f, r in results.items() if key in r]
+        if not rows:
+            continue
+        print(
+            f"\nEngine training loop on the {label} (train_model, train.sync_every_step; steps/s "
+            "over the epochs after the first):\n"
+        )
+        print(
+            f"| family | batch | steps/epoch | {label} steps/s, per-step syncs | {label} steps/s, "
+            "one sync per epoch | ratio |"
+        )
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for family, c in rows:
+            print(
+                f"| {family} | {_fmt(c.get('batch_size'), 'd')} | "
+                f"{_fmt(c.get('steps_per_epoch'), 'd')} | {_fmt(c.get('synced_steps_s'))} | "
+                f"{_fmt(c.get('sync_free_steps_s'))} | {_fmt(c.get('speedup'), '.2f')} |"
+            )
+    for family, r in results.items():
+        for name, c in r.items():
+            if not c["ok"]:
+                print(
+                    f"FAILED {family} {name}: "
+                    f"{c.get('error') or {k: v for k, v in c.items() if k != 'ok'}}"
+                )
+
+
+def _report_checks(results: dict[str, dict[str, Any]], device: torch.device) -> None:
     print(
         "\n| family | variant | batch | AMP | 1 epoch (s) | engine samples/s | kill+resume | max "
         "diff | synced samples/s | sync-free samples/s | sync-free / synced |"
@@ -462,13 +568,6 @@ def report(results: dict[str, dict[str, Any]], device: torch.device) -> None:
             f"{_fmt(k.get('max_abs_diff'), '.2g')} | {_fmt(t.get('synced_samples_s'))} | "
             f"{_fmt(t.get('sync_free_samples_s'))} | {_fmt(t.get('speedup'), '.2f')} |"
         )
-    for family, r in results.items():
-        for name, c in r.items():
-            if not c["ok"]:
-                print(
-                    f"FAILED {family} {name}: "
-                    f"{c.get('error') or {k: v for k, v in c.items() if k != 'ok'}}"
-                )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,15 @@ import torch
 from torch import nn
 
 from msaflow.errors import ConfigError
-from msaflow.models.base import MODALITIES, InputSpec, ModelOutput, ModelSpec, MSAModel, task_loss
+from msaflow.models.base import (
+    MODALITIES,
+    InputSpec,
+    ModelOutput,
+    ModelSpec,
+    MSAModel,
+    Scalar,
+    task_loss,
+)
 
 
 @dataclass
@@ -98,9 +106,9 @@ class EarlyFusion(MSAModel):
     # Copied from models.unimodal.Unimodal.loss
     def loss(
         self, out: ModelOutput, batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, Scalar]]:
         total = task_loss(out.pred, batch, self.cfg.task)
-        value = float(total.detach())
+        value = total.detach()  # stays on the device (models.base: Scalar)
         return total, {"loss/task": value, "loss/total": value}
 
 

@@ -110,6 +110,7 @@ Where the paper is ambiguous (each choice is a config field unless noted)
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -122,10 +123,12 @@ from msaflow.errors import ConfigError
 from msaflow.models.base import (
     MODALITIES,
     SHORT,
+    Deferred,
     InputSpec,
     ModelOutput,
     ModelSpec,
     MSAModel,
+    Scalar,
     task_loss,
 )
 from msaflow.models.spec import Cell, Citation, PaperTable, ParamSpec, TableSpec, TraceFamily
@@ -314,8 +317,11 @@ def difference_loss(
 # eq. 5: the probe f(X_m) = W_m E_m(X_m) + b is an nn.Linear on the pooled specific feature.
 
 
-def probe_hits(pred: torch.Tensor, label: torch.Tensor, mode: ProbeMode) -> tuple[int, int]:
-    """eqs. 6-7 numerator and denominator: (number correct, number counted) on one batch.
+def probe_counts(
+    pred: torch.Tensor, label: torch.Tensor, mode: ProbeMode
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """eqs. 6-7 numerator and denominator: (number correct, number counted) on one batch, as 0-dim
+    int64 tensors on the batch's device (read nothing back: the engine's step stays sync-free).
 
     "class": argmax of (B, C) logits == class id; "sign": (pred > 0) == (label > 0) on non-zero
     labels only; "acc7": equal after clipping to [-3, 3] and rounding.
@@ -334,7 +340,13 @@ def probe_hits(pred: torch.Tensor, label: torch.Tensor, mode: ProbeMode) -> tupl
         keep = torch.ones_like(hit)
     else:
         raise ValueError(f"probe mode: expected 'sign', 'acc7' or 'class', got {mode!r}")
-    return int((hit & keep).sum()), int(keep.sum())
+    return (hit & keep).sum(), keep.sum()
+
+
+def probe_hits(pred: torch.Tensor, label: torch.Tensor, mode: ProbeMode) -> tuple[int, int]:
+    """``probe_counts`` as Python ints."""
+    hits, n = probe_counts(pred, label, mode)
+    return int(hits), int(n)
 
 
 def probe_accuracy(pred: torch.Tensor, label: torch.Tensor, mode: ProbeMode) -> float:
@@ -366,6 +378,55 @@ def sgm_coefficients(
     return {m: 1.0 - math.tanh(alpha * w) if m in leaders else 1.0 for m, w in omega.items()}
 
 
+def sgm_tensors(
+    hits: torch.Tensor,
+    counted: torch.Tensor,
+    alpha: float,
+    tie: Literal["none", "pair", "all"] = "none",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """eqs. 6-9 on the device, for the engine's hot path: ``hits`` (M,) and ``counted`` () ->
+    rho, omega, phi, each (M,).
+
+    rho and omega are exactly ``probe_accuracy`` and ``modulation_ratios`` (float64, the same
+    operations in the same order; float32 on MPS, which has no float64), and phi damps the same
+    modalities as ``sgm_coefficients``; its value may differ from it in the last bit of the double
+    (torch's tanh is not the C library's), which the float32 gradient it scales does not see but
+    for about one value in 10^8. Nothing is read back to the host.
+    """
+    dtype = torch.float32 if hits.device.type == "mps" else torch.float64
+    rho = torch.where(counted > 0, hits.to(dtype) / counted.clamp(min=1).to(dtype), 0.0)  # eq. 6
+    total = rho[0]
+    for r in rho[1:]:  # left to right, as sum() over the dict
+        total = total + r
+    omega = torch.where(total > 0, rho / total, 1.0 / len(rho))  # eq. 8
+    leaders = omega == omega.max()
+    n_lead = leaders.sum()
+    if tie == "none":
+        undamped = n_lead > 1
+    elif tie == "pair":
+        undamped = n_lead == len(rho)
+    else:
+        undamped = torch.zeros((), dtype=torch.bool, device=hits.device)
+    phi = torch.where(leaders & ~undamped, 1.0 - torch.tanh(alpha * omega), 1.0)  # eq. 9
+    return rho, omega, phi
+
+
+def traced_phi(
+    m: str,
+    alpha: float,
+    tie: Literal["none", "pair", "all"],
+    w_t: float,
+    w_a: float,
+    w_v: float,
+    applied: float,
+) -> float:
+    """The phi_m a step applied, as ``sgm_coefficients`` computes it (the per-step trace, read on
+    the host from the step's omega: exactly the values traced before the step became sync-free)."""
+    if not applied:
+        return 1.0
+    return sgm_coefficients({"t": w_t, "a": w_a, "v": w_v}, alpha, tie)[m]
+
+
 class RunningStandardize(nn.Module):
     """(x - mean) / std with running (EMA) statistics of the training batches (``probe_norm``).
 
@@ -380,24 +441,33 @@ class RunningStandardize(nn.Module):
         self.register_buffer("mean", torch.zeros(d))
         self.register_buffer("var", torch.ones(d))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
+        # count > 0, read from the device once per build or load rather than once per step
+        self._started: bool | None = None
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._started = None  # a loaded count is read again by the next training forward
+        super()._load_from_state_dict(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, d) -> (B, d)
         if self.training and x.shape[0] > 0:
             with torch.no_grad():
                 xf = x.detach().float()
-                first = int(self.count) == 0
-                w = 1.0 if first else self.momentum
+                if self._started is None:
+                    self._started = bool(self.count > 0)
+                w = self.momentum if self._started else 1.0
                 self.mean.lerp_(xf.mean(0), w)
                 if x.shape[0] > 1:
                     self.var.lerp_(xf.var(0, unbiased=False), w)
                 self.count += 1
+                self._started = True
         # fp32 even under bf16 autocast: the spread is ~10% of the mean for pooled sigmoid features
         return (x.float() - self.mean) * torch.rsqrt(self.var + self.eps)
 
 
 @torch.no_grad()
-def scale_grads_(params: Iterable[nn.Parameter], phi: float) -> None:
-    """eq. 10: the step uses phi * grad, so scale the gradients in place before the step."""
+def scale_grads_(params: Iterable[nn.Parameter], phi: float | torch.Tensor) -> None:
+    """eq. 10: the step uses phi * grad, so scale the gradients in place before the step (``phi``
+    a float or a 0-dim tensor; x 1.0 leaves a gradient exactly as it was)."""
     for p in params:
         if p.grad is not None:
             p.grad.mul_(phi)
@@ -534,10 +604,16 @@ class MMAFNet(MSAModel):
         self.register_buffer("acc_ipr_n", torch.zeros(()), persistent=False)
         self.register_buffer("acc_gates", torch.zeros(4), persistent=False)
         self.register_buffer("acc_gates_n", torch.zeros(()), persistent=False)
-        self.probe_hits_epoch = [0, 0, 0]
-        self.probe_n_epoch = [0, 0, 0]
-        self.sgm_steps, self.sgm_ties, self.sgm_damped = 0, 0, [0, 0, 0]
-        self.ipr_pooled_n = 0
+        # the hooks' counters, on the device too: read once, by on_epoch_end
+        for name, shape in (
+            ("probe_hits_epoch", (3,)),
+            ("probe_n_epoch", (3,)),
+            ("sgm_steps", ()),
+            ("sgm_ties", ()),
+            ("sgm_damped", (3,)),
+            ("ipr_pooled_n", ()),
+        ):
+            self.register_buffer(name, torch.zeros(shape, dtype=torch.long), persistent=False)
 
     def _probe(self, d: int, out_dim: int) -> nn.Module:
         """eq. 5's linear layer, on standardised features with ``probe_norm`` (still linear in
@@ -633,9 +709,11 @@ class MMAFNet(MSAModel):
         else:  # pooled, also for "flattened" on unaligned data (no cosine across sizes; docstring)
             z = zc  # (B, d)
             if self.cfg.ipr_distance == "flattened":
-                self.ipr_pooled_n += int(valid.sum())
+                self.ipr_pooled_n += valid.sum()
         D = ipr_distances(z)
-        self.acc_ipr_dist += torch.stack([D[m][valid].sum() for m in MODS])
+        # masked_fill, not D[m][valid]: a boolean index waits for the device to count the rows;
+        # with every row valid (the usual case) it is the same tensor, hence the same sum
+        self.acc_ipr_dist += torch.stack([D[m].masked_fill(~valid, 0.0).sum() for m in MODS])
         self.acc_ipr_n += valid.sum()
 
     # -- eq. 18 ----------------------------------------------------------------------------------
@@ -645,7 +723,7 @@ class MMAFNet(MSAModel):
 
     def loss(
         self, out: ModelOutput, batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, Scalar]]:
         """eq. 18: L_task + lambda1 L_sim + lambda2 L_diff, plus the probes' loss (docstring)."""
         cfg = self.cfg
         l_task = task_loss(out.pred.float(), batch, cfg.task)
@@ -659,7 +737,7 @@ class MMAFNet(MSAModel):
             "loss/probe": l_probe,
             "loss/total": total,
         }
-        return total, {k: float(v.detach()) for k, v in parts.items()}
+        return total, {k: v.detach() for k, v in parts.items()}
 
     # -- SGM: after backward, before the optimiser step ------------------------------------------
 
@@ -670,37 +748,44 @@ class MMAFNet(MSAModel):
             params += list(self.align[m].parameters())
         return params
 
+    @torch.no_grad()
     def after_backward(
         self, out: ModelOutput, batch: dict[str, torch.Tensor], epoch: int
-    ) -> dict[str, float]:
-        """eqs. 6-10: probe accuracies -> omega -> phi; scale the dominant E_m's gradients."""
+    ) -> dict[str, Scalar]:
+        """eqs. 6-10: probe accuracies -> omega -> phi; scale the dominant E_m's gradients.
+
+        All on the device (``sgm_tensors``), nothing read back: rho and omega are traced as 0-dim
+        tensors, phi as a ``Deferred`` the engine computes on the host from omega (``traced_phi``:
+        the values of ``sgm_coefficients``), and a batch with no countable label or a
+        damping-free tie scales by exactly 1.0 instead of branching on a value from the device.
+        """
         cfg = self.cfg
         mode: ProbeMode = "class" if self.classify else cfg.probe_accuracy
         label = self._target(batch)
-        acc, counted = {}, 0
-        for i, m in enumerate(MODS):
-            hits, n = probe_hits(out.extras[f"probe_{m}"], label, mode)  # eqs. 6-7
-            self.probe_hits_epoch[i] += hits
-            self.probe_n_epoch[i] += n
-            acc[m] = hits / n if n else 0.0
-            counted = n  # the same labels for all three probes
-        trace = {f"probe/acc_{m}": acc[m] for m in MODS}
+        counts = [probe_counts(out.extras[f"probe_{m}"], label, mode) for m in MODS]  # eqs. 6-7
+        hits = torch.stack([h for h, _ in counts])  # (3,)
+        counted = counts[0][1]  # the same labels for all three probes
+        self.probe_hits_epoch += hits
+        self.probe_n_epoch += counted
+        rho, omega, phi = sgm_tensors(hits, counted, cfg.alpha, cfg.sgm_tie)  # eqs. 6, 8, 9
+        trace: dict[str, Scalar] = {f"probe/acc_{m}": rho[i] for i, m in enumerate(MODS)}
         if not cfg.sgm:
             return trace
-        omega = modulation_ratios(acc)  # eq. 8
-        phi = sgm_coefficients(omega, cfg.alpha, cfg.sgm_tie)  # eq. 9
-        if epoch < cfg.modulation_epochs and counted > 0:
-            top = max(omega.values())
-            self.sgm_steps += 1
-            self.sgm_ties += sum(w == top for w in omega.values()) > 1
-            for i, m in enumerate(MODS):
-                if phi[m] != 1.0:
-                    scale_grads_(self.sgm_params(m), phi[m])  # eq. 10
-                    self.sgm_damped[i] += 1
-        else:
-            phi = dict.fromkeys(MODS, 1.0)  # what was applied: nothing
-        trace.update({f"sgm/omega_{m}": omega[m] for m in MODS})
-        trace.update({f"sgm/phi_{m}": phi[m] for m in MODS})
+        trace.update({f"sgm/omega_{m}": omega[i] for i, m in enumerate(MODS)})
+        if epoch >= cfg.modulation_epochs:
+            trace.update({f"sgm/phi_{m}": 1.0 for m in MODS})  # what was applied: nothing
+            return trace
+        active = counted > 0  # no countable label: nothing is applied
+        phi = torch.where(active, phi, 1.0)
+        self.sgm_steps += active
+        self.sgm_ties += active & ((omega == omega.max()).sum() > 1)
+        self.sgm_damped += active & (phi != 1.0)
+        for i, m in enumerate(MODS):
+            scale_grads_(self.sgm_params(m), phi[i])  # eq. 10
+            trace[f"sgm/phi_{m}"] = Deferred(
+                functools.partial(traced_phi, m, cfg.alpha, cfg.sgm_tie),
+                (omega[0], omega[1], omega[2], active),
+            )
         return trace
 
     # -- IPR and epoch summaries ------------------------------------------------------------------
@@ -710,13 +795,15 @@ class MMAFNet(MSAModel):
         ``before_epoch``); SGM tie and damping rates; AFM gate and probe accuracy means."""
         cfg = self.cfg
         trace: dict[str, float] = {}
+        hits, counted = self.probe_hits_epoch.tolist(), self.probe_n_epoch.tolist()
         for i, m in enumerate(MODS):
-            if self.probe_n_epoch[i]:
-                trace[f"probe/epoch_acc_{m}"] = self.probe_hits_epoch[i] / self.probe_n_epoch[i]
-        if self.sgm_steps:
-            trace["sgm/tie_rate"] = self.sgm_ties / self.sgm_steps
+            if counted[i]:
+                trace[f"probe/epoch_acc_{m}"] = hits[i] / counted[i]
+        steps = int(self.sgm_steps)
+        if steps:
+            trace["sgm/tie_rate"] = int(self.sgm_ties) / steps
             for i, m in enumerate(MODS):
-                trace[f"sgm/damped_{m}"] = self.sgm_damped[i] / self.sgm_steps
+                trace[f"sgm/damped_{m}"] = int(self.sgm_damped[i]) / steps
         n = float(self.acc_ipr_n)
         if cfg.ipr and n > 0:
             D = (self.acc_ipr_dist / n).cpu()  # eq. 12, epoch mean, (3,)
@@ -730,8 +817,9 @@ class MMAFNet(MSAModel):
                 self.ipr_pending[i] = w  # eq. 15, applied by before_epoch(epoch + 1)
                 trace[f"ipr/dist_{m}"] = float(D[i])
                 trace[f"ipr/phi_{m}"] = w
-            if self.ipr_pooled_n:
-                trace["ipr/pooled_fallback"] = self.ipr_pooled_n / n
+            pooled = int(self.ipr_pooled_n)
+            if pooled:
+                trace["ipr/pooled_fallback"] = pooled / n
         gn = float(self.acc_gates_n)
         if cfg.afm and gn > 0:
             for i, k in enumerate((*MODS, "c")):
@@ -749,12 +837,19 @@ class MMAFNet(MSAModel):
         self.ipr_pending.zero_()
 
     def _reset_accumulators(self) -> None:
-        for buf in (self.acc_ipr_dist, self.acc_ipr_n, self.acc_gates, self.acc_gates_n):
+        for buf in (
+            self.acc_ipr_dist,
+            self.acc_ipr_n,
+            self.acc_gates,
+            self.acc_gates_n,
+            self.probe_hits_epoch,
+            self.probe_n_epoch,
+            self.sgm_steps,
+            self.sgm_ties,
+            self.sgm_damped,
+            self.ipr_pooled_n,
+        ):
             buf.zero_()
-        self.probe_hits_epoch = [0, 0, 0]
-        self.probe_n_epoch = [0, 0, 0]
-        self.sgm_steps, self.sgm_ties, self.sgm_damped = 0, 0, [0, 0, 0]
-        self.ipr_pooled_n = 0
 
 
 # --- the paper's tables (Section 3), as printed --------------------------------------------------

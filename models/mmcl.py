@@ -72,7 +72,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from msaflow.errors import ConfigError
-from msaflow.models.base import SHORT, InputSpec, ModelOutput, ModelSpec, MSAModel, task_loss
+from msaflow.models.base import (
+    SHORT,
+    InputSpec,
+    ModelOutput,
+    ModelSpec,
+    MSAModel,
+    Scalar,
+    task_loss,
+)
 from msaflow.models.spec import Cell, Citation, PaperTable, ParamSpec, TableSpec
 
 # The paper's order of the joint representation Z = [Z~_v; Z~_a; Z~_t].
@@ -500,7 +508,7 @@ class MMCL(MSAModel):
 
     def loss(
         self, out: ModelOutput, batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, Scalar]]:
         """L = L_task + lambda_cl * L_CL; L_CL averages InfoNCE over the three modality pairs."""
         l_task = task_loss(out.pred, batch, self.cfg.task)
         emb = [out.extras[f"cl_{m}"] for m in ORDER]
@@ -510,9 +518,9 @@ class MMCL(MSAModel):
         ).mean()
         total = l_task + self.cfg.lambda_cl * l_cl
         return total, {
-            "loss/task": float(l_task.detach()),
-            "loss/cl": float(l_cl.detach()),
-            "loss/total": float(total.detach()),
+            "loss/task": l_task.detach(),
+            "loss/cl": l_cl.detach(),
+            "loss/total": total.detach(),
         }
 
     @torch.no_grad()

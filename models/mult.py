@@ -149,6 +149,7 @@ from msaflow.models.base import (
     ModelOutput,
     ModelSpec,
     MSAModel,
+    Scalar,
     task_loss,
 )
 from msaflow.models.spec import ParamSpec
@@ -611,9 +612,9 @@ class MulT(MSAModel):
     # Copied from models.unimodal.Unimodal.loss
     def loss(
         self, out: ModelOutput, batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, Scalar]]:
         total = task_loss(out.pred, batch, self.cfg.task)
-        value = float(total.detach())
+        value = total.detach()  # stays on the device (models.base: Scalar)
         return total, {"loss/task": value, "loss/total": value}
 
     def after_backward(

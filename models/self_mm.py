@@ -59,9 +59,15 @@ trains/multiTask/SELF_MM.py)
 
 Every difference from the reference, and why
 --------------------------------------------
-- Text: frozen features, no BERT (issue 18: frozen by default). The reference's text is the
-  fine-tuned [CLS] state; ``text_pool="mean"`` (default) is the masked mean of the frozen token
-  features, "first" the first token. Its ``t_bert_dropout`` is read by no module there either.
+- Text: frozen features, no BERT (issue 18: frozen by default, ``train.text_encoder="frozen"``).
+  The reference's text is the fine-tuned BERT-base [CLS] state; ``text_pool="mean"`` (default) is
+  the masked mean of the frozen token features, "first" the first token. Its ``t_bert_dropout`` is
+  read by no module there either. ``train.text_encoder="finetune"`` (the engine's wrapper,
+  ``tasks/text_finetune.py``; this model is unchanged) fine-tunes an encoder on the store's raw
+  text and feeds its last hidden states as the text features: the offline all-MiniLM-L6-v2
+  (384-d) unless ``train.text_encoder_path`` names a local BERT checkpoint, up to
+  ``train.text_max_tokens`` = 50 tokens. With ``text_pool="first"`` F_t is then the fine-tuned
+  [CLS] state, as the reference (the presets keep "mean", so frozen runs are unchanged).
 - Gradient accumulation: the reference steps Adam once per ``update_epochs`` = 4 batches of 16, on
   the sum of their gradients; the engine steps every batch. Our ``mmsa`` preset uses batch_size 64
   (16 x 4) and each weight decay divided by 4: Adam's step is invariant to the gradient's scale, and
@@ -75,7 +81,10 @@ Every difference from the reference, and why
   ``own_optimizer`` returns an Adam over those two subnets (``audio_lr``, ``vision_lr``, their
   weight decays); 0 gives a subnet back to the engine's optimiser. It is Adam whatever
   ``train.optimizer`` is (as the reference), and the engine's ``grad_clip`` does not reach it (the
-  reference does not clip). The BERT group (lr 5e-5) has no counterpart: no BERT.
+  reference does not clip). The reference's BERT group (lr 5e-5, weight decay 1e-3) is, under
+  ``train.text_encoder="finetune"``, the engine's encoder group: ``train.text_encoder_lr`` (default
+  5e-5) and ``train.text_encoder_weight_decay`` (default 0; the reference's 1e-3 is 2.5e-4 under
+  the accumulation mapping's division by 4, above).
 - Early stopping: the reference trains until 8 epochs bring no better valid loss (its KeyEval is
   the L1 loss); the presets stop the same way (``patience`` 8) under a cap of ``epochs`` (30) and
   keep the best on valid MAE (the reference selects on the valid L1 loss: the same epoch).
@@ -130,6 +139,7 @@ from msaflow.models.base import (
     ModelOutput,
     ModelSpec,
     MSAModel,
+    Scalar,
     task_loss,
 )
 from msaflow.models.spec import ParamSpec, TraceFamily
@@ -629,7 +639,7 @@ class SelfMM(MSAModel):
 
     def loss(
         self, out: ModelOutput, batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, Scalar]]:
         """L_m + unimodal_weight * sum_s L_s in training; L_m alone in eval mode (the reference's
         validation loss: only the multimodal head is evaluated)."""
         cfg = self.cfg
@@ -649,7 +659,7 @@ class SelfMM(MSAModel):
                 l_uni = l_uni + l_s
             total = l_m + cfg.unimodal_weight * l_uni
         parts["loss/total"] = total
-        return total, {k: float(v.detach()) for k, v in parts.items()}
+        return total, {k: v.detach() for k, v in parts.items()}
 
     # -- ULGM: after the backward pass, before the step; the epoch's summary -----------------------
 

@@ -79,7 +79,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from msaflow.errors import ConfigError
-from msaflow.models.base import InputSpec, ModelOutput, ModelSpec, MSAModel, task_loss
+from msaflow.models.base import InputSpec, ModelOutput, ModelSpec, MSAModel, Scalar, task_loss
 from msaflow.models.spec import ParamSpec
 
 FusionTerms = Literal["all", "notrimodal", "bimodal", "trimodal"]
@@ -340,9 +340,9 @@ class TFN(MSAModel):
     # Copied from models.unimodal.Unimodal.loss
     def loss(
         self, out: ModelOutput, batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, Scalar]]:
         total = task_loss(out.pred, batch, self.cfg.task)
-        value = float(total.detach())
+        value = total.detach()  # stays on the device (models.base: Scalar)
         return total, {"loss/task": value, "loss/total": value}
 
 

@@ -8,6 +8,9 @@ the message names the layer (preset, variant, ``model``/``train`` overrides or t
 ``train.select_metric``/``select_mode`` default to ``auto``: the data's task kind picks the metric
 (``tasks.metrics.DEFAULT_SELECTION``: valid MAE for sentiment and depression, valid weighted F1 for
 emotion), the metric's name picks the direction. The resolved config holds the concrete values.
+
+``train.text_encoder="finetune"`` (``tasks.text_finetune``) gives the model the text encoder's width
+as ``text_dim`` (``encoder_input_spec``), applied after the dataset's input spec.
 """
 
 from __future__ import annotations
@@ -56,6 +59,27 @@ class TrainConfig:
     # They observe a run without changing it, so they are not part of its fingerprint.
     system_metrics: bool = True
     system_metrics_interval: float = 10.0
+
+    # gradient accumulation: the optimisers step every k batches (and after an epoch's last batch);
+    # each batch's loss is weighted by its share of its group's rows, so a group's gradient is the
+    # mean over its rows (tasks.train.train_model's docstring: grad_clip, SGM and the hooks)
+    grad_accum_steps: int = 1
+    # the engine optimiser's learning rate per optimiser step (tasks.train.lr_factor): a linear
+    # warmup over warmup_epochs (x optimiser steps per epoch, rounded), then constant, linear decay
+    # or cosine decay over the remaining steps of `epochs`; a model's own optimiser is not scheduled
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_epochs: float = 0.0  # may be a fraction of an epoch; at most `epochs`
+    # benchmark/debug switch: read every step's loss, parts, predictions and traces back from the
+    # device at that step (a non-finite loss raises before its backward) instead of once per
+    # epoch; the same weights either way (bench/gpu_check.py measures the difference)
+    sync_every_step: bool = False
+    # text: "frozen" = the store's text features as they are; "finetune" = a transformers encoder
+    # fine-tuned on the store's raw text, its states as the text features (tasks.text_finetune)
+    text_encoder: Literal["frozen", "finetune"] = "frozen"
+    text_encoder_path: str = ""  # a local BERT-family checkpoint folder; "" = the offline MiniLM
+    text_encoder_lr: float = 5e-5  # the encoder's own rate: MMSA's learning_rate_bert (Self-MM)
+    text_encoder_weight_decay: float = 0.0
+    text_max_tokens: int = 50  # tokens per utterance, [CLS] and [SEP] included (MMSA's 50)
 
 
 # TrainConfig fields that observe a run without changing its result: left out of the fingerprint.
@@ -187,6 +211,11 @@ RANGES: dict[str, Range] = {
     "seed": _NON_NEG,
     "num_threads": _NON_NEG,
     "system_metrics_interval": _POS,
+    "grad_accum_steps": _AT_LEAST_1,
+    "warmup_epochs": _NON_NEG,
+    "text_encoder_lr": _POS,
+    "text_encoder_weight_decay": _NON_NEG,
+    "text_max_tokens": Range(lo=2),  # [CLS] and [SEP]
     # MMAFNet (eqs. 9, 14, 18)
     "alpha": _NON_NEG,
     "delta": Range(0, 1),
@@ -467,11 +496,49 @@ def resolve_run_config(
             check_ranges(tcfg, where, overrides)
     check_ranges(mcfg, f"{model} config")  # the defaults themselves, and fields no layer touched
     check_ranges(tcfg, "train")
+    if tcfg.warmup_epochs > tcfg.epochs:
+        raise ConfigError(
+            f"train.warmup_epochs: expected at most train.epochs={tcfg.epochs}, got "
+            f"{short_repr(tcfg.warmup_epochs)}"
+        )
+    if tcfg.text_encoder == "finetune":  # the model's text input is the encoder's, not the store's
+        mcfg = apply_overrides(mcfg, encoder_input_spec(tcfg, mcfg.seq_len), "train.text_encoder")
     num_classes = int(getattr(mcfg, "num_classes", 4) or 4)
     tcfg = resolve_selection(
         tcfg, _task_candidates(data_task, input_spec), class_names, num_classes
     )
     return RunConfig(model=model, variant=variant, preset=preset, model_cfg=mcfg, train=tcfg)
+
+
+def encoder_dir(t: TrainConfig) -> Path:
+    """The encoder's local folder: ``text_encoder_path``, else the offline MiniLM's."""
+    from msaflow.feature_store.extract.text import resolve_model
+
+    if not t.text_encoder_path:
+        return Path(resolve_model(None)[0])
+    path = Path(t.text_encoder_path).expanduser()
+    if not (path / "config.json").is_file():  # a hub name would download: refused, not resolved
+        raise ConfigError(
+            f"train.text_encoder_path: expected a local transformers checkpoint folder holding "
+            f"config.json (a BERT-family encoder), got {t.text_encoder_path!r}"
+        )
+    return path.resolve()
+
+
+def encoder_input_spec(t: TrainConfig, seq_len: int) -> dict[str, int]:
+    """The model's text input under fine-tuning: ``text_dim`` = the encoder's hidden size (read
+    from its config.json, without importing transformers), ``seq_len`` at least the token count."""
+    path = encoder_dir(t) / "config.json"
+    try:
+        conf = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(
+            f"{path}: expected a transformers config ({type(exc).__name__})"
+        ) from None
+    hidden = next((conf[k] for k in ("hidden_size", "dim", "d_model") if k in conf), None)
+    if not isinstance(hidden, int) or hidden < 1:
+        raise ConfigError(f"{path}: hidden_size: expected a positive integer, got {hidden!r}")
+    return {"text_dim": hidden, "seq_len": max(seq_len, t.text_max_tokens)}
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -54,20 +54,30 @@ def iterate_batches(
     seed: int = 0,
 ) -> Iterator[Batch]:
     """Yield batches; the order for ``shuffle`` depends only on ``seed`` (resume replays it
-    exactly)."""
+    exactly).
+
+    On CUDA each batch is gathered straight into pinned host memory, so its copy to the device is
+    asynchronous (from pageable memory ``non_blocking`` still stalls the host); the caching host
+    allocator keeps that buffer until the copy is done.
+    """
     n = num_rows(tensors)
     if shuffle:
         gen = torch.Generator().manual_seed(seed)
         order = torch.randperm(n, generator=gen)
     else:
         order = torch.arange(n)
-    non_blocking = device.type == "cuda"
+    cuda = device.type == "cuda"
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
-        yield {
-            k: v.index_select(0, idx).to(device, non_blocking=non_blocking)
-            for k, v in tensors.items()
-        }
+        if not cuda:
+            yield {k: v.index_select(0, idx).to(device) for k, v in tensors.items()}
+            continue
+        batch = {}
+        for k, v in tensors.items():
+            host = torch.empty((len(idx), *v.shape[1:]), dtype=v.dtype, pin_memory=True)
+            torch.index_select(v, 0, idx, out=host)
+            batch[k] = host.to(device, non_blocking=True)
+        yield batch
 
 
 def num_batches(tensors: Batch, batch_size: int) -> int:

@@ -158,6 +158,7 @@ def train_run(
     from msaflow.feature_store import load_dataset, read_manifest
     from msaflow.models import get_spec
     from msaflow.tasks.plots import learning_curves, run_trace_figures
+    from msaflow.tasks.text_finetune import require_texts
     from msaflow.tasks.train import (  # looked up per call: tests patch it
         clear_checkpoints,
         train_model,
@@ -194,6 +195,7 @@ def train_run(
         tr.log_config(uri, run_id, cfg)
         tr.log_dataset_input(uri, run_id, read_manifest(data_ref.path), data_ref.path)
         _, splits = load_dataset(data_ref.path, splits=("train", "valid"), shared=True)
+        require_texts(splits, cfg, data_ref.path)  # train.text_encoder=finetune: the error names it
         # Concurrent trainings on a multi-GPU machine each hold their own cuda:k, made this
         # thread's current CUDA device: the engine's "cuda" means it. The config keeps its device
         # (it is in the fingerprint that names the checkpoint and the cache key). CPU, memory
@@ -273,15 +275,14 @@ def evaluate_run(
     tracking: Tracking,
 ) -> dict[str, Any]:
     """Evaluate the best epoch on test, log test metrics and the model, and close the run."""
-    from msaflow.tasks.data import load_standardized, split_to_tensors
+    from msaflow.tasks.text_finetune import load_split_tensors
     from msaflow.tasks.train import evaluate, load_best_model
 
     uri, run_id = tracking.uri, trained["run_id"]
     try:
         # test goes through the same train-fit standardisation as in training (so does the logged
-        # model's input)
-        test_splits, stats = load_standardized(data_ref.path, ["test"], cfg.train.standardize)
-        test = split_to_tensors(test_splits["test"])
+        # model's input), with its tokens when the text encoder is fine-tuned
+        test, stats = load_split_tensors(data_ref.path, "test", cfg)
         model = load_best_model(trained["checkpoint_dir"], cfg)
         # the engine's own evaluation (fp32), as used for validation during training
         metrics, _, _ = evaluate(

@@ -24,6 +24,12 @@ model's forward sees is what it saw on valid and test. The input is either
 - a pandas DataFrame, one row per utterance: a ``(seq_len, dim)`` array (or a flat list of
   ``seq_len * dim`` floats) in each modality's column and the length in ``<m>_len``.
 
+A model trained with a fine-tuned text encoder (``train.text_encoder=finetune``) takes no text
+features: it takes ``text_ids`` and ``text_mask``, int64 ``(N, L)`` from the encoder's tokenizer
+(``tasks.text_finetune.tokenize``, ``L = train.text_max_tokens``; ``inputs.json``'s ``tokens``),
+and its served copy needs that encoder's folder where it loads (the offline MiniLM, or
+``train.text_encoder_path``), as ``build_model`` does.
+
 The signature is tensor-based and named (each input's dtype and shape), so MLflow checks either
 form and hands ``predict`` a dict. The output is a numpy array: ``(N,)`` float32 predictions for a
 regression, ``(N, C)`` float32 logits for a classification (``inputs.json`` names the classes).
@@ -49,6 +55,7 @@ from msaflow.tasks.config import RunConfig
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")  # the models-from-code file
 ARTIFACT_PATH = "model"  # the logged model's name in its run
 WEIGHTS_SAFETENSORS, WEIGHTS_TORCH = "model.safetensors", "model.pt"
+TOKEN_INPUTS = ("text_ids", "text_mask")  # a fine-tuned text encoder's inputs (tasks.text_finetune)
 _MLFLOW_ADVICE = ("Failed to infer signature from type hint", "An input example was not provided")
 
 
@@ -98,6 +105,8 @@ def model_inputs(example_batch: Mapping[str, Any], cfg: RunConfig, class_names: 
             for m in MODALITIES
             if m in example_batch
         },
+        # train.text_encoder=finetune: the encoder's token ids and mask instead of text features
+        "tokens": int(example_batch["text_ids"].shape[1]) if "text_ids" in example_batch else None,
         "task": cfg.model_cfg.task,
         "num_classes": int(getattr(cfg.model_cfg, "num_classes", 1) or 1),
         "class_names": list(class_names) if class_names else None,
@@ -114,6 +123,8 @@ def signature(inputs: dict[str, Any]) -> Any:
     for m, info in inputs["modalities"].items():
         specs.append(TensorSpec(np.dtype(np.float32), (-1, info["seq_len"], info["dim"]), m))
         specs.append(TensorSpec(np.dtype(np.int64), (-1,), f"{m}_len"))
+    for name in TOKEN_INPUTS if inputs.get("tokens") else ():
+        specs.append(TensorSpec(np.dtype(np.int64), (-1, inputs["tokens"]), name))
     classes = inputs["num_classes"] if inputs["task"] == "classification" else 0
     out = TensorSpec(np.dtype(np.float32), (-1, classes) if classes else (-1,))
     params = ParamSchema(
@@ -164,7 +175,9 @@ def pip_requirements() -> list[str]:
 # ------------------------------------------------------------------------------------ the model
 
 
-def _as_arrays(model_input: Any, modalities: Mapping[str, dict[str, int]]) -> dict[str, Any]:
+def _as_arrays(
+    model_input: Any, modalities: Mapping[str, dict[str, int]], tokens: int | None = None
+) -> dict[str, Any]:
     """A dict of arrays from what ``predict`` got: MLflow's enforced dict, or a DataFrame when the
     model is called unwrapped (``unwrap_python_model().predict``)."""
     if isinstance(model_input, pd.DataFrame):
@@ -174,6 +187,9 @@ def _as_arrays(model_input: Any, modalities: Mapping[str, dict[str, int]]) -> di
             cells = [np.asarray(v, dtype=np.float32) for v in model_input[m]]
             out[m] = np.stack(cells).reshape(shape) if cells else np.zeros(shape, np.float32)
             out[f"{m}_len"] = np.asarray(model_input[f"{m}_len"], dtype=np.int64)
+        for name in TOKEN_INPUTS if tokens else ():
+            cells = [np.asarray(v, dtype=np.int64) for v in model_input[name]]
+            out[name] = np.stack(cells) if cells else np.zeros((0, tokens), np.int64)
         return out
     if isinstance(model_input, Mapping):
         return dict(model_input)
@@ -217,10 +233,17 @@ class MSAFlowModel(mlflow.pyfunc.PythonModel):
         batch_size = int(params.get("batch_size") or 256)
         device = torch.device(params.get("device") or "cpu")
         modalities = self.inputs["modalities"]
-        arrays = _as_arrays(model_input, modalities)
+        tokens = self.inputs.get("tokens")
+        arrays = _as_arrays(model_input, modalities, tokens)
         features = {m: np.asarray(arrays[m], dtype=np.float32) for m in modalities}
         lengths = {m: np.asarray(arrays[f"{m}_len"], dtype=np.int64) for m in modalities}
         n = _check_shapes(features, lengths, modalities)
+        token_arrays = {
+            name: np.asarray(arrays[name], dtype=np.int64) for name in TOKEN_INPUTS if tokens
+        }
+        for name, ids in token_arrays.items():
+            if ids.shape != (n, tokens):
+                raise ValueError(f"{name}: expected shape ({n}, {tokens}), got {ids.shape}")
         if self.standardization is not None:  # raw store features in, as training read them
             features = self.standardization.apply_arrays(features, lengths)
         self.model.to(device)
@@ -231,6 +254,8 @@ class MSAFlowModel(mlflow.pyfunc.PythonModel):
                 for m in modalities:
                     batch[m] = torch.from_numpy(features[m][start : start + batch_size])
                     batch[f"{m}_len"] = torch.from_numpy(lengths[m][start : start + batch_size])
+                for name, ids in token_arrays.items():
+                    batch[name] = torch.from_numpy(ids[start : start + batch_size])
                 batch = {k: v.to(device) for k, v in batch.items()}
                 preds.append(self.model(batch).pred.float().cpu().numpy())
         if not preds:

@@ -13,6 +13,13 @@ on valid is scored on test at the same precision.
 Checkpoints hold tensors and plain data only and are read with ``torch.load(weights_only=True)``
 (on the CPU): a file that needs anything else is refused with a ``DataError`` naming it, never
 unpickled (``MSAFLOW_HOME`` may be shared, and a planted ``last.pt`` must not run code).
+
+The training step reads nothing back from the device (issue 19): loss parts, the loss itself
+(for the non-finite check), predictions, targets and the models' per-step traces stay device
+tensors (``_EpochLog``) and are read once, when the epoch's steps are done; a host read per step
+would make the host wait for the device every step. ``train.sync_every_step`` restores per-step
+reads (a benchmark and debug switch). Either way the same operations run in the same order, so
+the weights, history and traces are the same.
 """
 
 from __future__ import annotations
@@ -34,10 +41,17 @@ import torch
 from msaflow.atomic import atomic_target
 from msaflow.feature_store.schema import DataError
 from msaflow.models import get_spec
-from msaflow.models.base import MSAModel, task_loss
-from msaflow.tasks.config import ConfigError, RunConfig
-from msaflow.tasks.data import Batch, iterate_batches, split_to_tensors, standardize_splits
+from msaflow.models.base import MSAModel, Scalar, task_loss, to_host
+from msaflow.tasks.config import ConfigError, RunConfig, TrainConfig
+from msaflow.tasks.data import (
+    Batch,
+    iterate_batches,
+    num_batches,
+    num_rows,
+    standardize_splits,
+)
 from msaflow.tasks.metrics import metric_fn
+from msaflow.tasks.text_finetune import encoder_parameters, input_splits, split_tensors, wrap
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 # (epoch, its history row, its per-step trace rows, its per-epoch trace rows): what a live
@@ -45,7 +59,10 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 EpochSink = Callable[
     [int, list[dict[str, float]], list[dict[str, float]], list[dict[str, float]]], None
 ]
-CHECKPOINT_VERSION = 2  # 2: weights_only-loadable (plain RNG state), model hooks' own optimiser
+# 2: weights_only-loadable (plain RNG state), model hooks' own optimiser. The learning-rate
+# schedule's state ("scheduler", None without one) needed no new version: a version-2 file of the
+# code before it has another config fingerprint (the train fields it lacks) and is refused as such.
+CHECKPOINT_VERSION = 2
 
 
 @dataclass
@@ -56,7 +73,7 @@ class TrainResult:
     best_valid: dict[str, float]  # "valid/..." at the best epoch
     test: dict[str, float]  # "test/..." of the best epoch; empty when test was not evaluated
     history: list[dict[str, float]]  # one row per epoch: epoch, train/..., valid/..., time/epoch_s
-    step_traces: list[dict[str, float]]  # one row per optimisation step: step, epoch, sgm/...
+    step_traces: list[dict[str, float]]  # one row per batch (optimiser step at k=1): step, sgm/...
     epoch_traces: list[dict[str, float]]  # one row per epoch: epoch, ipr/..., afm/..., probe/...
     checkpoint_dir: str | None
     device: str
@@ -96,7 +113,9 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def build_model(cfg: RunConfig) -> MSAModel:
-    return get_spec(cfg.model).model_cls(cfg.model_cfg)
+    """The model from its config; with ``train.text_encoder=finetune``, wrapped with its text
+    encoder (``tasks.text_finetune``)."""
+    return wrap(get_spec(cfg.model).model_cls(cfg.model_cfg), cfg)
 
 
 def count_trainable_params(cfg: RunConfig) -> int:
@@ -113,10 +132,15 @@ def build_optimizer(
     model: torch.nn.Module, cfg: RunConfig, exclude: Sequence[torch.nn.Parameter] = ()
 ) -> torch.optim.Optimizer:
     """The engine's optimiser over the model's parameters, less ``exclude`` (those a model trains
-    with its ``own_optimizer``)."""
+    with its ``own_optimizer``). A fine-tuned text encoder is a second parameter group, at
+    ``train.text_encoder_lr`` and ``text_encoder_weight_decay``."""
     t = cfg.train
-    skip = {id(p) for p in exclude}
-    params = [p for p in model.parameters() if p.requires_grad and id(p) not in skip]
+    encoder = encoder_parameters(model)
+    skip = {id(p) for p in (*exclude, *encoder)}
+    params: Any = [p for p in model.parameters() if p.requires_grad and id(p) not in skip]
+    if encoder:
+        own = {"lr": t.text_encoder_lr, "weight_decay": t.text_encoder_weight_decay}
+        params = [{"params": params}, {"params": encoder, **own}]
     if t.optimizer == "sgd":
         return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     if t.optimizer == "adamw":
@@ -124,6 +148,63 @@ def build_optimizer(
     if t.optimizer == "adam":
         return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
     raise ConfigError(f"train.optimizer: expected adam, adamw or sgd, got {t.optimizer!r}")
+
+
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """The factor on ``train.lr`` for optimiser step ``step`` (0-based) of ``total_steps``.
+
+    Warmup: steps ``0 .. warmup_steps - 1`` ramp linearly, ``(step + 1) / warmup_steps``, reaching
+    the full rate on the last warmup step. After it, with ``p = (step - warmup_steps) /
+    (total_steps - warmup_steps)`` in [0, 1): "constant" 1, "linear" ``1 - p``, "cosine"
+    ``(1 + cos(pi p)) / 2``. Every step gets a positive rate; the decays would reach 0 one step
+    after the last.
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ConfigError(
+            f"train.lr_schedule: expected one of {list(LR_SCHEDULES)}, got {schedule!r}"
+        )
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    p = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+    if schedule == "linear":
+        return 1.0 - p
+    return 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def optimizer_steps_per_epoch(train_rows: int, t: TrainConfig) -> int:
+    """Optimiser steps in one epoch: one per ``grad_accum_steps`` batches, the last group of the
+    epoch included when shorter."""
+    batches = (train_rows + t.batch_size - 1) // t.batch_size
+    return (batches + t.grad_accum_steps - 1) // t.grad_accum_steps
+
+
+def warmup_steps(t: TrainConfig, steps_per_epoch: int) -> int:
+    """``train.warmup_epochs`` in optimiser steps, rounded half up."""
+    return int(t.warmup_epochs * steps_per_epoch + 0.5)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, t: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR | None:
+    """The engine optimiser's per-optimiser-step schedule (``lr_factor``); None for a constant rate
+    without warmup, which leaves the optimiser exactly as before schedules existed. A model's own
+    optimiser (``own_optimizer``) is not scheduled: it runs at the rate the model chose (the SGM
+    probes must keep up with the features at their own pace; Self-MM's subnets follow the
+    reference's fixed rates)."""
+    warm = warmup_steps(t, steps_per_epoch)
+    if t.lr_schedule == "constant" and warm == 0:
+        return None
+    total = t.epochs * steps_per_epoch
+
+    def factor(step: int) -> float:  # a plain function: LambdaLR keeps no state of it
+        return lr_factor(step, total, warm, t.lr_schedule)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -136,6 +217,12 @@ def _target(batch: Batch, kind: str) -> torch.Tensor:
     return batch["class_label"] if kind == "classification" else batch["label"]
 
 
+def _cat_to_numpy(tensors: list[torch.Tensor]) -> np.ndarray:
+    if not tensors:  # what np.concatenate of the per-batch arrays raised
+        raise ValueError("need at least one array to concatenate")
+    return torch.cat(tensors).cpu().numpy()
+
+
 @torch.no_grad()
 def predict(
     model: MSAModel, tensors: Batch, batch_size: int, device: torch.device, kind: str = "regression"
@@ -144,18 +231,105 @@ def predict(
 
     Autocast is switched off here, even inside a caller's autocast region: bf16 would quantise
     predictions at the third decimal of MAE, and validation and test must use one precision.
+    Batches are kept on the device and read back once, at the end.
     """
     model.eval()
-    preds, targets, loss_sum, n = [], [], 0.0, 0
+    preds, targets, losses, sizes = [], [], [], []
     for batch in iterate_batches(tensors, batch_size, device):
         with torch.autocast(device.type, enabled=False):
             out = model(batch)
         pred = out.pred.float()
-        loss_sum += float(task_loss(pred, batch, kind)) * len(pred)
-        n += len(pred)
-        preds.append(pred.cpu().numpy())
-        targets.append(_target(batch, kind).cpu().numpy())
-    return np.concatenate(preds), np.concatenate(targets), loss_sum / max(n, 1)
+        losses.append(task_loss(pred, batch, kind))
+        sizes.append(len(pred))
+        preds.append(pred)
+        targets.append(_target(batch, kind))
+    loss_sum = 0.0
+    for loss, n in zip(to_host(losses), sizes, strict=True):  # the per-batch float sum, as before
+        loss_sum += loss * n
+    return _cat_to_numpy(preds), _cat_to_numpy(targets), loss_sum / max(sum(sizes), 1)
+
+
+class _EpochLog:
+    """An epoch's per-step outputs, held as device tensors until ``flush`` reads them back together.
+
+    ``flush`` once per epoch is the engine's one host sync of the training steps; once per step
+    (``train.sync_every_step``) it is the loop of before issue 19. Either way the host sees the
+    same floats in the same order: loss-part sums are the per-step float sums they always were.
+    """
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sums: dict[str, float] = {}
+        self.n_seen = 0
+        self.steps: list[dict[str, float]] = []  # trace rows, read back
+        self._bad: tuple[float, int] | None = None  # the first non-finite loss and its step
+        self._preds: list[np.ndarray] = []
+        self._targets: list[np.ndarray] = []
+        self._pending: list[
+            tuple[int, torch.Tensor, dict[str, Scalar], dict[str, Scalar], int]
+        ] = []
+        self._pending_preds: list[torch.Tensor] = []
+        self._pending_targets: list[torch.Tensor] = []
+
+    def add(
+        self,
+        step: int,
+        total: torch.Tensor,
+        parts: dict[str, Scalar],
+        trace: dict[str, Scalar],
+        pred: torch.Tensor,
+        target: torch.Tensor,
+    ) -> None:
+        self._pending.append((step, total.detach(), parts, trace, len(target)))
+        self._pending_preds.append(pred.detach().float())
+        self._pending_targets.append(target)
+
+    def flush(self) -> None:
+        """Read the pending steps back: one transfer per device and dtype."""
+        if not self._pending:
+            return
+        flat: list[Scalar] = []
+        for _, total, parts, trace, _ in self._pending:
+            flat += [total, *parts.values(), *trace.values()]
+        host = iter(to_host(flat))
+        for step, _, parts, trace, bsz in self._pending:
+            total = next(host)
+            if self._bad is None and not math.isfinite(total):
+                self._bad = (total, step)
+            self.n_seen += bsz
+            for k in parts:
+                self.sums[k] = self.sums.get(k, 0.0) + next(host) * bsz
+            row = {k: next(host) for k in trace}
+            if row:
+                self.steps.append({"step": step, "epoch": self.epoch, **row})
+        self._preds.append(torch.cat(self._pending_preds).cpu().numpy())
+        self._targets.append(torch.cat(self._pending_targets).cpu().numpy())
+        self._pending, self._pending_preds, self._pending_targets = [], [], []
+
+    def raise_if_nonfinite(self, run_name: str) -> None:
+        if self._bad is not None:
+            value, step = self._bad
+            raise FloatingPointError(nonfinite_message(run_name, value, self.epoch, step))
+
+    def predictions(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.concatenate(self._preds), np.concatenate(self._targets)
+
+
+def nonfinite_message(run_name: str, value: float, epoch: int, step: int) -> str:
+    return f"{run_name}: loss became {value} at epoch {epoch}, step {step}"
+
+
+def _bank_grads(params: Sequence[torch.nn.Parameter], bank: list[torch.Tensor | None]) -> None:
+    """Move each parameter's gradient (this batch's alone, after its hook) into ``bank``, the
+    gradient accumulated over the group so far, and clear it for the next batch's backward."""
+    for i, p in enumerate(params):
+        if p.grad is None:
+            continue
+        if bank[i] is None:
+            bank[i] = p.grad
+        else:
+            bank[i].add_(p.grad)
+        p.grad = None
 
 
 def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
@@ -312,6 +486,30 @@ def train_model(
     raise (an Optuna ``TrialPruned``, an interrupt) propagates and leaves a resumable checkpoint
     behind. ``epoch_sink``, before them, gets the epoch's history row and trace rows (live
     tracking). A checkpoint that is not plain tensors and data is refused (``load_checkpoint``).
+
+    The steps read nothing back from the device; the epoch's values are read once after its last
+    step (module docstring). A non-finite loss is found then: a ``FloatingPointError`` naming the
+    run, the epoch and the first bad step, raised before ``on_epoch_end``, validation or any
+    checkpoint of that epoch (so ``last.pt`` stays the previous epoch's; with
+    ``train.sync_every_step`` it is raised at the step, before its backward).
+
+    Gradient accumulation (``train.grad_accum_steps`` k): the optimisers step after every k
+    batches and after the epoch's last batch (a shorter last group steps too). Each batch's loss
+    is weighted by its share of its group's rows (1/k for k equal batches) before its backward, so
+    a group's gradient is the mean over its rows, as one batch of those rows would give; the norm
+    clip (``train.grad_clip``) then acts on that accumulated gradient, before the step. Each
+    batch's ``model.after_backward`` sees that batch's gradient alone: the engine moves every
+    gradient aside before the next backward and adds them up for the step. So SGM modulates each
+    batch's contribution with that batch's own probe accuracies (eq. 10 per batch, as at k = 1;
+    not one phi from the whole group), and MISA's and MulT's clipping by value clips each batch's
+    gradient, as the references do per backward. Per-step trace rows stay one per batch, and
+    ``step`` counts batches (equal to optimiser steps at k = 1). The model's own optimiser
+    accumulates and steps with the engine's.
+
+    The learning-rate schedule (``train.lr_schedule``, ``train.warmup_epochs``; ``lr_factor``)
+    moves the engine optimiser's rate once per optimiser step; its state is in ``last.pt``, so a
+    resumed run continues the schedule where it stopped. The default (constant, no warmup) builds
+    no scheduler at all.
     """
     for name in ("train", "valid") + (("test",) if evaluate_test else ()):
         if name not in splits or len(splits[name]) == 0:
@@ -339,8 +537,14 @@ def train_model(
     main_params = [p for g in optimizer.param_groups for p in g["params"]]
     # Per-dimension feature statistics fit on train only, applied to every split
     # (train.standardize).
-    splits, standardization = standardize_splits(splits, enabled=t.standardize)
-    train_t, valid_t = split_to_tensors(splits["train"]), split_to_tensors(splits["valid"])
+    # (with a fine-tuned text encoder, the store's text features are dropped first: tokens instead)
+    splits, standardization = standardize_splits(input_splits(splits, cfg), enabled=t.standardize)
+    train_t, valid_t = split_tensors(splits["train"], cfg), split_tensors(splits["valid"], cfg)
+    train_rows = num_rows(train_t)
+    n_batches = num_batches(train_t, t.batch_size)
+    accum = t.grad_accum_steps
+    scheduler = build_scheduler(optimizer, t, optimizer_steps_per_epoch(train_rows, t))
+    accum_params = main_params + own_params  # every gradient the optimisers step on
 
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
     history: list[dict[str, float]] = []
@@ -369,6 +573,8 @@ def train_model(
             optimizer.load_state_dict(state["optimizer"])
             if own_optimizer is not None:
                 own_optimizer.load_state_dict(state["own_optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(state["scheduler"])
             history, step_traces, epoch_traces = (
                 state["history"],
                 state["step_traces"],
@@ -389,50 +595,62 @@ def train_model(
         # that epoch was validated and checkpointed; a resumed run redoes it from last.pt
         model.before_epoch(epoch)
         model.train()
-        sums: dict[str, float] = {}
-        n_seen = 0
-        train_preds, train_targets = [], []
-        for batch in iterate_batches(
-            train_t, t.batch_size, device, shuffle=True, seed=t.seed * 100_003 + epoch
+        log = _EpochLog(epoch)
+        bank: list[torch.Tensor | None] = [None] * len(accum_params)
+        for i, batch in enumerate(
+            iterate_batches(
+                train_t, t.batch_size, device, shuffle=True, seed=t.seed * 100_003 + epoch
+            )
         ):
-            optimizer.zero_grad(set_to_none=True)
-            if own_optimizer is not None:
-                own_optimizer.zero_grad(set_to_none=True)
+            group_start = i - i % accum
+            if i == group_start:
+                optimizer.zero_grad(set_to_none=True)
+                if own_optimizer is not None:
+                    own_optimizer.zero_grad(set_to_none=True)
+            steps_now = i + 1 == n_batches or i - group_start + 1 == accum
             with _autocast(device, amp):
                 out = model(batch)
                 total, parts = model.loss(out, batch)
-            if not torch.isfinite(total):
+            if t.sync_every_step and not torch.isfinite(total):
                 raise FloatingPointError(
-                    f"{cfg.run_name}: loss became {float(total.detach())} at epoch {epoch}, step "
-                    f"{global_step}"
+                    nonfinite_message(cfg.run_name, float(total.detach()), epoch, global_step)
                 )
-            total.backward()
-            trace = model.after_backward(out, batch, epoch)
-            if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(main_params, t.grad_clip)
-            optimizer.step()
-            if own_optimizer is not None:
-                own_optimizer.step()
             bsz = len(batch["label"])
-            n_seen += bsz
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * bsz
-            if trace:
-                step_traces.append({"step": global_step, "epoch": epoch, **trace})
-            train_preds.append(out.pred.detach().float().cpu().numpy())
-            train_targets.append(_target(batch, kind).cpu().numpy())
+            if accum == 1:
+                total.backward()
+            else:  # the batch's share of its group's rows: the group's gradient is their mean
+                group_rows = min(train_rows, (group_start + accum) * t.batch_size)
+                group_rows -= group_start * t.batch_size
+                (total * (bsz / group_rows)).backward()
+            trace = model.after_backward(out, batch, epoch)
+            if accum > 1:
+                _bank_grads(accum_params, bank)  # this batch's gradient, as its hook left it
+                if steps_now:
+                    for p, g in zip(accum_params, bank, strict=True):
+                        p.grad = g
+                    bank = [None] * len(accum_params)
+            if steps_now:
+                if t.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(main_params, t.grad_clip)
+                optimizer.step()
+                if own_optimizer is not None:
+                    own_optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+            log.add(global_step, total, parts, trace or {}, out.pred, _target(batch, kind))
+            if t.sync_every_step:
+                log.flush()
             global_step += 1
+        log.flush()  # the epoch's one read from the device
+        log.raise_if_nonfinite(cfg.run_name)
+        step_traces.extend(log.steps)
         epoch_trace = model.on_epoch_end(epoch)
         if epoch_trace:
             epoch_traces.append({"epoch": epoch, **epoch_trace})
 
         record: dict[str, float] = {"epoch": epoch}
-        record.update({f"train/{k}": v / max(n_seen, 1) for k, v in sums.items()})
-        record.update(
-            _prefixed(
-                "train", metrics_of(np.concatenate(train_preds), np.concatenate(train_targets))
-            )
-        )
+        record.update({f"train/{k}": v / max(log.n_seen, 1) for k, v in log.sums.items()})
+        record.update(_prefixed("train", metrics_of(*log.predictions())))
         valid, _, _ = evaluate(
             model,
             valid_t,
@@ -477,6 +695,7 @@ def train_model(
                     "own_optimizer": own_optimizer.state_dict()
                     if own_optimizer is not None
                     else None,
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "rng": _rng_state(),
                     "history": history,
                     "step_traces": step_traces,
@@ -501,7 +720,7 @@ def train_model(
             best_model.load_state_dict(best["state"])
         test, tpred, ttarget = evaluate(
             best_model,
-            split_to_tensors(splits["test"]),
+            split_tensors(splits["test"], cfg),
             split="test",
             task=task,
             class_names=class_names,

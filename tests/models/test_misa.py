@@ -277,6 +277,7 @@ def test_loss_is_the_weighted_sum_and_task_loss_switches_l1_mse():
         model = model_of(task_loss=kind, **w).eval()
         out = model(batch)
         total, parts = model.loss(out, batch)
+        parts = {k: float(v) for k, v in parts.items()}  # 0-dim tensors (models.base.Scalar)
         err = out.pred.detach() - batch["label"]
         task = err.abs().mean() if kind == "l1" else err.pow(2).mean()
         assert parts["loss/task"] == pytest.approx(float(task), rel=1e-5)

@@ -3,17 +3,21 @@ it."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import math
 
 import pytest
 import torch
 
+from msaflow.models.base import host_dict
 from msaflow.models.mmafnet import (
     SPEC,
     AdaptiveFusion,
     MMAFNet,
     MMAFNetConfig,
+    RunningStandardize,
     blend_,
     cmd,
     cosine_distance,
@@ -25,7 +29,9 @@ from msaflow.models.mmafnet import (
     modulation_ratios,
     probe_accuracy,
     sgm_coefficients,
+    sgm_tensors,
     similarity_loss,
+    traced_phi,
 )
 from msaflow.tasks.config import ConfigError, TrainConfig, apply_overrides
 
@@ -271,7 +277,7 @@ def test_sgm_scales_exactly_the_dominant_encoder():
     out = backward(model, batch)
     before = grads_of(model)
     _text_dominant(out, batch)
-    trace = model.after_backward(out, batch, epoch=0)
+    trace = host_dict(model.after_backward(out, batch, epoch=0))
     phi = 1 - math.tanh(0.3 * 1.0)  # rho = (1, 0, 0) -> omega_t = 1
     assert trace["sgm/omega_t"] == 1.0 and trace["sgm/omega_a"] == 0.0
     assert trace["sgm/phi_t"] == pytest.approx(phi) and trace["sgm/phi_a"] == 1.0
@@ -306,7 +312,7 @@ def test_gradients_untouched_when_sgm_off_or_after_modulation(kw, epoch):
     out = backward(model, batch)
     before = grads_of(model)
     _text_dominant(out, batch)
-    trace = model.after_backward(out, batch, epoch=epoch)
+    trace = host_dict(model.after_backward(out, batch, epoch=epoch))
     after = grads_of(model)
     assert all(torch.equal(before[n], after[n]) for n in before)
     assert trace["probe/acc_t"] == 1.0
@@ -323,7 +329,7 @@ def test_a_full_tie_damps_nothing_and_the_epoch_trace_counts_ties_and_damping():
     before = grads_of(model)
     for m in "tav":  # every probe equally right: rho, hence omega, tie three ways
         out.extras[f"probe_{m}"] = batch["label"].clone()
-    trace = model.after_backward(out, batch, epoch=0)
+    trace = host_dict(model.after_backward(out, batch, epoch=0))
     assert all(torch.equal(before[n], p.grad) for n, p in model.named_parameters() if n in before)
     assert [trace[f"sgm/phi_{m}"] for m in "tav"] == [1.0, 1.0, 1.0]
     out = backward(model, batch)  # a second step, text dominant
@@ -341,9 +347,111 @@ def test_sgm_skips_a_batch_without_countable_labels():
     batch["label"] = torch.zeros(4)
     out = backward(model, batch)
     before = grads_of(model)
-    trace = model.after_backward(out, batch, epoch=0)
+    trace = host_dict(model.after_backward(out, batch, epoch=0))
     assert all(torch.equal(before[n], p.grad) for n, p in model.named_parameters() if n in before)
     assert trace["sgm/phi_t"] == trace["sgm/phi_a"] == trace["sgm/phi_v"] == 1.0
+
+
+# --- SGM on the device (issue 19) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tie", ["none", "pair", "all"])
+def test_sgm_tensors_equal_the_python_equations_on_every_small_batch(tie):
+    """Every (hits_t, hits_a, hits_v, counted) of batches up to 7 countable labels: rho and omega
+    are the Python functions' values exactly, phi damps the same modalities by the same amount
+    (to the last bit or so of a double), and ``traced_phi`` is ``sgm_coefficients`` exactly."""
+    alpha = 0.3
+    for counted in range(8):
+        for h in itertools.product(range(counted + 1), repeat=3):
+            rho, omega, phi = sgm_tensors(torch.tensor(h), torch.tensor(counted), alpha, tie)
+            acc = {m: (h[i] / counted if counted else 0.0) for i, m in enumerate("tav")}
+            assert rho.tolist() == list(acc.values())
+            w = modulation_ratios(acc)
+            assert omega.tolist() == list(w.values()), (h, counted)
+            expected = sgm_coefficients(w, alpha, tie)
+            assert [x != 1.0 for x in phi.tolist()] == [x != 1.0 for x in expected.values()]
+            assert phi.tolist() == pytest.approx(list(expected.values()), rel=1e-15, abs=0)
+            assert [traced_phi(m, alpha, tie, *omega.tolist(), 1.0) for m in "tav"] == list(
+                expected.values()
+            )
+
+
+def test_after_backward_traces_the_values_of_the_python_equations():
+    """The hook's trace, read back, holds what eqs. 6-9's Python functions give for the batch's
+    probe outputs (the trace before the hook moved to the device), under the same names."""
+    model = model_of(alpha=0.7, sgm_tie="pair")
+    for seed in range(5):
+        batch = make_batch(B=9, seed=seed)
+        out = backward(model, batch)
+        trace = host_dict(model.after_backward(out, batch, epoch=0))
+        acc = {m: probe_accuracy(out.extras[f"probe_{m}"], batch["label"], "sign") for m in "tav"}
+        omega = modulation_ratios(acc)
+        phi = sgm_coefficients(omega, 0.7, "pair")
+        assert trace == {
+            **{f"probe/acc_{m}": acc[m] for m in "tav"},
+            **{f"sgm/omega_{m}": omega[m] for m in "tav"},
+            **{f"sgm/phi_{m}": phi[m] for m in "tav"},
+        }
+
+
+@contextlib.contextmanager
+def no_host_reads():
+    """Every way a tensor's value reaches Python raises inside (a device sync on a GPU)."""
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("a tensor's value was read on the host")
+
+    names = ("__bool__", "__float__", "__int__", "__index__", "item", "tolist", "numpy")
+    saved = {n: getattr(torch.Tensor, n) for n in names}
+    try:
+        for n in names:
+            setattr(torch.Tensor, n, refuse)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(torch.Tensor, n, f)
+
+
+def test_no_host_reads_can_fail():
+    with no_host_reads(), pytest.raises(AssertionError, match="read on the host"):
+        float(torch.ones(()))
+    assert float(torch.ones(())) == 1.0  # restored
+
+
+@pytest.mark.parametrize("kw", [{}, {"task": "classification", "num_classes": 3}])
+def test_training_step_reads_nothing_back_from_the_device(kw):
+    """forward, loss and after_backward of a training step (SGM, IPR and AFM on) keep every value
+    on the device; the epoch's end reads the counters once."""
+    model = model_of(**kw)
+    model.train()
+    classes = kw.get("num_classes", 0)
+    backward(model, make_batch(classes=classes))  # RunningStandardize reads its count once
+    model.zero_grad()
+    for seed in range(3):
+        batch = make_batch(seed=seed, classes=classes)
+        with no_host_reads():
+            out = model(batch)
+            total, parts = model.loss(out, batch)
+            total.backward()
+            trace = model.after_backward(out, batch, epoch=0)
+        assert all(math.isfinite(v) for v in host_dict({**parts, **trace}).values())
+    assert model.on_epoch_end(0)["sgm/tie_rate"] >= 0
+
+
+def test_running_standardize_rereads_its_count_after_a_load():
+    """The count is read once, then tracked on the host; a load resets that, so a probe resumed
+    from a checkpoint with statistics keeps them (momentum) instead of restarting (weight 1)."""
+    trained = RunningStandardize(2)
+    trained.train()
+    trained(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    fresh = RunningStandardize(2)
+    fresh.train()
+    fresh(torch.zeros(2, 2))  # a fresh module: started, on the host
+    fresh.load_state_dict(trained.state_dict())
+    before = fresh.mean.clone()
+    fresh(torch.tensor([[11.0, 12.0], [13.0, 14.0]]))
+    assert torch.allclose(fresh.mean, before.lerp(torch.tensor([12.0, 13.0]), 0.1))
+    assert int(fresh.count) == 2
 
 
 # --- IPR at on_epoch_end (eqs. 12-15) -------------------------------------------------------------
@@ -517,7 +625,10 @@ def test_variants_forward_and_backward_without_nans(variant, classes):
     total.backward()
     assert torch.isfinite(out.pred).all() and math.isfinite(float(total.detach()))
     assert set(parts) == {"loss/task", "loss/sim", "loss/diff", "loss/probe", "loss/total"}
-    assert all(isinstance(v, float) and math.isfinite(v) for v in parts.values())
+    # 0-dim tensors, detached, left on the device: the engine reads them once per epoch
+    assert all(v.dim() == 0 and not v.requires_grad for v in parts.values())
+    parts = {k: float(v) for k, v in parts.items()}
+    assert all(math.isfinite(v) for v in parts.values())
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     cfg = model.cfg
     expected = (

@@ -165,6 +165,8 @@ def test_explicit_select_metric_the_task_does_not_compute_is_a_clear_error():
         ("mmafnet", "train", "epochs", 0, ">= 1"),
         ("mmafnet", "train", "batch_size", 0, ">= 1"),
         ("mmafnet", "train", "weight_decay", -1.0, ">= 0"),
+        ("mmafnet", "train", "grad_accum_steps", 0, ">= 1"),
+        ("mmafnet", "train", "warmup_epochs", -0.5, ">= 0"),
         ("unimodal", "model", "hidden", 0, ">= 1"),
     ],
 )
@@ -208,6 +210,40 @@ def test_choices_are_checked():
         resolve_run_config("mmafnet", train_overrides={"select_mode": "up"})
     with pytest.raises(ConfigError, match=r"train.optimizer: expected one of"):
         resolve_run_config("mmafnet", train_overrides={"optimizer": "lion"})
+    with pytest.raises(
+        ConfigError, match=r"train.lr_schedule: expected one of \['constant', 'linear', 'cosine'\]"
+    ):
+        resolve_run_config("mmafnet", train_overrides={"lr_schedule": "step"})
+
+
+def test_accumulation_and_schedule_fields():
+    """Issue 18: defaults are the loop before them; warmup cannot outlast the run; a YAML int is
+    accepted for the fractional warmup, a fraction is not accepted for the step count."""
+    t = TrainConfig()
+    assert (t.grad_accum_steps, t.lr_schedule, t.warmup_epochs, t.sync_every_step) == (
+        1,
+        "constant",
+        0.0,
+        False,
+    )
+    cfg = resolve_run_config(
+        "mmafnet",
+        train_overrides={
+            "epochs": 4,
+            "grad_accum_steps": 2,
+            "lr_schedule": "cosine",
+            "warmup_epochs": 1,
+        },
+    )
+    assert cfg.train.warmup_epochs == 1.0 and isinstance(cfg.train.warmup_epochs, float)
+    assert flatten(cfg.to_dict())["train.grad_accum_steps"] == 2
+    resolve_run_config("mmafnet", train_overrides={"epochs": 4, "warmup_epochs": 4})  # the edge
+    with pytest.raises(
+        ConfigError, match=r"train.warmup_epochs: expected at most train.epochs=4, got 4.5"
+    ):
+        resolve_run_config("mmafnet", train_overrides={"epochs": 4, "warmup_epochs": 4.5})
+    with pytest.raises(ConfigError, match=r"train.grad_accum_steps: expected an integer"):
+        resolve_run_config("mmafnet", train_overrides={"grad_accum_steps": 1.5})
 
 
 def test_every_shipped_preset_and_variant_is_in_range():

@@ -7,9 +7,16 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from msaflow.feature_store.schema import SplitData
-from msaflow.tasks.data import Standardization, fit_standardization, standardize_splits
+from msaflow.tasks.data import (
+    Standardization,
+    fit_standardization,
+    iterate_batches,
+    split_to_tensors,
+    standardize_splits,
+)
 
 
 def _split(features: dict[str, np.ndarray], lengths: dict[str, list[int]]) -> SplitData:
@@ -143,3 +150,34 @@ def test_fold_store_fits_on_its_training_rows_only():
     _, b = standardize_splits(poisoned)
     np.testing.assert_array_equal(a.mean["audio"], b.mean["audio"])
     np.testing.assert_allclose(a.mean["audio"], x[fold["train"], 0].mean(axis=0), rtol=1e-5)
+
+
+# --- batches (issue 19) ---------------------------------------------------------------------------
+
+
+def _tensors() -> dict:
+    rng = np.random.default_rng(0)
+    split = _split(
+        {"text": rng.standard_normal((10, 3, 2)), "audio": rng.standard_normal((10, 3, 1))},
+        {"text": [3] * 10, "audio": [1, 2, 3] * 3 + [1]},
+    )
+    return split_to_tensors(split)
+
+
+def test_batches_follow_the_seeded_order_and_keep_every_row():
+    tensors = _tensors()
+    batches = list(iterate_batches(tensors, 4, torch.device("cpu"), shuffle=True, seed=3))
+    assert [len(b["label"]) for b in batches] == [4, 4, 2]
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(torch.cat([b["index"] for b in batches]), order)
+    assert torch.equal(torch.cat([b["text"] for b in batches]), tensors["text"][order])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_batches_from_pinned_memory_equal_the_cpu_ones():
+    tensors = _tensors()
+    cpu = list(iterate_batches(tensors, 4, torch.device("cpu"), shuffle=True, seed=3))
+    gpu = list(iterate_batches(tensors, 4, torch.device("cuda"), shuffle=True, seed=3))
+    for a, b in zip(cpu, gpu, strict=True):
+        assert a.keys() == b.keys()
+        assert all(b[k].is_cuda and torch.equal(a[k], b[k].cpu()) for k in a)

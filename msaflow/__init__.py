@@ -42,6 +42,7 @@ _API = (
     "RunResult",
     "RunRow",
     "Failure",
+    "Registered",
     "ReproduceResult",
     "TuneResult",
     "Trial",

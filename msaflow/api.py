@@ -62,6 +62,7 @@ __all__ = [
     "Dataset",
     "DatasetRef",
     "Failure",
+    "Registered",
     "ReproduceResult",
     "RunResult",
     "RunRow",
@@ -161,6 +162,36 @@ class Failure:
         return cls(f["run_name"], f["cell"], int(f["seed"]), f["error"])
 
 
+@dataclass(frozen=True)
+class Registered:
+    """A model version in the MLflow Model Registry: the best run of a model family, chosen on
+    validation, at ``model_uri`` (``models:/msaflow-<experiment>-<model>@best``)."""
+
+    name: str
+    version: int
+    run_id: str
+    model_uri: str
+    metric: str  # the validation metric that chose it
+    value: float
+    alias_moved: bool  # this call pointed @best at a new version
+
+    @classmethod
+    def _from(cls, r: Mapping[str, Any]) -> Registered:
+        return cls(
+            r["name"],
+            int(r["version"]),
+            r["run_id"],
+            r["model_uri"],
+            r["metric"],
+            float(r["value"]),
+            bool(r.get("alias_moved")),
+        )
+
+
+def _registered(result: Mapping[str, Any]) -> tuple[Registered, ...]:
+    return tuple(Registered._from(r) for r in result.get("registered") or ())
+
+
 def _frame(rows: Sequence[RunRow]) -> pandas.DataFrame:
     import pandas as pd
 
@@ -226,6 +257,8 @@ class ReproduceResult(RunResult):
     report_path: Path | None  # the Markdown report; None when no run finished (report_error)
     report_html_path: Path | None
     report_error: str | None = None
+    # the best run per model family on validation, in the Model Registry (empty if it failed)
+    registered: tuple[Registered, ...] = ()
 
     @property
     def report_markdown(self) -> str:
@@ -267,6 +300,8 @@ class TuneResult:
     experiment_id: str
     tracking_uri: str
     dataset: DatasetRef
+    # the best params' best evaluation run on validation, in the Model Registry
+    registered: tuple[Registered, ...] = ()
 
     def to_frame(self) -> pandas.DataFrame:
         """The trials as a pandas DataFrame: number, state, value, epochs_run, then each param."""
@@ -545,6 +580,7 @@ def reproduce(
         report_path=Path(report["markdown"]) if report.get("markdown") else None,
         report_html_path=Path(report["html"]) if report.get("html") else None,
         report_error=result.get("report_error"),
+        registered=_registered(result),
     )
 
 
@@ -650,6 +686,7 @@ def tune(
         experiment_id=result["experiment_id"],
         tracking_uri=result["tracking_uri"],
         dataset=DatasetRef._from(result["dataset"]),
+        registered=_registered(result),
     )
 
 

@@ -223,6 +223,15 @@ def test_reproduce_a_tiny_table_returns_its_report(tiny_sim, tmp_path, monkeypat
     assert result.report_html_path is not None and result.report_html_path.is_file()
     assert "none" in result.report_markdown and result.report_error is None
     assert len(result.to_frame()) == 2
+    # the best run on validation, registered: the typed record says where
+    [reg] = result.registered
+    assert isinstance(reg, msaflow.Registered) and reg.metric == "valid/mae"
+    assert reg.model_uri == "models:/msaflow-reproduce-api-tiny-table2-mmafnet@best"
+    best = min(result.rows, key=lambda r: r.valid["valid/mae"])
+    assert reg.run_id == best.run_id and reg.value == pytest.approx(best.valid["valid/mae"])
+    assert (
+        int(MlflowClient(uri).get_model_version_by_alias(reg.name, "best").version) == reg.version
+    )
     with pytest.raises(ConfigError, match="unknown table"):
         msaflow.reproduce("no-such-table", data=tiny_sim, tracking_uri=uri)
 
@@ -255,6 +264,8 @@ def test_tune_two_trials_returns_best_params(tiny_sim, tmp_path):
     [row] = result.evaluation
     assert MlflowClient(uri).get_run(row.run_id).info.status == "FINISHED"
     assert "best_test_mae_mean" in result.test and len(result.evaluation_frame()) == 1
+    [reg] = result.registered
+    assert reg.run_id == row.run_id and reg.model_uri.endswith("-mmafnet@best")
 
 
 def test_load_dataset_returns_splits(tiny_sim):

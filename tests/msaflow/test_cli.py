@@ -1,5 +1,7 @@
 """The CLI's user-facing errors: a clear message and a non-zero exit, never a traceback."""
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -262,3 +264,58 @@ def test_the_run_table_prints_a_failure_message_whole(capsys):
     print_rows(result, "pipeline")
     printed = " ".join(capsys.readouterr().out.split())
     assert " ".join(cause.split()) in printed and "error.txt" in printed
+
+
+# ---------------------------------------------------------------- the Prefect UI's records
+
+
+def test_a_run_without_a_prefect_server_is_recorded_under_msaflow_home(tiny_sim, tmp_path):
+    """README, "The Prefect UI": without PREFECT_API_URL, a ``msaflow run`` leaves its flow run,
+    task runs (named per cell and seed), epoch log lines and artifacts in
+    ``$MSAFLOW_HOME/prefect/prefect.db``, which a Prefect server started over it shows. A real
+    process with its own home; the database is read directly, as that server would."""
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    home = tmp_path / "home"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "MLFLOW_")) and k != "MSAFLOW_HOME"
+    }
+    env.update(MSAFLOW_HOME=str(home), PYTHONPATH=str(root))
+    proc = subprocess.run(
+        [sys.executable, "-m", "msaflow.cli", "run", "--data", str(tiny_sim), "--epochs", "1"]
+        + ["--variants", "none", "--experiment", "prefect-ui"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    db = home / "prefect" / "prefect.db"
+    assert db.is_file()
+    con = sqlite3.connect(db)
+    try:
+        flows = {r[0] for r in con.execute("SELECT name FROM flow")}
+        tasks = {r[0] for r in con.execute("SELECT name FROM task_run")}
+        keys = {r[0] for r in con.execute("SELECT key FROM artifact")}
+        logs = [r[0] for r in con.execute("SELECT message FROM log")]
+        tags = con.execute(
+            "SELECT tags FROM task_run WHERE name = 'train-mmafnet-none-seed1'"
+        ).fetchone()
+    finally:
+        con.close()
+    assert "pipeline" in flows
+    assert {"train-mmafnet-none-seed1", "evaluate-mmafnet-none-seed1"} <= tasks, tasks
+    assert any(t.startswith("prepare-data") for t in tasks), tasks
+    assert "msaflow-summary-prefect-ui" in keys, keys
+    assert any("[mmafnet/none/seed1] epoch 1/1" in m for m in logs), logs[:20]
+    assert tags is not None and {"model:mmafnet", "variant:none", "seed:1"} <= set(
+        json.loads(tags[0])
+    )

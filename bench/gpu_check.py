@@ -98,7 +98,7 @@ def make_cfg(family: str, manifest, args: argparse.Namespace, **train: Any) -> R
         args.preset,
         train_overrides=overrides,
         input_spec=manifest.input_spec(),
-        data_task=manifest.task,
+        data_kind=manifest.data_kind,
     )
 
 
@@ -113,7 +113,7 @@ def sync(device: torch.device) -> None:
 def check_epoch(family: str, manifest, splits, args) -> dict[str, Any]:
     """One epoch with AMP through the engine."""
     cfg = make_cfg(family, manifest, args, epochs=1)
-    result = train_model(cfg, splits, task=manifest.task, evaluate_test=False)
+    result = train_model(cfg, splits, data_kind=manifest.data_kind, evaluate_test=False)
     row = result.history[0]
     finite = all(math.isfinite(v) for k, v in row.items() if k.startswith(("train/loss", "valid/")))
     n_train = len(splits["train"])
@@ -141,7 +141,11 @@ def child_main(args: argparse.Namespace) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     train_model(
-        cfg, splits, task=manifest.task, checkpoint_dir=args.ckpt, callbacks=[kill_after_first]
+        cfg,
+        splits,
+        data_kind=manifest.data_kind,
+        checkpoint_dir=args.ckpt,
+        callbacks=[kill_after_first],
     )
     sys.exit("error: the child was not killed after epoch 0")
 
@@ -169,7 +173,7 @@ def check_resume(family: str, manifest, splits, args, work: Path) -> dict[str, A
 def _check_resume(family: str, manifest, splits, args, work: Path) -> dict[str, Any]:
     cfg = make_cfg(family, manifest, args, epochs=2, deterministic=True)
     ref = train_model(
-        cfg, splits, task=manifest.task, checkpoint_dir=work / f"{family}-uninterrupted"
+        cfg, splits, data_kind=manifest.data_kind, checkpoint_dir=work / f"{family}-uninterrupted"
     )
     ckpt = work / f"{family}-killed"
     cmd = [
@@ -196,7 +200,7 @@ def _check_resume(family: str, manifest, splits, args, work: Path) -> dict[str, 
     if not killed or not (ckpt / "last.pt").is_file():
         out.update(ok=False, error=(proc.stderr.strip().splitlines() or ["no last.pt"])[-1])
         return out
-    resumed = train_model(cfg, splits, task=manifest.task, checkpoint_dir=ckpt)
+    resumed = train_model(cfg, splits, data_kind=manifest.data_kind, checkpoint_dir=ckpt)
     diff = max(
         [_diff(a, b) for a, b in zip(ref.history, resumed.history, strict=False)]
         + [_diff(ref.test, resumed.test)]
@@ -347,7 +351,7 @@ def check_engine_throughput(family: str, manifest, splits, args, device: str) ->
                 patience=0,
             )
             steps = optimizer_steps_per_epoch(len(small["train"]), cfg.train)
-            result = train_model(cfg, small, task=manifest.task, evaluate_test=False)
+            result = train_model(cfg, small, data_kind=manifest.data_kind, evaluate_test=False)
             timed = [r["time/epoch_s"] for r in result.history[1:]]
             best[sync] = max(best[sync], steps * len(timed) / sum(timed))
     return {

@@ -126,10 +126,12 @@ def train(store: Path, seeds: list[int], epochs: int | None) -> tuple[list[dict]
             "quick",
             train_overrides={"seed": seed, "epochs": epochs, "device": "cpu"},
             input_spec=manifest.input_spec(),
-            data_task=manifest.task,
+            data_kind=manifest.data_kind,
             class_names=manifest.class_names,
         )
-        res = train_model(cfg, splits, task=manifest.task, class_names=manifest.class_names)
+        res = train_model(
+            cfg, splits, data_kind=manifest.data_kind, class_names=manifest.class_names
+        )
         rows.append(
             {
                 "seed": seed,

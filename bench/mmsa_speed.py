@@ -62,7 +62,7 @@ SHAPES = {
     "audio_dim": 5,
     "vision_dim": 20,
     "seq_len": 50,
-    "task": "regression",
+    "head": "regression",
     "num_classes": 1,
 }
 WITH_REFERENCE = ("tfn", "lmf", "mult")

@@ -157,7 +157,7 @@ def direct_runs(
         cfg = resolve_run_config(
             "unimodal", "text", preset, train_overrides=train, input_spec=manifest.input_spec()
         )
-        res = train_model(cfg, splits, task="sentiment")
+        res = train_model(cfg, splits, data_kind="sentiment")
         rows.append(
             {
                 "seed": seed,

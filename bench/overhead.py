@@ -33,7 +33,7 @@ for v in variants:
     cfg = resolve_run_config("mmafnet", v, "quick", """
     r"""train_overrides={"epochs": epochs} if epochs else {},
                              input_spec=manifest.input_spec())
-    train_model(cfg, splits, task=manifest.task)
+    train_model(cfg, splits, data_kind=manifest.data_kind)
 """
 )
 

@@ -186,10 +186,10 @@ def train_one(
         preset,
         train_overrides=train,
         input_spec=manifest.input_spec(),
-        data_task=manifest.task,
+        data_kind=manifest.data_kind,
         class_names=manifest.class_names,
     )
-    res = train_model(cfg, splits, task=manifest.task, class_names=manifest.class_names)
+    res = train_model(cfg, splits, data_kind=manifest.data_kind, class_names=manifest.class_names)
     return {
         "family": family,
         "variant": variant,
@@ -493,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
             args.preset,
             train_overrides=train,
             input_spec=manifest.input_spec(),
-            data_task=manifest.task,
+            data_kind=manifest.data_kind,
         )
         epochs_of[family] = cfg.train.epochs
         return cfg.fingerprint()

@@ -48,7 +48,7 @@ SHAPES = {
     "audio_dim": 74,
     "vision_dim": 35,
     "seq_len": 50,
-    "task": "regression",
+    "head": "regression",
     "num_classes": 1,
 }
 VARIANTS = {

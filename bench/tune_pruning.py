@@ -47,7 +47,7 @@ def run_study(name: str, pruner: str, args, data_path: str, tmp: Path) -> dict:
         n_trials=args.trials,
         space=tu.space_to_dict(space),
         data_path=data_path,
-        data_task=manifest.task,
+        data_kind=manifest.data_kind,
         input_spec=manifest.input_spec(),
         class_names=manifest.class_names,
         epochs=args.epochs,

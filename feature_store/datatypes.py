@@ -24,7 +24,7 @@ from msaflow.modalities import MODALITIES
 
 SCHEMA_VERSION = 2  # 2: sequences as fixed-size binary (1: nested fixed-size lists)
 SPLITS = ("train", "valid", "test")
-TASKS = ("sentiment", "emotion", "depression")
+DATA_KINDS = ("sentiment", "emotion", "depression")
 LABEL_KINDS = ("regression", "classification")
 MANIFEST = "manifest.json"
 # Largest |feature| accepted. Real features (BERT, COVAREP, FACET, OpenFace) stay below ~1e4;
@@ -93,7 +93,7 @@ class SplitData:
 class Manifest:
     name: str
     source: str
-    task: str
+    data_kind: str
     label_kind: str
     label_range: tuple[float, float]
     modalities: dict[str, dict[str, int]]  # {"text": {"dim": 768, "seq_len": 50}, ...}
@@ -115,7 +115,7 @@ class Manifest:
             "name": self.name,
             "source": self.source,
             "source_sha256": self.source_sha256,
-            "task": self.task,
+            "task": self.data_kind,
             "label_kind": self.label_kind,
             "label_range": list(self.label_range),
             "num_classes": self.num_classes,
@@ -244,7 +244,7 @@ class Manifest:
         return cls(
             name=d["name"],
             source=d["source"],
-            task=d["task"],
+            data_kind=d["task"],
             label_kind=d["label_kind"],
             label_range=(float(lr[0]), float(lr[1])),
             modalities=mods,
@@ -274,7 +274,7 @@ class Manifest:
             "audio_dim": dims["audio"],
             "vision_dim": dims["vision"],
             "seq_len": seq,
-            "task": self.label_kind,
+            "head": self.label_kind,
             "num_classes": int(self.num_classes),
         }
 

@@ -802,7 +802,7 @@ def _mult_split(
 # order (MulT's eval_iemocap). The 4-class setting has exactly one positive emotion per row; a row
 # with none or several has no single class, so ingest refuses (counting them) rather than guess.
 MULT_IEMOCAP_CLASSES = ["neutral", "happy", "sad", "angry"]  # = feature_store.sim.IEMOCAP_CLASSES
-TASK_LABEL_RANGES = {"sentiment": (-3.0, 3.0), "emotion": (0.0, 3.0), "depression": (0.0, 27.0)}
+KIND_LABEL_RANGES = {"sentiment": (-3.0, 3.0), "emotion": (0.0, 3.0), "depression": (0.0, 27.0)}
 
 
 def mult_emotion_classes(path: Path, field: str, labels: np.ndarray, n: int) -> np.ndarray:
@@ -842,12 +842,13 @@ def ingest(
     label_range: tuple[float, float] | None = None,
     name: str | None = None,
     force: bool = False,
-    task: str = "sentiment",
+    data_kind: str = "sentiment",
 ) -> Manifest:
     """Ingest an MMSA or MulT pickle into a store at ``out_dir`` (a no-op when unchanged).
 
-    ``task``: sentiment (regression, default range [-3, 3]), depression (regression, [0, 27]) or
-    emotion (MulT's IEMOCAP layout only: labels (N, 4, 2) -> 4 classes, ``mult_emotion_classes``).
+    ``data_kind`` (the manifest's ``task``): sentiment (regression, default range [-3, 3]),
+    depression (regression, [0, 27]) or emotion (MulT's IEMOCAP layout only: labels (N, 4, 2) -> 4
+    classes, ``mult_emotion_classes``).
 
     ``out_dir`` may be new, empty or a store msaflow wrote; any other folder is refused unless
     ``force`` (then the store's files go in beside the user's, never over them).
@@ -859,21 +860,23 @@ def ingest(
         raise DataError(src, "nonfinite", f"one of {NONFINITE_POLICIES}, got {nonfinite!r}")
     if not src.is_file():
         raise DataError(src, "path", "an existing pickle file")
-    if task not in TASK_LABEL_RANGES:
-        raise DataError(src, "task", f"one of {', '.join(TASK_LABEL_RANGES)}, got {task!r}")
-    if task == "emotion" and fmt != "mult":
+    if data_kind not in KIND_LABEL_RANGES:
+        raise DataError(src, "task", f"one of {', '.join(KIND_LABEL_RANGES)}, got {data_kind!r}")
+    if data_kind == "emotion" and fmt != "mult":
         raise DataError(
             src,
             "task",
             "emotion only with --format mult (MulT's IEMOCAP labels, N x 4 x 2); "
             "MMSA pickles hold sentiment scores",
         )
-    emotion = task == "emotion"
-    label_range = TASK_LABEL_RANGES[task] if emotion or label_range is None else tuple(label_range)
+    emotion = data_kind == "emotion"
+    label_range = (
+        KIND_LABEL_RANGES[data_kind] if emotion or label_range is None else tuple(label_range)
+    )
     sha = file_sha256(src)
     config = {"ingest": fmt, "version": 1, "nonfinite": nonfinite, "label_range": list(label_range)}
-    if task != "sentiment":  # sentiment stores keep their config (re-ingest stays a no-op)
-        config["task"] = task
+    if data_kind != "sentiment":  # sentiment stores keep their config (re-ingest stays a no-op)
+        config["task"] = data_kind
     if (out / "manifest.json").is_file():
         try:
             existing = read_manifest(out)
@@ -919,7 +922,7 @@ def ingest(
         splits,
         name=name or default_name(src),
         source=f"{fmt}:{src.name}",
-        task=task,
+        data_kind=data_kind,
         label_kind="classification" if emotion else "regression",
         label_range=label_range,
         source_sha256=sha,

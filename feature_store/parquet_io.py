@@ -29,10 +29,10 @@ import pyarrow.parquet as pq
 from msaflow.errors import DataError
 from msaflow.feature_store.datatypes import (
     _PLAIN_NAME,
+    DATA_KINDS,
     LABEL_KINDS,
     MANIFEST,
     SCHEMA_VERSION,
-    TASKS,
     Manifest,
     SplitData,
     check_split,
@@ -150,7 +150,7 @@ def write_dataset(
     *,
     name: str,
     source: str,
-    task: str = "sentiment",
+    data_kind: str = "sentiment",
     label_kind: str = "regression",
     label_range: tuple[float, float] = (-3.0, 3.0),
     source_sha256: str | None = None,
@@ -174,8 +174,8 @@ def write_dataset(
     out = Path(os.path.abspath(out_dir))
     if out.is_symlink():
         out = out.resolve()  # write where the link points; never replace the user's link
-    if task not in TASKS:
-        raise DataError(out, "task", f"one of {TASKS}, got {task!r}")
+    if data_kind not in DATA_KINDS:
+        raise DataError(out, "task", f"one of {DATA_KINDS}, got {data_kind!r}")
     if label_kind not in LABEL_KINDS:
         raise DataError(out, "label_kind", f"one of {LABEL_KINDS}, got {label_kind!r}")
     if not splits:
@@ -226,7 +226,7 @@ def write_dataset(
         manifest = Manifest(
             name=name,
             source=source,
-            task=task,
+            data_kind=data_kind,
             label_kind=label_kind,
             label_range=(float(label_range[0]), float(label_range[1])),
             modalities=modalities,

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 from msaflow.errors import DataError
 from msaflow.feature_store.datatypes import (
+    DATA_KINDS,
     FEATURE_ABS_MAX,
     LABEL_KINDS,
     MANIFEST,
     SCHEMA_VERSION,
     SPLITS,
-    TASKS,
     Manifest,
     SplitData,
     check_finite,
@@ -63,7 +63,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SPLITS",
     "STALE_AFTER_S",
-    "TASKS",
+    "DATA_KINDS",
     "DataError",
     "Manifest",
     "SplitData",

@@ -52,7 +52,7 @@ IEMOCAP_AROUSAL = np.array([-0.5, 0.5, -1.0, 1.0])
 @dataclass(frozen=True)
 class SimProfile:
     name: str
-    task: str
+    data_kind: str
     counts: tuple[int, int, int]  # train, valid, test utterances
     dims: tuple[int, int, int] = (768, 74, 35)  # text, audio, vision -- as the MMAFNet paper states
     seq_len: int = 50
@@ -100,16 +100,16 @@ def _sample_sentiment(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def _latents(p: SimProfile, rng: np.random.Generator, n: int, label=None):
     """Label, shared channel u, complementary channel w (and class ids for emotion)."""
-    if p.task == "emotion":
+    if p.data_kind == "emotion":
         cls = rng.choice(len(IEMOCAP_CLASSES), size=n, p=IEMOCAP_SHARES)
         return cls.astype(np.float32), IEMOCAP_VALENCE[cls], IEMOCAP_AROUSAL[cls], cls
-    if p.task == "depression":
+    if p.data_kind == "depression":
         z = (label - 9.0) / 6.0  # standardised PHQ-9
     else:
         z = _sample_sentiment(rng, n) if label is None else label
     w = rng.normal(0.0, p.sigma_w, size=n)
     u = z - w
-    y = z if p.task == "sentiment" else label
+    y = z if p.data_kind == "sentiment" else label
     return np.asarray(y, np.float32), u, w, None
 
 
@@ -240,7 +240,7 @@ def _cmdc_subjects(p: SimProfile, seed: int) -> dict[str, tuple[np.ndarray, np.n
 def _oracle(p: SimProfile, seed: int, n: int = 50_000) -> dict[str, dict[str, float]]:
     """Best achievable MAE/Acc2 (or accuracy) per modality subset, given the latent observations."""
     rng = np.random.default_rng([seed, 23])
-    labels = rng.integers(0, 28, 2 * n).astype(np.float32) if p.task == "depression" else None
+    labels = rng.integers(0, 28, 2 * n).astype(np.float32) if p.data_kind == "depression" else None
     y, u, w, cls = _latents(p, rng, 2 * n, labels)
     obs = _observe(p, rng, u, w)
     mean_len = p.mean_words
@@ -259,7 +259,7 @@ def _oracle(p: SimProfile, seed: int, n: int = 50_000) -> dict[str, dict[str, fl
         x = np.concatenate([obs[m] for m in mods], 1)
         feats = np.concatenate([np.ones((2 * n, 1)), x, x**2, np.abs(x)], 1)
         tr, te = slice(0, n), slice(n, 2 * n)
-        if p.task == "emotion":
+        if p.data_kind == "emotion":
             # one-vs-rest least squares on indicators, argmax: a linear oracle on the latents
             onehot = np.eye(len(IEMOCAP_CLASSES))[cls]
             coef, *_ = np.linalg.lstsq(feats[tr], onehot[tr], rcond=None)
@@ -270,7 +270,7 @@ def _oracle(p: SimProfile, seed: int, n: int = 50_000) -> dict[str, dict[str, fl
         pred = feats[te] @ coef
         yt = y[te]
         entry = {"mae": round(float(np.abs(pred - yt).mean()), 4)}
-        if p.task == "sentiment":
+        if p.data_kind == "sentiment":
             nz = yt != 0
             entry["acc2_non0"] = round(float(((pred[nz] > 0) == (yt[nz] > 0)).mean()), 4)
         out[key] = entry
@@ -319,7 +319,7 @@ def synthesize(
     p = SIM_PROFILES[profile]
     dirs = _directions(p, seed)
     splits = {}
-    if p.task == "depression":
+    if p.data_kind == "depression":
         groups = _cmdc_subjects(p, seed)
         if scale != 1.0:  # keep whole subjects
             groups = {
@@ -340,9 +340,9 @@ def synthesize(
                 p, seed, split, _scaled(n, scale), dirs, video_offset=offset
             )
             offset += 10_000
-    kind = "classification" if p.task == "emotion" else "regression"
+    kind = "classification" if p.data_kind == "emotion" else "regression"
     label_range = {"sentiment": (-3.0, 3.0), "emotion": (0.0, 3.0), "depression": (0.0, 27.0)}[
-        p.task
+        p.data_kind
     ]
     source_sha = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
     return write_dataset(
@@ -350,7 +350,7 @@ def synthesize(
         splits,
         name=f"sim-{profile}" + ("" if scale == 1.0 else f"-x{scale:g}"),
         source="simulation",
-        task=p.task,
+        data_kind=p.data_kind,
         label_kind=kind,
         label_range=label_range,
         source_sha256=source_sha,

@@ -29,7 +29,7 @@ def features(
     cache_dir: str | None = None,
     progress: bool = True,
     force: bool = False,
-    task: str = "sentiment",
+    task: str = "sentiment",  # the data kind; a flow parameter keeps its user-facing name
     class_names: list[str] | None = None,
     source_failures: list[dict] | None = None,
 ) -> dict[str, Any]:
@@ -50,7 +50,7 @@ def features(
         cache_dir=cache_dir,
         progress=progress,
         force=force,
-        task=task,
+        data_kind=task,
         class_names=class_names,
         source_failures=source_failures,
     )

@@ -20,120 +20,15 @@ from msaflow.flows.errors import quiet_user_errors
 from msaflow.models.spec import Cell  # a table's column; defined with the tables
 from msaflow.settings import default_tracking_uri
 from msaflow.tasks import tracking as tr
-from msaflow.tasks.config import ConfigError, load_overrides_file, resolve_run_config
-from msaflow.tasks.prepare import check_data, make_folds, resolve_source
+from msaflow.tasks.checks import check_pipeline_inputs
+from msaflow.tasks.config import resolve_run_config
+from msaflow.tasks.prepare import make_folds, resolve_source
 from msaflow.tasks.refs import DataRef, Tracking
 from msaflow.tasks.run import evaluate_task, open_parent_run, run_key, train_task
 from msaflow.tasks.summary import summarize_task
 from msaflow.tasks.tracking import check_tracking, ensure_experiment
 
 quiet_user_errors()  # every flow's user errors stay one line (flows/errors.py)
-
-
-def model_spec(model: str):
-    """The model's spec; an unknown name is a ConfigError naming the known ones."""
-    from msaflow.models import get_spec
-
-    try:
-        return get_spec(model)
-    except KeyError as exc:
-        raise ConfigError(f"--model: {exc.args[0]}") from None
-
-
-def check_preset(model: str, preset: str) -> None:
-    spec = model_spec(model)
-    if preset not in spec.presets:
-        raise ConfigError(
-            f"--preset: model {model!r} has no preset {preset!r}; expected one of "
-            f"{list(spec.presets)}"
-        )
-
-
-def load_params_file(path: str | None, model: str, preset: str) -> dict[str, Any]:
-    """A ``--params`` YAML, its keys and values checked against the model (errors name the file)."""
-    if not path:
-        return {}
-    overrides = load_overrides_file(path)
-    try:
-        resolve_run_config(
-            model,
-            None,
-            preset,
-            model_overrides=overrides.get("model"),
-            train_overrides=overrides.get("train"),
-        )
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    return overrides
-
-
-def resolve_cells(model: str, variants: list[str] | None, cells: list[dict] | None) -> list[Cell]:
-    if cells:
-        return [c if isinstance(c, Cell) else Cell(**c) for c in cells]
-    spec = model_spec(model)
-    names = variants or list(spec.variants)
-    unknown = [v for v in names if v not in spec.variants]
-    if unknown:
-        raise ConfigError(
-            f"--variants: model {model!r} has no variant(s) {unknown}; "
-            f"expected some of {list(spec.variants)}"
-        )
-    return [Cell(name=v, variant=v) for v in names]
-
-
-def check_pipeline_inputs(
-    *,
-    data: str | None = None,
-    model: str = "mmafnet",
-    variants: list[str] | None = None,
-    seeds: list[int] | None = None,
-    preset: str = "quick",
-    epochs: int | None = None,
-    params_file: str | None = None,
-    model_overrides: dict[str, Any] | None = None,
-    train_overrides: dict[str, Any] | None = None,
-    cells: list[dict[str, Any]] | None = None,
-    scale: float = 1.0,
-    data_format: str = "mmsa",
-    folds: int = 0,
-) -> dict[str, Any]:
-    """Everything a user supplies to the pipeline, checked and resolved once, before a flow starts.
-
-    Returns the resolved ``model_overrides``, ``train_overrides`` (the params file and ``epochs``
-    folded in), ``cells`` and ``seeds``; every cell's config resolves. A bad value raises
-    ``ConfigError``/``DataError`` naming the option.
-    """
-    check_data(data, scale, data_format)
-    check_preset(model, preset)
-    file_overrides = load_params_file(params_file, model, preset)
-    model_overrides = {**file_overrides.get("model", {}), **(model_overrides or {})}
-    train_overrides = {**file_overrides.get("train", {}), **(train_overrides or {})}
-    if epochs is not None:
-        train_overrides["epochs"] = epochs
-    cell_list = resolve_cells(model, variants, cells)
-    seeds = list(seeds or [1])
-    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ConfigError(f"--seeds: expected integers, got {seeds!r}")
-    if folds == 1 or folds < 0:
-        raise ConfigError(f"--folds: expected 0 (no cross-validation) or k >= 2, got {folds}")
-    for cell in cell_list:
-        resolve_run_config(
-            model,
-            cell.variant,
-            preset,
-            model_overrides={**model_overrides, **cell.overrides.get("model", {})},
-            train_overrides={
-                **train_overrides,
-                **cell.overrides.get("train", {}),
-                "seed": seeds[0],
-            },
-        )
-    return {
-        "model_overrides": model_overrides,
-        "train_overrides": train_overrides,
-        "cells": cell_list,
-        "seeds": seeds,
-    }
 
 
 def _submit_train(
@@ -252,7 +147,7 @@ def run_grid(
                     "seed": seed,
                 },
                 input_spec=data_ref.input_spec,
-                data_task=data_ref.task,
+                data_kind=data_ref.data_kind,
                 class_names=data_ref.class_names,
             )
             configs.append((cfg, cell))

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import ChainMap
 from typing import Any
 
 from prefect import flow
@@ -32,11 +31,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from msaflow.flows.errors import quiet_user_errors
 from msaflow.flows.pipeline import run_grid
-from msaflow.models import RegistryView, TableSpec
-from msaflow.models import tables as model_tables
+from msaflow.models import TableSpec
 from msaflow.models.spec import Cell
 from msaflow.settings import default_tracking_uri
 from msaflow.tasks import tracking as tr
+from msaflow.tasks.checks import check_preset, get_table, load_params_file
 from msaflow.tasks.config import ConfigError, resolve_run_config
 from msaflow.tasks.model_registry import register_best_task
 from msaflow.tasks.prepare import resolve_source
@@ -51,16 +50,6 @@ from msaflow.tasks.reproduce import (
 from msaflow.tasks.summary import summarize_task
 
 quiet_user_errors()  # every flow's user errors stay one line (flows/errors.py)
-
-# Every model's tables (each model file's ``SPEC.tables``), read from the registry at each lookup;
-# the first map takes tables registered here at run time (tests add a cut-down table this way).
-TABLES: ChainMap[str, TableSpec] = ChainMap({}, RegistryView(model_tables))
-
-
-def get_table(name: str) -> TableSpec:
-    if name not in TABLES:
-        raise ConfigError(f"unknown table {name!r}; expected one of: {', '.join(sorted(TABLES))}")
-    return TABLES[name]
 
 
 def default_workers() -> int:
@@ -173,7 +162,7 @@ def _reproduce_into(
             "msaflow.cell_overrides": json.dumps({c.name: c.overrides for c in cells}),
             "msaflow.seeds": ",".join(map(str, seeds)),
             "msaflow.epochs": resolved_epochs,
-            "msaflow.task": data_ref.task,
+            "msaflow.task": data_ref.data_kind,  # the tag keeps its name: reports read old runs
             "msaflow.workers": workers,
             "msaflow.params": json.dumps({"model": model_overrides, "train": train_overrides}),
         },
@@ -243,7 +232,6 @@ def reproduce(
     runs at a time (default ``min(2, cpu_count)``). ``params_file`` (``--params``, as ``msaflow
     run`` reads it: ``{model: {...}, train: {...}}``) and ``model_overrides``/``train_overrides``
     apply to every cell. Returns the flow's result dict."""
-    from msaflow.flows.pipeline import check_preset, load_params_file
     from msaflow.tasks.prepare import check_data
 
     spec = get_table(table)  # fail on a bad table, preset, params or data before Prefect starts

@@ -27,7 +27,7 @@ from msaflow.models.spec import Cell
 from msaflow.settings import default_tracking_uri
 from msaflow.tasks import tracking as tr
 from msaflow.tasks import tuning as tu
-from msaflow.tasks.config import ConfigError
+from msaflow.tasks.checks import check_tune_inputs
 from msaflow.tasks.model_registry import register_best_task
 from msaflow.tasks.prepare import resolve_source
 from msaflow.tasks.refs import DataRef, Tracking
@@ -41,75 +41,6 @@ from msaflow.tasks.tune import (
 )
 
 quiet_user_errors()  # every flow's user errors stay one line (flows/errors.py)
-
-
-def check_tune_inputs(
-    *,
-    model: str = "mmafnet",
-    data: str | None = None,
-    n_trials: int = 20,
-    workers: int = 1,
-    metric: str = "auto",
-    sampler: str = "tpe",
-    pruner: str = "median",
-    pruner_options: dict[str, Any] | None = None,
-    space_file: str | None = None,
-    space: dict[str, Any] | None = None,
-    include: list[str] | None = None,
-    preset: str = "quick",
-    variant: str | None = None,
-    epochs: int | None = None,
-    storage: str | None = None,
-    scale: float = 1.0,
-    data_format: str = "mmsa",
-    train_overrides: dict[str, Any] | None = None,
-    heartbeat_interval: int = 10,
-    grace_period: int = 30,
-) -> dict[str, Any]:
-    """Everything a user supplies to ``tune``, checked before a flow starts (the CLI calls it
-    first).
-
-    Returns the resolved ``direction``, ``variant``, ``search_space`` and ``storage_url``.
-    """
-    from msaflow.flows.pipeline import check_preset, model_spec
-    from msaflow.tasks.config import resolve_run_config
-    from msaflow.tasks.prepare import check_data
-
-    # "auto": the data task's default selection metric, known once the data is resolved
-    direction = None if metric == "auto" else tu.metric_direction(metric)  # refuses test/... early
-    if n_trials < 1 or workers < 1:
-        raise ConfigError("--trials and --workers must be >= 1")
-    if epochs is not None and epochs < 1:
-        raise ConfigError(f"--epochs: expected >= 1, got {epochs}")
-    spec_model = model_spec(model)
-    variant = variant or spec_model.default_variant
-    if variant not in spec_model.variants:
-        raise ConfigError(
-            f"model {model!r} has no variant {variant!r}; expected one of "
-            f"{list(spec_model.variants)}"
-        )
-    check_preset(model, preset)
-    resolve_run_config(
-        model,
-        variant,
-        preset,
-        train_overrides={
-            **(train_overrides or {}),
-            **({"epochs": epochs} if epochs is not None else {}),
-        },
-    )
-    search_space = tu.load_search_space(model, space_file, include or (), entries=space)
-    tu.make_sampler(sampler, 0)
-    tu.make_pruner(pruner, epochs or 1, pruner_options)
-    check_data(data, scale, data_format)
-    storage_url = storage or tu.default_storage_url()
-    tu.make_storage(storage_url, heartbeat_interval, grace_period)  # a bad URL fails here, clearly
-    return {
-        "direction": direction,
-        "variant": variant,
-        "search_space": search_space,
-        "storage_url": storage_url,
-    }
 
 
 def _evaluate_best(
@@ -213,7 +144,7 @@ def tune(
     if metric == "auto":  # valid/mae for sentiment and depression, valid/f1_weighted for emotion
         from msaflow.tasks.metrics import DEFAULT_SELECTION
 
-        metric = DEFAULT_SELECTION[data_ref.task][0]
+        metric = DEFAULT_SELECTION[data_ref.data_kind][0]
         direction = tu.metric_direction(metric)
     experiment_id = tr.ensure_experiment(tracking_uri, experiment)
     tracking = Tracking(uri=tracking_uri, experiment_id=experiment_id, experiment=experiment)
@@ -232,7 +163,7 @@ def tune(
         space=tu.space_to_dict(search_space),
         data_path=data_ref.path,
         dataset_hash=data_ref.manifest_hash,
-        data_task=data_ref.task,
+        data_kind=data_ref.data_kind,
         input_spec=data_ref.input_spec,
         class_names=data_ref.class_names,
         epochs=epochs,

@@ -57,7 +57,7 @@ BATCH_KEYS = (
     "index",
 )
 
-TaskKind = Literal["regression", "classification"]
+HeadKind = Literal["regression", "classification"]  # the model's output: one score or C logits
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class InputSpec:
     audio_dim: int = 74
     vision_dim: int = 35
     seq_len: int = 50
-    task: TaskKind = "regression"
+    head: HeadKind = "regression"  # the output kind (the dataset's label_kind)
     num_classes: int = 1  # 1 for regression; C for classification
 
 
@@ -154,9 +154,9 @@ class MSAModel(nn.Module):
         return None
 
 
-def task_loss(pred: torch.Tensor, batch: dict[str, torch.Tensor], task: TaskKind) -> torch.Tensor:
+def task_loss(pred: torch.Tensor, batch: dict[str, torch.Tensor], head: HeadKind) -> torch.Tensor:
     """L_task: L1 for regression (as MMSA's MOSI/MOSEI trainers), cross-entropy for classes."""
-    if task == "regression":
+    if head == "regression":
         return nn.functional.l1_loss(pred.reshape(-1), batch["label"].reshape(-1))
     return nn.functional.cross_entropy(pred, batch["class_label"].long())
 

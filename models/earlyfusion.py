@@ -64,7 +64,7 @@ class EarlyFusion(MSAModel):
 
     def __init__(self, cfg: EarlyFusionConfig):
         super().__init__()
-        if cfg.task == "classification" and cfg.num_classes < 2:
+        if cfg.head == "classification" and cfg.num_classes < 2:
             raise ConfigError(
                 f"earlyfusion: classification needs num_classes >= 2, got {cfg.num_classes}"
             )
@@ -85,7 +85,7 @@ class EarlyFusion(MSAModel):
                 nn.Dropout(cfg.dropout),
             ]
         self.mlp = nn.Sequential(*blocks)
-        self.head = nn.Linear(cfg.hidden, cfg.num_classes if cfg.task == "classification" else 1)
+        self.head = nn.Linear(cfg.hidden, cfg.num_classes if cfg.head == "classification" else 1)
 
     def fuse(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The early-fused input: [mean_t; mean_a; mean_v], (B, sum of dims)."""
@@ -101,13 +101,13 @@ class EarlyFusion(MSAModel):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
         y = self.head(self.mlp(self.fuse(batch)))
-        return ModelOutput(pred=y.squeeze(-1) if self.cfg.task == "regression" else y)
+        return ModelOutput(pred=y.squeeze(-1) if self.cfg.head == "regression" else y)
 
     # Copied from models.unimodal.Unimodal.loss
     def loss(
         self, out: ModelOutput, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, Scalar]]:
-        total = task_loss(out.pred, batch, self.cfg.task)
+        total = task_loss(out.pred, batch, self.cfg.head)
         value = total.detach()  # stays on the device (models.base: Scalar)
         return total, {"loss/task": value, "loss/total": value}
 

@@ -118,7 +118,7 @@ def validate_config(cfg: LMFConfig) -> None:
             raise ConfigError(f"lmf.{name}: expected a value in [0, 1), got {getattr(cfg, name)}")
     if not any(getattr(cfg, f"{m}_dim") > 0 for m in ("text", "audio", "vision")):
         raise ConfigError("lmf: every *_dim is 0; the dataset has no features")
-    if cfg.task == "classification" and cfg.num_classes < 2:
+    if cfg.head == "classification" and cfg.num_classes < 2:
         raise ConfigError(f"lmf.num_classes: classification needs >= 2, got {cfg.num_classes}")
 
 
@@ -259,7 +259,7 @@ class LMF(MSAModel):
         super().__init__()
         validate_config(cfg)
         self.cfg = cfg
-        self.classify = cfg.task == "classification"
+        self.classify = cfg.head == "classification"
         # a modality without features gets no subnet and a z of size 0 (its [1] alone)
         self.d_t = cfg.text_out if cfg.text_dim > 0 else 0
         self.d_a = cfg.audio_hidden if cfg.audio_dim > 0 else 0
@@ -332,7 +332,7 @@ class LMF(MSAModel):
     def loss(
         self, out: ModelOutput, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, Scalar]]:
-        total = task_loss(out.pred, batch, self.cfg.task)
+        total = task_loss(out.pred, batch, self.cfg.head)
         value = total.detach()  # stays on the device (models.base: Scalar)
         return total, {"loss/task": value, "loss/total": value}
 

@@ -182,7 +182,7 @@ _CHOICES = {
     "task_loss": ("l1", "mse"),
     "decoder": ("shared", "per_modality"),
     "text_pool": ("mean", "slstm"),
-    "task": ("regression", "classification"),
+    "head": ("regression", "classification"),
 }
 
 
@@ -211,7 +211,7 @@ def validate_config(cfg: MISAConfig) -> None:
     for name in ("dropout", "fusion_dropout"):
         if not 0.0 <= getattr(cfg, name) < 1.0:
             raise ConfigError(f"misa.{name}: expected a value in [0, 1), got {getattr(cfg, name)}")
-    if cfg.task == "classification" and cfg.num_classes < 2:
+    if cfg.head == "classification" and cfg.num_classes < 2:
         raise ConfigError(f"misa.num_classes: classification needs >= 2, got {cfg.num_classes}")
 
 
@@ -414,7 +414,7 @@ class MISA(MSAModel):
             self.decoder: nn.Module = nn.Linear(d, d)
         else:
             self.decoder = nn.ModuleDict({m: nn.Linear(d, d) for m in MODS})
-        out = cfg.num_classes if cfg.task == "classification" else 1
+        out = cfg.num_classes if cfg.head == "classification" else 1
         self.fusion = Fusion(cfg, out)
         if cfg.orthogonal_hh:
             for name, p in self.named_parameters():
@@ -455,7 +455,7 @@ class MISA(MSAModel):
                     f"recon_{m}": recon[m],
                 }
             )
-        pred = y.squeeze(-1) if self.cfg.task == "regression" else y  # (B,) or (B, C)
+        pred = y.squeeze(-1) if self.cfg.head == "regression" else y  # (B,) or (B, C)
         return ModelOutput(pred=pred, extras=extras)
 
     def loss(
@@ -464,12 +464,12 @@ class MISA(MSAModel):
         cfg, ex = self.cfg, out.extras
         shared = {m: ex[f"shared_{m}"] for m in MODS}
         private = {m: ex[f"private_{m}"] for m in MODS}
-        if cfg.task == "regression" and cfg.task_loss == "mse":
+        if cfg.head == "regression" and cfg.task_loss == "mse":
             l_task = nn.functional.mse_loss(
                 out.pred.float().reshape(-1), batch["label"].float().reshape(-1)
             )
         else:
-            l_task = task_loss(out.pred, batch, cfg.task)
+            l_task = task_loss(out.pred, batch, cfg.head)
         l_sim = similarity_loss(shared, cfg.cmd_moments)
         l_diff = difference_loss(shared, private, cfg.diff_detach_norm)
         l_recon = reconstruction_loss(

@@ -186,7 +186,7 @@ _CHOICES = {
     "ipr_weighting": ("distance", "closeness"),
     "invariant_fusion": ("mean", "concat"),
     "afm_attention": ("additive", "dot"),
-    "task": ("regression", "classification"),
+    "head": ("regression", "classification"),
 }
 
 
@@ -210,7 +210,7 @@ def validate_config(cfg: MMAFNetConfig) -> None:
         raise ConfigError(f"mmafnet.delta: expected a value in [0, 1], got {cfg.delta}")
     if not (math.isfinite(cfg.probe_lr) and cfg.probe_lr > 0):
         raise ConfigError(f"mmafnet.probe_lr: expected a finite value > 0, got {cfg.probe_lr}")
-    if cfg.task == "classification" and cfg.num_classes < 2:
+    if cfg.head == "classification" and cfg.num_classes < 2:
         raise ConfigError(f"mmafnet.num_classes: classification needs >= 2, got {cfg.num_classes}")
 
 
@@ -580,7 +580,7 @@ class MMAFNet(MSAModel):
         self.cfg = cfg
         d = cfg.hidden
         in_dims = {"t": cfg.text_dim, "a": cfg.audio_dim, "v": cfg.vision_dim}
-        self.classify = cfg.task == "classification"
+        self.classify = cfg.head == "classification"
         out_dim = cfg.num_classes if self.classify else 1
         self.drop = nn.Dropout(cfg.dropout)
         self.align = nn.ModuleDict({m: ConvAlign(in_dims[m], d, cfg.conv_kernel) for m in MODS})
@@ -726,8 +726,8 @@ class MMAFNet(MSAModel):
     ) -> tuple[torch.Tensor, dict[str, Scalar]]:
         """eq. 18: L_task + lambda1 L_sim + lambda2 L_diff, plus the probes' loss (docstring)."""
         cfg = self.cfg
-        l_task = task_loss(out.pred.float(), batch, cfg.task)
-        l_probe = sum(task_loss(out.extras[f"probe_{m}"].float(), batch, cfg.task) for m in MODS)
+        l_task = task_loss(out.pred.float(), batch, cfg.head)
+        l_probe = sum(task_loss(out.extras[f"probe_{m}"].float(), batch, cfg.head) for m in MODS)
         l_sim, l_diff = out.extras["loss_sim"], out.extras["loss_diff"]
         total = l_task + cfg.lambda1 * l_sim + cfg.lambda2 * l_diff + cfg.probe_weight * l_probe
         parts = {

@@ -390,7 +390,7 @@ class PredictionHead(nn.Module):
 
     def __init__(self, d_in: int, cfg: MMCLConfig):
         super().__init__()
-        out = cfg.num_classes if cfg.task == "classification" else 1
+        out = cfg.num_classes if cfg.head == "classification" else 1
         if cfg.head_hidden > 0:
             self.net = nn.Sequential(
                 nn.Linear(d_in, cfg.head_hidden),
@@ -400,7 +400,7 @@ class PredictionHead(nn.Module):
             )
         else:
             self.net = nn.Linear(d_in, out)
-        self.regression = cfg.task == "regression"
+        self.regression = cfg.head == "regression"
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         y = self.net(h)
@@ -427,7 +427,7 @@ class MMCL(MSAModel):
         super().__init__()
         if cfg.d % cfg.heads:
             raise ConfigError(f"mmcl: d={cfg.d} must be divisible by heads={cfg.heads}")
-        if cfg.task == "classification" and cfg.num_classes < 2:
+        if cfg.head == "classification" and cfg.num_classes < 2:
             raise ConfigError(f"mmcl: classification needs num_classes >= 2, got {cfg.num_classes}")
         dims = {"text": cfg.text_dim, "audio": cfg.audio_dim, "vision": cfg.vision_dim}
         if min(dims.values()) <= 0:
@@ -510,7 +510,7 @@ class MMCL(MSAModel):
         self, out: ModelOutput, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, Scalar]]:
         """L = L_task + lambda_cl * L_CL; L_CL averages InfoNCE over the three modality pairs."""
-        l_task = task_loss(out.pred, batch, self.cfg.task)
+        l_task = task_loss(out.pred, batch, self.cfg.head)
         emb = [out.extras[f"cl_{m}"] for m in ORDER]
         pairs = [(i, j) for i in range(len(emb)) for j in range(i + 1, len(emb))]
         l_cl = torch.stack(

@@ -218,7 +218,7 @@ def validate_config(cfg: MulTConfig) -> None:
         raise ConfigError(
             f"mult.targets: expected distinct letters of 't', 'a', 'v', got {cfg.targets!r}"
         )
-    if cfg.task == "classification" and cfg.num_classes < 2:
+    if cfg.head == "classification" and cfg.num_classes < 2:
         raise ConfigError(f"mult.num_classes: classification needs >= 2, got {cfg.num_classes}")
 
 
@@ -521,7 +521,7 @@ class MulT(MSAModel):
             raise ConfigError(
                 f"mult.targets: none of {cfg.targets!r} has features ({list(self.mods)})"
             )
-        self.classify = cfg.task == "classification"
+        self.classify = cfg.head == "classification"
         kernels = {"t": cfg.conv_kernel_t, "a": cfg.conv_kernel_a, "v": cfg.conv_kernel_v}
         attn_drop = {"t": cfg.attn_dropout_t, "a": cfg.attn_dropout_a, "v": cfg.attn_dropout_v}
         common = dict(
@@ -613,7 +613,7 @@ class MulT(MSAModel):
     def loss(
         self, out: ModelOutput, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, Scalar]]:
-        total = task_loss(out.pred, batch, self.cfg.task)
+        total = task_loss(out.pred, batch, self.cfg.head)
         value = total.detach()  # stays on the device (models.base: Scalar)
         return total, {"loss/task": value, "loss/total": value}
 

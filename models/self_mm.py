@@ -202,11 +202,11 @@ def validate_config(cfg: SelfMMConfig) -> None:
     """Raise ``ConfigError`` naming the field for values the model cannot be built with."""
     if cfg.text_pool not in ("mean", "first"):
         raise ConfigError(f"self_mm.text_pool: expected 'mean' or 'first', got {cfg.text_pool!r}")
-    if cfg.task not in ("regression", "classification"):
+    if cfg.head not in ("regression", "classification"):
         raise ConfigError(
-            f"self_mm.task: expected 'regression' or 'classification', got {cfg.task!r}"
+            f"self_mm.head: expected 'regression' or 'classification', got {cfg.head!r}"
         )
-    if cfg.task == "classification" and cfg.num_classes < 2:
+    if cfg.head == "classification" and cfg.num_classes < 2:
         raise ConfigError(f"self_mm.num_classes: classification needs >= 2, got {cfg.num_classes}")
     for name in (
         "audio_hidden",
@@ -536,7 +536,7 @@ class SelfMM(MSAModel):
         super().__init__()
         validate_config(cfg)
         self.cfg = cfg
-        self.classify = cfg.task == "classification"
+        self.classify = cfg.head == "classification"
         out = cfg.num_classes if self.classify else 1
         self.mods = tuple(SHORT[m] for m in MODALITIES if getattr(cfg, f"{m}_dim") > 0)
         if not self.mods:
@@ -643,7 +643,7 @@ class SelfMM(MSAModel):
         """L_m + unimodal_weight * sum_s L_s in training; L_m alone in eval mode (the reference's
         validation loss: only the multimodal head is evaluated)."""
         cfg = self.cfg
-        l_m = task_loss(out.pred.float(), batch, cfg.task)
+        l_m = task_loss(out.pred.float(), batch, cfg.head)
         parts = {"loss/task": l_m}
         total = l_m
         if self.training and self.subtasks:
@@ -652,7 +652,7 @@ class SelfMM(MSAModel):
             for s in self.subtasks:
                 pred_s = out.extras[f"pred_{s}"]
                 if self.classify:
-                    l_s = task_loss(pred_s.float(), batch, cfg.task)
+                    l_s = task_loss(pred_s.float(), batch, cfg.head)
                 else:
                     l_s = unimodal_loss(pred_s, labels[s], batch["label"], self.use_ulgm)
                 parts[f"loss/uni_{s}"] = l_s

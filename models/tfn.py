@@ -139,7 +139,7 @@ def validate_config(cfg: TFNConfig) -> None:
             f"tfn.fusion_terms: {cfg.fusion_terms!r} needs more modalities than the {present} "
             "with features"
         )
-    if cfg.task == "classification" and cfg.num_classes < 2:
+    if cfg.head == "classification" and cfg.num_classes < 2:
         raise ConfigError(f"tfn.num_classes: classification needs >= 2, got {cfg.num_classes}")
 
 
@@ -266,7 +266,7 @@ class TFN(MSAModel):
         super().__init__()
         validate_config(cfg)
         self.cfg = cfg
-        self.classify = cfg.task == "classification"
+        self.classify = cfg.head == "classification"
         # a modality without features gets no subnet and a z of size 0 (its [1] alone)
         self.d_t = cfg.text_out if cfg.text_dim > 0 else 0
         self.d_a = cfg.audio_hidden if cfg.audio_dim > 0 else 0
@@ -341,7 +341,7 @@ class TFN(MSAModel):
     def loss(
         self, out: ModelOutput, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, Scalar]]:
-        total = task_loss(out.pred, batch, self.cfg.task)
+        total = task_loss(out.pred, batch, self.cfg.head)
         value = total.detach()  # stays on the device (models.base: Scalar)
         return total, {"loss/task": value, "loss/total": value}
 

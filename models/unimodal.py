@@ -76,7 +76,7 @@ class Unimodal(MSAModel):
                 f"unimodal({cfg.modality}): {cfg.modality}_dim is {d_in}; "
                 f"the dataset has no {cfg.modality} features"
             )
-        if cfg.task == "classification" and cfg.num_classes < 2:
+        if cfg.head == "classification" and cfg.num_classes < 2:
             raise ConfigError(
                 f"unimodal: classification needs num_classes >= 2, got {cfg.num_classes}"
             )
@@ -106,7 +106,7 @@ class Unimodal(MSAModel):
             feat = cfg.hidden
         else:
             raise ValueError(f"unimodal: encoder must be 'gru' or 'mean', got {cfg.encoder!r}")
-        out = cfg.num_classes if cfg.task == "classification" else 1
+        out = cfg.num_classes if cfg.head == "classification" else 1
         self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(feat, out))
 
     def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,13 +133,13 @@ class Unimodal(MSAModel):
             # lengths >= 1 (``_inputs``), so no row is empty
             feat = self.mlp(masked_mean(x, length_mask(lengths, x.shape[1])))  # (B, h)
         y = self.head(feat)
-        pred = y.squeeze(-1) if self.cfg.task == "regression" else y
+        pred = y.squeeze(-1) if self.cfg.head == "regression" else y
         return ModelOutput(pred=pred)
 
     def loss(
         self, out: ModelOutput, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, Scalar]]:
-        total = task_loss(out.pred, batch, self.cfg.task)
+        total = task_loss(out.pred, batch, self.cfg.head)
         value = total.detach()  # stays on the device (models.base: Scalar)
         return total, {"loss/task": value, "loss/total": value}
 

@@ -93,11 +93,11 @@ APPLIED: Mapping[str, str] = MappingProxyType(_apply_settings())
 # ------------------------------------------------------------------------------ result types
 @dataclass(frozen=True)
 class DatasetRef:
-    """The dataset a flow read: its store folder, name, task and content hash."""
+    """The dataset a flow read: its store folder, name, data kind and content hash."""
 
     name: str
     path: Path
-    task: str
+    data_kind: str  # sentiment | emotion | depression (the manifest's "task")
     source: str
     content_hash: str
     class_names: tuple[str, ...] | None = None
@@ -108,11 +108,16 @@ class DatasetRef:
         return cls(
             name=ref["name"],
             path=Path(ref["path"]),
-            task=ref["task"],
+            data_kind=ref["task"],
             source=ref.get("source", ""),
             content_hash=ref.get("manifest_hash", ""),
             class_names=tuple(names) if names else None,
         )
+
+    @property
+    def task(self) -> str:
+        """Deprecated: ``data_kind``'s old name."""
+        return self.data_kind
 
 
 @dataclass(frozen=True)
@@ -339,8 +344,13 @@ class Dataset:
         return self.manifest.name
 
     @property
+    def data_kind(self) -> str:
+        return self.manifest.data_kind
+
+    @property
     def task(self) -> str:
-        return self.manifest.task
+        """Deprecated: ``data_kind``'s old name."""
+        return self.data_kind
 
     def __getitem__(self, split: str) -> SplitData:
         if split not in self.splits:
@@ -471,8 +481,9 @@ def run(
         data = _data(data)
         if not isinstance(workers, int) or workers < 1:
             raise ConfigError(f"workers: expected an integer >= 1, got {workers!r}")
-        from msaflow.flows.pipeline import check_pipeline_inputs, pipeline
+        from msaflow.flows.pipeline import pipeline
         from msaflow.settings import default_tracking_uri
+        from msaflow.tasks.checks import check_pipeline_inputs
         from msaflow.tasks.tracking import check_tracking
 
         names = _names(variants, "variants")
@@ -549,8 +560,8 @@ def reproduce(
             seeds = int(seeds)  # n: seeds 1..n
         else:
             seeds = _seed_list(seeds)
-        from msaflow.flows.reproduce import get_table
         from msaflow.flows.reproduce import reproduce as reproduce_table
+        from msaflow.tasks.checks import get_table
 
         get_table(table)
         # reproduce_table checks preset, params, data, seeds and the tracking store before its
@@ -622,9 +633,9 @@ def tune(
     prefect_ready = start_prefect_early()
     with _named_by_keyword():
         data = _data(data)
-        from msaflow.flows.tune import check_tune_inputs
         from msaflow.flows.tune import tune as tune_flow
         from msaflow.settings import default_tracking_uri
+        from msaflow.tasks.checks import check_tune_inputs
         from msaflow.tasks.tracking import check_tracking
 
         space_kw: dict[str, Any] = (

@@ -122,8 +122,8 @@ def print_rows(result: dict, title: str) -> None:
 
     from msaflow.tasks.metrics import HEADLINE
 
-    task = result["dataset"]["task"]
-    cols = [f"test/{m}" for m in HEADLINE[task]]
+    data_kind = result["dataset"]["task"]
+    cols = [f"test/{m}" for m in HEADLINE[data_kind]]
     from rich.text import Text
 
     name, source = result["dataset"]["name"], result["dataset"]["source"]
@@ -253,7 +253,8 @@ def run(
 
     prefect_ready = start_prefect_early()  # overlaps the server's start-up with the imports below
     with handled_errors():
-        from msaflow.flows.pipeline import check_pipeline_inputs, pipeline
+        from msaflow.flows.pipeline import pipeline
+        from msaflow.tasks.checks import check_pipeline_inputs
         from msaflow.tasks.config import ConfigError
 
         if workers < 1:

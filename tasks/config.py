@@ -5,7 +5,7 @@ fully resolved ``RunConfig``; ``flatten`` turns it into MLflow params. Unknown k
 so are values outside a hyper-parameter's range (``RANGES``), checked as each layer is applied so
 the message names the layer (preset, variant, ``model``/``train`` overrides or the YAML file).
 
-``train.select_metric``/``select_mode`` default to ``auto``: the data's task kind picks the metric
+``train.select_metric``/``select_mode`` default to ``auto``: the data's kind picks the metric
 (``tasks.metrics.DEFAULT_SELECTION``: valid MAE for sentiment and depression, valid weighted F1 for
 emotion), the metric's name picks the direction. The resolved config holds the concrete values.
 
@@ -29,7 +29,7 @@ import yaml
 
 from msaflow.errors import ConfigError
 from msaflow.models import get_spec
-from msaflow.tasks.metrics import DEFAULT_SELECTION, TASKS, metric_names, selection_mode
+from msaflow.tasks.metrics import DATA_KINDS, DEFAULT_SELECTION, metric_names, selection_mode
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,9 @@ class TrainConfig:
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision, used on CUDA only
-    select_metric: str = "auto"  # model selection, a validation metric; auto = the task's default
+    select_metric: str = (
+        "auto"  # model selection, a validation metric; auto = the data kind's default
+    )
     select_mode: Literal["auto", "min", "max"] = "auto"  # auto = min for errors/losses, else max
     eval_batch_size: int = 256
     num_threads: int = 0  # 0 = torch default
@@ -125,7 +127,8 @@ class RunConfig:
         """The config ``to_dict`` wrote (``config/resolved.json``), rebuilt as it was resolved.
 
         JSON turns tuples into lists; a field whose default is a tuple gets one back. Unknown keys
-        are a ConfigError (the file came from another msaflow version)."""
+        are a ConfigError (the file came from another msaflow version); a model config written
+        before the output kind was called ``head`` names it ``task`` (``HEAD_ALIASES``)."""
 
         def build(cls_: type, values: dict[str, Any], where: str) -> Any:
             known = {f.name: f for f in fields(cls_)}
@@ -160,9 +163,39 @@ class RunConfig:
             model=model,
             variant=variant,
             preset=preset,
-            model_cfg=build(get_spec(model).config_cls, model_values, f"{model} config"),
+            model_cfg=build(
+                get_spec(model).config_cls,
+                head_alias(model_values, get_spec(model).config_cls, f"{model} config"),
+                f"{model} config",
+            ),
             train=build(TrainConfig, train_values, "train"),
         )
+
+
+# Old model-config keys and the fields they now name: the model's output kind (regression |
+# classification) was ``task`` (in resolved configs logged to MLflow, ``model.task``) before it
+# was ``head``. Read from old config.json files, experiment/params YAML and input specs; never
+# written.
+HEAD_ALIASES = {"task": "head"}
+
+
+def head_alias(values: dict[str, Any] | None, cls_: type, where: str) -> dict[str, Any]:
+    """``values`` with the old key ``task`` read as ``head`` (``HEAD_ALIASES``), for a model config
+    class that has a ``head`` field and no ``task`` one; both given and different: ConfigError."""
+    if not values:
+        return values or {}
+    names = {f.name for f in fields(cls_)}
+    out = dict(values)
+    for old, new in HEAD_ALIASES.items():
+        if old in out and old not in names and new in names:
+            value = out.pop(old)
+            if new in out and out[new] != value:
+                raise ConfigError(
+                    f"{where}: {old!r} is the old name of {new!r}; got both, {short_repr(value)} "
+                    f"and {short_repr(out[new])}"
+                )
+            out[new] = value
+    return out
 
 
 @dataclass(frozen=True)
@@ -368,29 +401,32 @@ def load_overrides_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _task_candidates(
-    data_task: str | None, input_spec: dict[str, Any] | None
+def _kind_candidates(
+    data_kind: str | None, input_spec: dict[str, Any] | None
 ) -> tuple[str, ...] | None:
-    """The task kinds the data can be: given, else read from the label kind, else unknown (None)."""
-    if data_task is not None:
-        if data_task not in TASKS:
-            raise ConfigError(f"dataset task: expected one of {list(TASKS)}, got {data_task!r}")
-        return (data_task,)
-    kind = (input_spec or {}).get("task")
-    if kind is None:
+    """The data kinds the data can be: given, else read from the label kind, else unknown (None)."""
+    if data_kind is not None:
+        if data_kind not in DATA_KINDS:
+            raise ConfigError(
+                f"dataset task: expected one of {list(DATA_KINDS)}, got {data_kind!r}"
+            )
+        return (data_kind,)
+    spec = input_spec or {}
+    head = spec.get("head", spec.get("task"))  # task: its old name (HEAD_ALIASES)
+    if head is None:
         return None
-    # emotion is the only classification task; sentiment and depression are both regressions
-    return tuple(t for t in TASKS if (t == "emotion") == (kind == "classification"))
+    # emotion is the only classification kind; sentiment and depression are both regressions
+    return tuple(t for t in DATA_KINDS if (t == "emotion") == (head == "classification"))
 
 
 _PER_CLASS = ("acc_", "f1_", "f1pos_")
 
 
 def _allowed_selection(
-    tasks: Sequence[str], class_names: Sequence[str] | None, num_classes: int
+    kinds: Sequence[str], class_names: Sequence[str] | None, num_classes: int
 ) -> set[str]:
     allowed = {"valid/loss"}
-    for t in tasks:
+    for t in kinds:
         names = metric_names(t, class_names, num_classes)
         if t == "emotion" and not class_names:  # per-class names unknown: show the pattern
             placeholder = [str(c) for c in range(max(num_classes, 2))]
@@ -406,23 +442,23 @@ def _allowed_selection(
 
 def resolve_selection(
     train: TrainConfig,
-    tasks: Sequence[str] | None,
+    kinds: Sequence[str] | None,
     class_names: Sequence[str] | None = None,
     num_classes: int = 4,
 ) -> TrainConfig:
-    """Concrete ``select_metric``/``select_mode`` for data of task kind(s) ``tasks`` (None
+    """Concrete ``select_metric``/``select_mode`` for data of kind(s) ``kinds`` (None
     = unknown).
 
-    ``auto`` takes ``DEFAULT_SELECTION``; an explicit metric must be a validation metric the task
-    computes (checked when the task is known).
+    ``auto`` takes ``DEFAULT_SELECTION``; an explicit metric must be a validation metric the data
+    kind computes (checked when the kind is known).
     """
     metric, mode = train.select_metric, train.select_mode
     explicit = metric != "auto"
     if not explicit:
-        defaults = {DEFAULT_SELECTION[t] for t in (tasks or ("sentiment",))}
+        defaults = {DEFAULT_SELECTION[t] for t in (kinds or ("sentiment",))}
         if len(defaults) != 1:
             raise ConfigError(
-                f"train.select_metric: task kinds {list(tasks or ())} have different defaults "
+                f"train.select_metric: task kinds {list(kinds or ())} have different defaults "
                 f"{sorted(defaults)}; set it explicitly"
             )
         metric, default_mode = defaults.pop()
@@ -432,18 +468,18 @@ def resolve_selection(
             f"train.select_metric: expected a validation metric (valid/...), got {metric!r}"
         )
     if (
-        tasks and explicit
+        kinds and explicit
     ):  # the defaults are computed by construction (tests/tasks/test_metrics.py)
-        allowed = _allowed_selection(tasks, class_names, num_classes)
+        allowed = _allowed_selection(kinds, class_names, num_classes)
         per_class = (
             metric.removeprefix("valid/").startswith(_PER_CLASS)
-            and "emotion" in tasks
+            and "emotion" in kinds
             and not class_names
         )  # class names unknown here
         if metric not in allowed and not per_class:
             raise ConfigError(
                 f"train.select_metric: {metric!r} is not computed for task "
-                f"{'/'.join(tasks)}; expected one of {sorted(allowed)}"
+                f"{'/'.join(kinds)}; expected one of {sorted(allowed)}"
             )
     if mode == "auto":
         mode = selection_mode(metric)
@@ -457,14 +493,14 @@ def resolve_run_config(
     model_overrides: dict[str, Any] | None = None,
     train_overrides: dict[str, Any] | None = None,
     input_spec: dict[str, Any] | None = None,
-    data_task: str | None = None,
+    data_kind: str | None = None,
     class_names: Sequence[str] | None = None,
 ) -> RunConfig:
-    """Build the fully resolved config. ``input_spec`` (dims, seq_len, task) comes from the data.
+    """Build the fully resolved config. ``input_spec`` (dims, seq_len, head) comes from the data.
 
-    ``data_task`` (sentiment | emotion | depression, the manifest's ``task``) and ``class_names``
-    make the selection-metric check exact; without them the task kind is read from
-    ``input_spec["task"]`` (classification = emotion).
+    ``data_kind`` (sentiment | emotion | depression, the manifest's ``task``) and ``class_names``
+    make the selection-metric check exact; without them the data kind is read from
+    ``input_spec["head"]`` (classification = emotion).
     """
     spec = get_spec(model)
     variant = variant or spec.default_variant
@@ -489,6 +525,7 @@ def resolve_run_config(
     ]
     for part, where, overrides in layers:
         if part == "model":
+            overrides = head_alias(overrides, spec.config_cls, where)
             mcfg = apply_overrides(mcfg, overrides, where)
             check_ranges(mcfg, where, overrides)
         else:
@@ -505,7 +542,7 @@ def resolve_run_config(
         mcfg = apply_overrides(mcfg, encoder_input_spec(tcfg, mcfg.seq_len), "train.text_encoder")
     num_classes = int(getattr(mcfg, "num_classes", 4) or 4)
     tcfg = resolve_selection(
-        tcfg, _task_candidates(data_task, input_spec), class_names, num_classes
+        tcfg, _kind_candidates(data_kind, input_spec), class_names, num_classes
     )
     return RunConfig(model=model, variant=variant, preset=preset, model_cfg=mcfg, train=tcfg)
 

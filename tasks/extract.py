@@ -142,7 +142,7 @@ def write_store(
     text_config: TextConfig,
     name: str | None,
     force: bool = False,
-    task: str = "sentiment",
+    data_kind: str = "sentiment",
     class_names: list[str] | None = None,
 ) -> dict[str, Any]:
     """Align the extracted features to words and write the store (and the token-id sidecar).
@@ -195,7 +195,7 @@ def write_store(
         splits,
         name=name or Path(out).name,
         source="extract",
-        task=task,
+        data_kind=data_kind,
         label_kind="classification" if class_names else "regression",
         label_range=tuple(label_range),
         source_sha256=source_sha,
@@ -245,7 +245,7 @@ def extract_features(
     cache_dir: str | None = None,
     progress: bool = True,
     force: bool = False,
-    task: str = "sentiment",
+    data_kind: str = "sentiment",
     class_names: list[str] | None = None,
     source_failures: list[dict] | None = None,
 ) -> dict[str, Any]:
@@ -254,7 +254,8 @@ def extract_features(
 
     Returns ``{"out", "splits", "written", "failures", "cache": {modality: {hits, misses}}, "dims",
     "seconds"}``. Failed utterances are left out and listed; if all fail, ``DataError``.
-    ``class_names``: the manifest's labels are class indices (a classification store, ``task``);
+    ``class_names``: the manifest's labels are class indices (a classification store,
+    ``data_kind``);
     ``source_failures``: rows a converter already left out (``features text``), listed with the
     rest.
     """
@@ -305,7 +306,7 @@ def extract_features(
         text_cfg,
         name,
         force,
-        task,
+        data_kind,
         class_names,
     )
     return {

@@ -1,4 +1,4 @@
-"""The field's metrics, one function per task kind.
+"""The field's metrics, one function per data kind (sentiment, emotion, depression).
 
 Sentiment follows the definitions MMSA, MISA and MulT share (MMSA ``MetricsTop``):
 - Acc2/F1 ``has0``: pred >= 0 vs label >= 0 over all samples; ``non0``: pred > 0 vs label > 0 over
@@ -111,7 +111,7 @@ def depression_metrics(pred, label, threshold: float = 9.0) -> Metrics:
     }
 
 
-# Which metric selects the best epoch, and in which direction, per task kind: valid MAE for the
+# Which metric selects the best epoch, and in which direction, per data kind: valid MAE for the
 # regressions, valid multi-class weighted F1 for emotion (robust to IEMOCAP's class imbalance, where
 # accuracy rewards the majority class). ``tasks.config`` resolves ``train.select_metric: auto`` to
 # these.
@@ -120,7 +120,7 @@ DEFAULT_SELECTION: dict[str, tuple[str, str]] = {
     "emotion": ("valid/f1_weighted", "max"),
     "depression": ("valid/mae", "min"),
 }
-TASKS: tuple[str, ...] = tuple(DEFAULT_SELECTION)
+DATA_KINDS: tuple[str, ...] = tuple(DEFAULT_SELECTION)
 # Errors and losses are minimised; every other metric (accuracy, F1, correlation, ...) maximised.
 _LOWER_IS_BETTER = ("loss", "mae", "rmse", "mse")
 
@@ -132,25 +132,27 @@ def selection_mode(metric: str) -> str:
 
 
 def metric_names(
-    task: str, class_names: Sequence[str] | None = None, num_classes: int = 4
+    data_kind: str, class_names: Sequence[str] | None = None, num_classes: int = 4
 ) -> list[str]:
-    """The names ``metric_fn(task)`` computes (unprefixed), from a tiny dummy evaluation."""
-    return list(_metric_names(task, tuple(class_names) if class_names else None, int(num_classes)))
+    """The names ``metric_fn(data_kind)`` computes (unprefixed), from a tiny dummy evaluation."""
+    return list(
+        _metric_names(data_kind, tuple(class_names) if class_names else None, int(num_classes))
+    )
 
 
 @functools.lru_cache(maxsize=64)
 def _metric_names(
-    task: str, class_names: tuple[str, ...] | None, num_classes: int
+    data_kind: str, class_names: tuple[str, ...] | None, num_classes: int
 ) -> tuple[str, ...]:
-    if task == "emotion":
+    if data_kind == "emotion":
         n = len(class_names) if class_names else max(num_classes, 2)
-        dummy = metric_fn(task, class_names)(np.eye(n), np.arange(n))
+        dummy = metric_fn(data_kind, class_names)(np.eye(n), np.arange(n))
     else:
-        dummy = metric_fn(task)(np.array([1.0, -1.0, 11.0]), np.array([2.0, -2.0, 12.0]))
+        dummy = metric_fn(data_kind)(np.array([1.0, -1.0, 11.0]), np.array([2.0, -2.0, 12.0]))
     return tuple(sorted(dummy))
 
 
-# The headline metrics each task kind shows in tables.
+# The headline metrics each data kind shows in tables.
 HEADLINE: dict[str, tuple[str, ...]] = {
     "sentiment": ("acc2_non0", "f1_non0", "acc2_has0", "f1_has0", "acc7", "acc5", "mae", "corr"),
     "emotion": ("acc", "f1_weighted", "acc_avg", "f1_avg"),
@@ -159,12 +161,12 @@ HEADLINE: dict[str, tuple[str, ...]] = {
 
 
 def metric_fn(
-    task: str, class_names: Sequence[str] | None = None
+    data_kind: str, class_names: Sequence[str] | None = None
 ) -> Callable[[np.ndarray, np.ndarray], Metrics]:
-    if task == "sentiment":
+    if data_kind == "sentiment":
         return sentiment_metrics
-    if task == "emotion":
+    if data_kind == "emotion":
         return lambda p, y: emotion_metrics(p, y, class_names)
-    if task == "depression":
+    if data_kind == "depression":
         return depression_metrics
-    raise ValueError(f"unknown task kind {task!r}; expected sentiment, emotion or depression")
+    raise ValueError(f"unknown task kind {data_kind!r}; expected sentiment, emotion or depression")

@@ -347,7 +347,7 @@ def write_folds(data_ref: DataRef, k: int, seed: int = 0) -> list[DataRef]:
         clip_ids=np.concatenate([p.clip_ids for p in parts]),
         subjects=np.concatenate([p.subjects for p in parts]),
     )
-    labels = pooled.labels if manifest.task == "depression" else None
+    labels = pooled.labels if manifest.data_kind == "depression" else None
     refs = []
     for i, fold in enumerate(fold_splits(pooled.subjects, labels, k=k, seed=seed), start=1):
         path = store_dir(f"{manifest.name}-{manifest.content_hash[:8]}-fold{i}of{k}-s{seed}")
@@ -362,7 +362,7 @@ def write_folds(data_ref: DataRef, k: int, seed: int = 0) -> list[DataRef]:
                 {name: pooled.take(fold[name]) for name in ("train", "valid", "test")},
                 name=f"{manifest.name}-fold{i}",
                 source=manifest.source,
-                task=manifest.task,
+                data_kind=manifest.data_kind,
                 label_kind=manifest.label_kind,
                 label_range=tuple(manifest.label_range),
                 source_sha256=manifest.content_hash,

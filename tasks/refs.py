@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+# Fields whose key in a flow's result dict (``DataRef.as_dict``) is the name callers read: the
+# data kind is the manifest's ``task`` on disk and in every result a flow returned.
+RESULT_KEYS = {"data_kind": "task"}
+
 
 @dataclass(frozen=True)
 class DataRef:
@@ -23,7 +27,7 @@ class DataRef:
 
     path: str  # the store folder (str: it goes into JSON specs and MLflow params as it is)
     name: str  # the manifest's dataset name
-    task: str  # the dataset task: sentiment | emotion | depression
+    data_kind: str  # the dataset's kind (its manifest's "task"): sentiment | emotion | depression
     manifest_hash: str  # the store's content hash: what caches and run keys are keyed on
     input_spec: dict[str, Any] = field(hash=False)  # models.base.InputSpec fields
     class_names: list[str] | None = field(hash=False)  # classification stores' label names
@@ -38,7 +42,7 @@ class DataRef:
         return cls(
             path=str(path),
             name=manifest.name,
-            task=manifest.task,
+            data_kind=manifest.data_kind,
             manifest_hash=manifest.content_hash,
             input_spec=manifest.input_spec(),
             class_names=manifest.class_names,
@@ -53,9 +57,10 @@ class DataRef:
     def as_dict(self) -> dict[str, Any]:
         """The flows' result ``dataset``: the dict the CLI, the API and callers of a flow read.
 
-        ``extraction`` and ``fold`` appear only when set, as in the dicts this class replaced.
+        ``extraction`` and ``fold`` appear only when set, as in the dicts this class replaced;
+        ``data_kind`` keeps its key there, ``task`` (``RESULT_KEYS``).
         """
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {RESULT_KEYS.get(f.name, f.name): getattr(self, f.name) for f in fields(self)}
         for optional in ("extraction", "fold"):
             if out[optional] is None:
                 del out[optional]

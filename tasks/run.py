@@ -211,7 +211,7 @@ def train_run(
             result = train_model(
                 cfg,
                 splits,
-                task=data_ref.task,
+                data_kind=data_ref.data_kind,
                 class_names=data_ref.class_names,
                 checkpoint_dir=ckpt,
                 callbacks=[_progress(run_name, cfg.train.epochs)],
@@ -289,9 +289,9 @@ def evaluate_run(
             model,
             test,
             split="test",
-            task=data_ref.task,
+            data_kind=data_ref.data_kind,
             class_names=data_ref.class_names,
-            kind=cfg.model_cfg.task,
+            head=cfg.model_cfg.head,
             batch_size=cfg.train.eval_batch_size,
             device=next(model.parameters()).device,
         )

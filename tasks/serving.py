@@ -10,7 +10,7 @@ code loads are plain files, the model's artifacts:
 - ``config``: the fully resolved ``RunConfig`` (``config.json``), from which
   ``tasks.train.build_model`` rebuilds the module;
 - ``inputs``: what the model takes (``inputs.json``): each modality's ``seq_len`` and ``dim`` as
-  the store holds them, the task kind and the class names;
+  the store holds them, the output kind (``head``) and the class names;
 - ``standardization``, when the run standardised its features (``train.standardize``): the train
   split's per-dimension statistics (``standardization.json``).
 
@@ -107,10 +107,18 @@ def model_inputs(example_batch: Mapping[str, Any], cfg: RunConfig, class_names: 
         },
         # train.text_encoder=finetune: the encoder's token ids and mask instead of text features
         "tokens": int(example_batch["text_ids"].shape[1]) if "text_ids" in example_batch else None,
-        "task": cfg.model_cfg.task,
+        "head": cfg.model_cfg.head,
         "num_classes": int(getattr(cfg.model_cfg, "num_classes", 1) or 1),
         "class_names": list(class_names) if class_names else None,
     }
+
+
+def read_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """An ``inputs.json`` as read back: a model logged before the output kind was called ``head``
+    names it ``task``."""
+    if "head" not in inputs and "task" in inputs:
+        inputs = {**{k: v for k, v in inputs.items() if k != "task"}, "head": inputs["task"]}
+    return inputs
 
 
 def signature(inputs: dict[str, Any]) -> Any:
@@ -125,7 +133,7 @@ def signature(inputs: dict[str, Any]) -> Any:
         specs.append(TensorSpec(np.dtype(np.int64), (-1,), f"{m}_len"))
     for name in TOKEN_INPUTS if inputs.get("tokens") else ():
         specs.append(TensorSpec(np.dtype(np.int64), (-1, inputs["tokens"]), name))
-    classes = inputs["num_classes"] if inputs["task"] == "classification" else 0
+    classes = inputs["num_classes"] if inputs["head"] == "classification" else 0
     out = TensorSpec(np.dtype(np.float32), (-1, classes) if classes else (-1,))
     params = ParamSchema(
         [ParamSpec("batch_size", "long", 256), ParamSpec("device", "string", "cpu")]
@@ -211,7 +219,7 @@ class MSAFlowModel(mlflow.pyfunc.PythonModel):
 
         art = context.artifacts
         self.cfg = RunConfig.from_dict(json.loads(Path(art["config"]).read_text()))
-        self.inputs = json.loads(Path(art["inputs"]).read_text())
+        self.inputs = read_inputs(json.loads(Path(art["inputs"]).read_text()))
         self.standardization = (
             Standardization.from_dict(json.loads(Path(art["standardization"]).read_text()))
             if "standardization" in art
@@ -260,7 +268,7 @@ class MSAFlowModel(mlflow.pyfunc.PythonModel):
                 preds.append(self.model(batch).pred.float().cpu().numpy())
         if not preds:
             classes = self.inputs["num_classes"]
-            shape = (0, classes) if self.inputs["task"] == "classification" else (0,)
+            shape = (0, classes) if self.inputs["head"] == "classification" else (0,)
             return np.zeros(shape, np.float32)
         return np.concatenate(preds)
 

@@ -45,7 +45,7 @@ def summarize(
     from msaflow.tasks.metrics import HEADLINE
 
     uri = tracking.uri
-    headline = [f"test/{m}" for m in HEADLINE[data_ref.task]]
+    headline = [f"test/{m}" for m in HEADLINE[data_ref.data_kind]]
     table = [
         {
             "run": r["run_name"],

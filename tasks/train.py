@@ -68,7 +68,7 @@ CHECKPOINT_VERSION = 2
 @dataclass
 class TrainResult:
     run_name: str
-    task: str
+    data_kind: str
     best_epoch: int
     best_valid: dict[str, float]  # "valid/..." at the best epoch
     test: dict[str, float]  # "test/..." of the best epoch; empty when test was not evaluated
@@ -213,8 +213,8 @@ def _autocast(device: torch.device, enabled: bool):
     return nullcontext()
 
 
-def _target(batch: Batch, kind: str) -> torch.Tensor:
-    return batch["class_label"] if kind == "classification" else batch["label"]
+def _target(batch: Batch, head: str) -> torch.Tensor:
+    return batch["class_label"] if head == "classification" else batch["label"]
 
 
 def _cat_to_numpy(tensors: list[torch.Tensor]) -> np.ndarray:
@@ -225,7 +225,7 @@ def _cat_to_numpy(tensors: list[torch.Tensor]) -> np.ndarray:
 
 @torch.no_grad()
 def predict(
-    model: MSAModel, tensors: Batch, batch_size: int, device: torch.device, kind: str = "regression"
+    model: MSAModel, tensors: Batch, batch_size: int, device: torch.device, head: str = "regression"
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Predictions, targets and the mean task loss over a split (eval mode, fp32).
 
@@ -239,10 +239,10 @@ def predict(
         with torch.autocast(device.type, enabled=False):
             out = model(batch)
         pred = out.pred.float()
-        losses.append(task_loss(pred, batch, kind))
+        losses.append(task_loss(pred, batch, head))
         sizes.append(len(pred))
         preds.append(pred)
-        targets.append(_target(batch, kind))
+        targets.append(_target(batch, head))
     loss_sum = 0.0
     for loss, n in zip(to_host(losses), sizes, strict=True):  # the per-batch float sum, as before
         loss_sum += loss * n
@@ -341,19 +341,19 @@ def evaluate(
     tensors: Batch,
     *,
     split: str,
-    task: str,
+    data_kind: str,
     class_names: Sequence[str] | None,
-    kind: str,
+    head: str,
     batch_size: int,
     device: torch.device,
 ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """The one evaluation of a split: ``{"<split>/loss", "<split>/<metric>"...}``, predictions and
     targets, in fp32 (``predict``). Used for validation and test in ``train_model`` and by the
     pipeline's evaluate task."""
-    pred, target, loss = predict(model, tensors, batch_size, device, kind)
+    pred, target, loss = predict(model, tensors, batch_size, device, head)
     metrics = {
         f"{split}/loss": loss,
-        **_prefixed(split, metric_fn(task, class_names)(pred, target)),
+        **_prefixed(split, metric_fn(data_kind, class_names)(pred, target)),
     }
     return metrics, pred, target
 
@@ -469,7 +469,7 @@ def train_model(
     cfg: RunConfig,
     splits: dict[str, Any],
     *,
-    task: str = "sentiment",
+    data_kind: str = "sentiment",
     class_names: Sequence[str] | None = None,
     checkpoint_dir: str | Path | None = None,
     callbacks: Sequence[EpochCallback] = (),
@@ -522,8 +522,8 @@ def train_model(
         torch.set_num_threads(t.num_threads)
     device = select_device(t.device)
     amp = t.amp and device.type == "cuda"
-    kind = cfg.model_cfg.task  # "regression" | "classification"
-    metrics_of = metric_fn(task, class_names)
+    head = cfg.model_cfg.head  # "regression" | "classification"
+    metrics_of = metric_fn(data_kind, class_names)
     select_key, mode = t.select_metric, t.select_mode
     better = (lambda a, b: a < b) if mode == "min" else (lambda a, b: a > b)
 
@@ -637,7 +637,7 @@ def train_model(
                     own_optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
-            log.add(global_step, total, parts, trace or {}, out.pred, _target(batch, kind))
+            log.add(global_step, total, parts, trace or {}, out.pred, _target(batch, head))
             if t.sync_every_step:
                 log.flush()
             global_step += 1
@@ -655,9 +655,9 @@ def train_model(
             model,
             valid_t,
             split="valid",
-            task=task,
+            data_kind=data_kind,
             class_names=class_names,
-            kind=kind,
+            head=head,
             batch_size=t.eval_batch_size,
             device=device,
         )
@@ -666,7 +666,7 @@ def train_model(
         history.append(record)
         if select_key not in valid:
             raise ConfigError(
-                f"train.select_metric {select_key!r} is not computed for task {task!r}; have "
+                f"train.select_metric {select_key!r} is not computed for task {data_kind!r}; have "
                 f"{sorted(valid)}"
             )
         value = valid[select_key]
@@ -722,9 +722,9 @@ def train_model(
             best_model,
             split_tensors(splits["test"], cfg),
             split="test",
-            task=task,
+            data_kind=data_kind,
             class_names=class_names,
-            kind=kind,
+            head=head,
             batch_size=t.eval_batch_size,
             device=device,
         )
@@ -732,7 +732,7 @@ def train_model(
 
     return TrainResult(
         run_name=cfg.run_name,
-        task=task,
+        data_kind=data_kind,
         best_epoch=int(best["epoch"]),
         best_valid=dict(best["valid"]),
         test=test,

@@ -61,7 +61,7 @@ def _unaligned(split: SplitData) -> SplitData:
 def _splits(
     manifest, splits: dict[str, SplitData], layout: str
 ) -> tuple[dict[str, SplitData], dict]:
-    if manifest.task == "depression":  # --folds: pool the store, take fold 1 of 2 by subject
+    if manifest.data_kind == "depression":  # --folds: pool the store, take fold 1 of 2 by subject
         parts = [splits[s] for s in ("train", "valid", "test")]
         pooled = SplitData(
             ids=np.concatenate([p.ids for p in parts]),
@@ -101,14 +101,16 @@ def test_one_epoch_reports_the_tasks_metrics(stores, model, profile, layout):
         model_overrides=model_overrides,
         train_overrides={"epochs": 1, "batch_size": 8, "device": "cpu"},
         input_spec=input_spec,
-        data_task=manifest.task,
+        data_kind=manifest.data_kind,
         class_names=manifest.class_names,
     )
-    assert (cfg.train.select_metric, cfg.train.select_mode) == DEFAULT_SELECTION[manifest.task]
+    assert (cfg.train.select_metric, cfg.train.select_mode) == DEFAULT_SELECTION[manifest.data_kind]
 
-    result = train_model(cfg, splits, task=manifest.task, class_names=manifest.class_names)
+    result = train_model(
+        cfg, splits, data_kind=manifest.data_kind, class_names=manifest.class_names
+    )
 
-    expected = EXPECTED[manifest.task]
+    expected = EXPECTED[manifest.data_kind]
     for prefix, got in (("valid", result.best_valid), ("test", result.test)):
         names = {k.split("/", 1)[1] for k in got if k.startswith(f"{prefix}/")}
         assert {n for n in names if not n.startswith("loss")} == expected, prefix

@@ -220,7 +220,7 @@ def _progress(enabled: bool, total: int, label: str):
 # --------------------------------------------------------------------------------------------------
 # Any labelled text table (CSV) -> a text-only extraction manifest
 # --------------------------------------------------------------------------------------------------
-TEXT_TASKS = ("sentiment", "emotion")
+TEXT_KINDS = ("sentiment", "emotion")
 
 
 @dataclass(frozen=True)
@@ -241,7 +241,7 @@ class TableManifest:
     """What ``table_manifest`` wrote: the manifest path, the store's labels and the skipped rows."""
 
     path: Path
-    task: str
+    data_kind: str
     label_kind: str
     label_range: tuple[float, float]
     class_names: list[str] | None
@@ -295,7 +295,7 @@ def table_manifest(
     out_csv: str | Path,
     *,
     columns: TableColumns = TableColumns(),
-    task: str = "sentiment",
+    data_kind: str = "sentiment",
     label_range: tuple[float, float] = (-3.0, 3.0),
     classes: Sequence[str] | None = None,
     limit: int | None = None,
@@ -305,11 +305,12 @@ def table_manifest(
 
     ``sources`` is one CSV with a split column, or ``{split: csv}`` for datasets shipped as one file
     per split (MELD); then every id is prefixed with its split (``valid_0_3``), because such files
-    restart their numbering and a store refuses an id in two splits. ``task="sentiment"``: labels
-    are finite numbers inside ``label_range``; ``task="emotion"``: labels are class names, indexed
-    in the order of ``classes`` (default: the names found, sorted). Rows with no id, an empty text,
-    a bad label or an unknown split are skipped and returned as failures (naming the file and line,
-    never quoting the row); repeated ids are an error. ``limit``: the first N rows of each file.
+    restart their numbering and a store refuses an id in two splits. ``data_kind="sentiment"``:
+    labels are finite numbers inside ``label_range``; ``data_kind="emotion"``: labels are class
+    names, indexed in the order of ``classes`` (default: the names found, sorted). Rows with no id,
+    an empty text, a bad label or an unknown split are skipped and returned as failures (naming the
+    file and line, never quoting the row); repeated ids are an error. ``limit``: the first N rows of
+    each file.
     """
     import pandas as pd
 
@@ -320,8 +321,8 @@ def table_manifest(
         failure_record,
     )
 
-    if task not in TEXT_TASKS:
-        raise DataError(None, "--task", f"one of {', '.join(TEXT_TASKS)}, got {task!r}")
+    if data_kind not in TEXT_KINDS:
+        raise DataError(None, "--task", f"one of {', '.join(TEXT_KINDS)}, got {data_kind!r}")
     if isinstance(sources, Mapping):
         tables = []
         for key, p in sources.items():
@@ -342,7 +343,7 @@ def table_manifest(
     frames = [(p, split, _read_table(p, columns, split is None, limit)) for p, split in tables]
 
     class_index: dict[str, int] | None = None
-    if task == "emotion":
+    if data_kind == "emotion":
         names = (
             [c.strip() for c in classes]
             if classes
@@ -486,7 +487,9 @@ def mosi_transcripts_table(
 ) -> TableManifest:
     """``table_manifest`` for ``mosi_label.csv``: ids ``video_id$_$clip_id``, split from
     ``mode``."""
-    return table_manifest(csv_path, out_csv, columns=MOSI_COLUMNS, task="sentiment", limit=limit)
+    return table_manifest(
+        csv_path, out_csv, columns=MOSI_COLUMNS, data_kind="sentiment", limit=limit
+    )
 
 
 def mosi_transcripts_manifest(

@@ -44,7 +44,7 @@ def _summary(manifest) -> dict:
     return {
         "name": manifest.name,
         "source": manifest.source,
-        "task": manifest.task,
+        "task": manifest.data_kind,  # the manifest's field name, as the store writes it
         "label_kind": manifest.label_kind,
         "splits": manifest.splits,
         "modalities": manifest.modalities,
@@ -86,7 +86,7 @@ def ingest(
         str | None, typer.Option(help="Dataset name in the manifest (default: from the file).")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help=_FORCE_HELP)] = False,
-    task: Annotated[
+    data_kind: Annotated[
         str,
         typer.Option(
             "--task", help="sentiment | emotion (MulT IEMOCAP, labels N x 4 x 2) | depression"
@@ -100,7 +100,9 @@ def ingest(
 
     try:
         check_target(out, force=force)  # refuse a user's folder before reading the pickle
-        manifest = do_ingest(fmt, path, out, nonfinite=nonfinite, name=name, force=force, task=task)
+        manifest = do_ingest(
+            fmt, path, out, nonfinite=nonfinite, name=name, force=force, data_kind=data_kind
+        )
     except DataError as exc:
         _fail(exc)
     _print_json({**_summary(manifest), "cleaning": manifest.cleaning})

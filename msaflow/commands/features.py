@@ -229,7 +229,7 @@ def _table_run(table, *, out_dir: Path, as_json: bool = False, **kwargs) -> dict
         as_json,
         manifest=str(table.path),
         out=str(out_dir),
-        task=table.task,
+        task=table.data_kind,  # the features flow's parameter
         label_range=table.label_range,
         class_names=table.class_names,
         source_failures=table.failures,
@@ -321,7 +321,7 @@ def text(
             "val= mean valid); ids get their split as prefix (valid_0_3)",
         ),
     ] = None,
-    task: Annotated[
+    data_kind: Annotated[
         str,
         typer.Option(
             "--task",
@@ -382,17 +382,17 @@ def text(
     ] = False,
 ) -> None:
     """Build a text-only store from any labelled CSV (sentiment scores or emotion classes)."""
-    from msaflow.feature_store.extract.text import TEXT_TASKS, TableColumns, table_manifest
+    from msaflow.feature_store.extract.text import TEXT_KINDS, TableColumns, table_manifest
 
-    if task not in TEXT_TASKS:
-        raise typer.BadParameter(f"expected one of {', '.join(TEXT_TASKS)}", param_hint="--task")
+    if data_kind not in TEXT_KINDS:
+        raise typer.BadParameter(f"expected one of {', '.join(TEXT_KINDS)}", param_hint="--task")
     files = _split_files(split_files)
     if (csv is None) == (files is None):
         raise typer.BadParameter(
             "give --csv FILE (with a split column) or --split-files, not both",
             param_hint="--csv / --split-files",
         )
-    if classes is not None and task != "emotion":
+    if classes is not None and data_kind != "emotion":
         raise typer.BadParameter("class names are for --task emotion", param_hint="--classes")
     ids = tuple(_names(id_col) or ())
     if not ids:
@@ -411,7 +411,7 @@ def text(
                 files or csv,
                 Path(tmp) / "manifest.csv",
                 columns=columns,
-                task=task,
+                data_kind=data_kind,
                 label_range=_label_range(label_range),
                 classes=_names(classes),
                 limit=limit,

@@ -88,7 +88,8 @@ def command(
 
     prefect_ready = start_prefect_early()
     with handled_errors():  # PREFECT_HOME exists: the CLI's apply_defaults creates it
-        from msaflow.flows.reproduce import get_table, reproduce
+        from msaflow.flows.reproduce import reproduce
+        from msaflow.tasks.checks import get_table
 
         get_table(table)  # an unknown table is a usage error, before anything starts
         # reproduce() checks the preset, --params, --data, seeds and the tracking store before its

@@ -136,8 +136,9 @@ resumes
 
     prefect_ready = start_prefect_early()
     with handled_errors():  # PREFECT_HOME exists: the CLI's apply_defaults creates it
-        from msaflow.flows.tune import check_tune_inputs, tune
+        from msaflow.flows.tune import tune
         from msaflow.settings import default_tracking_uri
+        from msaflow.tasks.checks import check_tune_inputs
         from msaflow.tasks.tracking import check_tracking
 
         seeds = (

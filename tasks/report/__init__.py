@@ -28,7 +28,7 @@ from msaflow.tasks.report.collect import (
     _child_runs,
     _curves,
     _differing_params,
-    _infer_task,
+    _infer_data_kind,
     _json_tag,
     _membership,
     _oracle,
@@ -133,14 +133,14 @@ def build_report(
     cells = cells or sorted({cell for cell, _ in finished})
     seeds = seeds or sorted({seed for _, seed in finished})
 
-    task = tags.get("msaflow.task") or _infer_task(finished)
+    data_kind = tags.get("msaflow.task") or _infer_data_kind(finished)
     present = {
         k.removeprefix("test/")
         for run in finished.values()
         for k in run.data.metrics
         if k.startswith("test/")
     }
-    metrics = [m for m in HEADLINE.get(task, ()) if m in present] or sorted(present - {"loss"})
+    metrics = [m for m in HEADLINE.get(data_kind, ()) if m in present] or sorted(present - {"loss"})
     values: dict[str, dict[int, dict[str, float]]] = {cell: {} for cell in cells}
     for (cell, seed), run in finished.items():
         values[cell][seed] = {
@@ -186,7 +186,7 @@ def build_report(
     report.p_holm = adjust_comparisons(report.comparisons, "holm")
     report.p_bh = adjust_comparisons(report.comparisons, "bh")
     report.oracle = _oracle(c, parent)
-    report.curve_metric = DEFAULT_SELECTION.get(task, ("valid/mae", "min"))[0]
+    report.curve_metric = DEFAULT_SELECTION.get(data_kind, ("valid/mae", "min"))[0]
     report.curves = _curves(c, finished, report.curve_metric)
     report.windows = _windows(finished)
     report.traces = _traces(c, finished)

@@ -248,7 +248,7 @@ def _trace_families(model: str) -> tuple[TraceFamily, ...]:
         return ()
 
 
-def _infer_task(runs: dict[tuple[str, int], Any]) -> str:
+def _infer_data_kind(runs: dict[tuple[str, int], Any]) -> str:
     keys = {k for run in runs.values() for k in run.data.metrics}
     if "test/acc2_non0" in keys:
         return "sentiment"

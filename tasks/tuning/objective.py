@@ -136,7 +136,7 @@ class Objective:
                 result = train_model(
                     cfg,
                     self.splits,
-                    task=spec.data_task,
+                    data_kind=spec.data_kind,
                     class_names=spec.class_names,
                     callbacks=[on_epoch],
                     evaluate_test=False,

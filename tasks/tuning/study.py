@@ -147,7 +147,7 @@ class StudySpec:
     n_trials: int
     space: dict[str, dict[str, Any]]
     data_path: str
-    data_task: str
+    data_kind: str
     input_spec: dict[str, Any]
     class_names: list[str] | None = None
     epochs: int | None = None

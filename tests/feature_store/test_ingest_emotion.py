@@ -50,9 +50,9 @@ def test_mult_iemocap_ingests_as_four_class_emotion_like_sim_iemocap(iemocap_pic
     from msaflow.feature_store import synthesize
 
     path, classes = iemocap_pickle()
-    m = ingest("mult", path, tmp_path / "store", task="emotion")
+    m = ingest("mult", path, tmp_path / "store", data_kind="emotion")
     sim = synthesize("iemocap", tmp_path / "sim", seed=0, scale=0.01)
-    shape = ("task", "label_kind", "num_classes", "class_names", "label_range")
+    shape = ("data_kind", "label_kind", "num_classes", "class_names", "label_range")
     assert {k: getattr(m, k) for k in shape} == {k: getattr(sim, k) for k in shape}
     assert m.class_names == ["neutral", "happy", "sad", "angry"] == MULT_IEMOCAP_CLASSES
     _, splits = load_dataset(tmp_path / "store")
@@ -60,7 +60,7 @@ def test_mult_iemocap_ingests_as_four_class_emotion_like_sim_iemocap(iemocap_pic
         assert splits[s].class_labels.tolist() == want.tolist()
         assert np.array_equal(splits[s].labels, want.astype(np.float32))
     assert (
-        ingest("mult", path, tmp_path / "store", task="emotion").content_hash == m.content_hash
+        ingest("mult", path, tmp_path / "store", data_kind="emotion").content_hash == m.content_hash
     )  # no-op
 
 
@@ -75,7 +75,7 @@ def test_rows_without_exactly_one_emotion_are_refused_with_counts(iemocap_pickle
         match=r"train\.labels: expected exactly one positive emotion per row .*"
         r"1 of 12 rows have none and 1 have several",
     ):
-        ingest("mult", path, tmp_path / "store", task="emotion")
+        ingest("mult", path, tmp_path / "store", data_kind="emotion")
     assert not (tmp_path / "store").exists()
 
 
@@ -86,12 +86,12 @@ def test_wrong_label_shape_and_task_format_mismatch_are_clear(
     with pytest.raises(
         DataError, match=r"MulT's IEMOCAP labels, shape \(N=10, 4, 2\).*got \(10, 1, 1\)"
     ):
-        ingest("mult", sentiment_path, tmp_path / "a", task="emotion")
+        ingest("mult", sentiment_path, tmp_path / "a", data_kind="emotion")
     path, _ = iemocap_pickle()
     with pytest.raises(DataError, match="emotion only with --format mult"):
-        ingest("mmsa", path, tmp_path / "b", task="emotion")
+        ingest("mmsa", path, tmp_path / "b", data_kind="emotion")
     with pytest.raises(DataError, match="task: expected one of sentiment, emotion, depression"):
-        ingest("mult", path, tmp_path / "c", task="topic")
+        ingest("mult", path, tmp_path / "c", data_kind="topic")
     with pytest.raises(
         DataError, match="one sentiment score per row"
     ):  # an IEMOCAP file as sentiment
@@ -103,13 +103,13 @@ def test_depression_task_uses_the_phq_range(mult_pickle, tmp_path):
     with pytest.raises(
         DataError, match=r"labels in \[0.0, 27.0\]"
     ):  # sentiment scores are not PHQ-9
-        ingest("mult", path, tmp_path / "s", task="depression")
+        ingest("mult", path, tmp_path / "s", data_kind="depression")
     for split in data.values():
         split["labels"] = (np.abs(split["labels"]) * 9).astype(np.float32)
     path = tmp_path / "phq.pkl"
     path.write_bytes(pickle.dumps(data, protocol=2))
-    m = ingest("mult", path, tmp_path / "store", task="depression")
-    assert (m.task, m.label_kind, m.label_range) == ("depression", "regression", (0.0, 27.0))
+    m = ingest("mult", path, tmp_path / "store", data_kind="depression")
+    assert (m.data_kind, m.label_kind, m.label_range) == ("depression", "regression", (0.0, 27.0))
     assert m.config["task"] == "depression"
 
 
@@ -151,10 +151,10 @@ def test_cli_ingest_task_emotion_then_unimodal_and_mmcl_train(iemocap_pickle, tm
             "quick",
             train_overrides={"epochs": 1, "seed": 1},
             input_spec=manifest.input_spec(),
-            data_task="emotion",
+            data_kind="emotion",
             class_names=manifest.class_names,
         )
-        r = train_model(cfg, splits, task="emotion", class_names=manifest.class_names)
+        r = train_model(cfg, splits, data_kind="emotion", class_names=manifest.class_names)
         assert {f"test/f1_{c}" for c in MULT_IEMOCAP_CLASSES} <= set(r.test) and np.isfinite(
             r.test["test/f1_avg"]
         )

@@ -41,7 +41,7 @@ def test_round_trip_and_manifest(tmp_path):
         "audio_dim": 2,
         "vision_dim": 0,
         "seq_len": 4,
-        "task": "regression",
+        "head": "regression",
         "num_classes": 1,
     }
     for name, s in splits.items():
@@ -143,3 +143,14 @@ def test_missing_manifest_and_bad_json(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"name": "x"}))
     with pytest.raises(DataError, match="source"):
         read_manifest(tmp_path)
+
+
+def test_the_manifest_keeps_its_task_field_on_disk(tmp_path):
+    """``Manifest.data_kind`` is the manifest's ``task`` field: written and read under that name,
+    so old stores read and new ones stay byte-compatible."""
+    splits = {"train": _split(7), "valid": _split(3, seed=1), "test": _split(2, seed=2)}
+    m = write_dataset(tmp_path / "s", splits, name="toy", source="unit", data_kind="depression")
+    raw = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert raw["task"] == "depression" and "data_kind" not in raw
+    assert read_manifest(tmp_path / "s").data_kind == "depression" == m.data_kind
+    assert m.to_dict()["task"] == "depression"

@@ -85,7 +85,9 @@ def test_planted_imbalance_holds(full_mosi):
 
 def test_other_profiles(tmp_path):
     emo = synthesize("iemocap", tmp_path / "emo", scale=0.05)
-    assert emo.label_kind == "classification" and emo.num_classes == 4 and emo.task == "emotion"
+    assert (
+        emo.label_kind == "classification" and emo.num_classes == 4 and emo.data_kind == "emotion"
+    )
     _, s = load_dataset(tmp_path / "emo", splits=["train"])
     assert set(s["train"].class_labels.tolist()) == {0, 1, 2, 3}
     dep = synthesize("cmdc", tmp_path / "dep", scale=1.0)

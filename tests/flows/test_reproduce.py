@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 
 import msaflow.tasks.train
 from msaflow.cli import app
-from msaflow.flows.reproduce import TABLES, TableSpec, get_table, membership_tags, reproduce
+from msaflow.flows.reproduce import TableSpec, membership_tags, reproduce
 from msaflow.models import get_spec
 from msaflow.models.spec import Cell
+from msaflow.tasks.checks import TABLES, get_table
 from msaflow.tasks.config import ConfigError
 from msaflow.tasks.paper_results import paper_table
 

@@ -271,7 +271,7 @@ def _store_seed_bytes(classification: bool) -> tuple[tuple[str, bytes], ...]:
             name="fuzz",
             source="fuzz",
             label_kind=kind,
-            task="emotion" if classification else "sentiment",
+            data_kind="emotion" if classification else "sentiment",
             num_classes=2 if classification else 1,
             class_names=["neg", "pos"] if classification else None,
         )
@@ -560,7 +560,7 @@ def _mutate_yaml(case: Case, rng: random.Random, seeds: list[Case]) -> Case:
 
 
 def _run_params(case_dir: Path, work: Path) -> Any:
-    from msaflow.flows.pipeline import check_pipeline_inputs
+    from msaflow.tasks.checks import check_pipeline_inputs
 
     return check_pipeline_inputs(params_file=str(_one(case_dir, ".yaml")))
 

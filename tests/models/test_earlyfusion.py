@@ -78,7 +78,7 @@ def test_regression_and_classification_heads(t):
     total, parts = reg.loss(out, batch)
     total.backward()
     assert set(parts) == {"loss/task", "loss/total"}
-    cls = EarlyFusion(tiny(task="classification", num_classes=3, layers=2))
+    cls = EarlyFusion(tiny(head="classification", num_classes=3, layers=2))
     batch = make_batch(t=t, classes=3)
     out = cls(batch)
     assert out.pred.shape == (4, 3)
@@ -95,7 +95,7 @@ def test_uses_only_the_modalities_with_features():
     with pytest.raises(ValueError, match="every \\*_dim is 0"):
         EarlyFusion(tiny(text_dim=0, audio_dim=0, vision_dim=0))
     with pytest.raises(ValueError, match="num_classes >= 2"):
-        EarlyFusion(tiny(task="classification", num_classes=1))
+        EarlyFusion(tiny(head="classification", num_classes=1))
     with pytest.raises(ValueError, match="layers must be >= 1"):
         EarlyFusion(tiny(layers=0))
 

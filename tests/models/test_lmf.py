@@ -165,7 +165,7 @@ def test_forward_backward_regression_and_classification_with_masks(t):
     assert set(parts) == {"loss/task", "loss/total"}
     assert model.text_factor.grad.abs().sum() > 0
     assert model.text_subnet.rnn.weight_ih_l0.grad.abs().sum() > 0
-    cls = LMF(tiny(task="classification", num_classes=4))
+    cls = LMF(tiny(head="classification", num_classes=4))
     cbatch = make_batch(t=t, classes=4)
     cbatch["audio_len"][2] = 0
     out = cls(cbatch)
@@ -187,7 +187,7 @@ def test_missing_modalities_and_bad_configs():
     with pytest.raises(ValueError, match="lmf.rank"):
         LMF(tiny(rank=0))
     with pytest.raises(ValueError, match="num_classes"):
-        LMF(tiny(task="classification", num_classes=1))
+        LMF(tiny(head="classification", num_classes=1))
     with pytest.raises(ValueError, match="lmf.audio_dropout"):
         LMF(tiny(audio_dropout=1.5))
 
@@ -221,7 +221,7 @@ def _mmsa_cfg(model_overrides=None, **input_spec):
 
 def test_trainable_parameters_equal_the_reference_at_the_mmsa_preset():
     assert count_trainable_params(_mmsa_cfg()) == REFERENCE_TRAINABLE["regression"]
-    cls = _mmsa_cfg(task="classification", num_classes=4)
+    cls = _mmsa_cfg(head="classification", num_classes=4)
     assert count_trainable_params(cls) == REFERENCE_TRAINABLE["classification-4"]
     frozen = _mmsa_cfg({"train_fusion_weights": False})
     assert count_trainable_params(frozen) == REFERENCE_OPTIMISED["regression"]

@@ -242,10 +242,10 @@ def test_padding_content_does_not_change_the_output():
 
 
 @pytest.mark.parametrize("T", [1, 5])
-@pytest.mark.parametrize("task", ["regression", "classification"])
-def test_forward_backward_with_masks_a_zero_length_row_and_T1(task, T):
-    classes = 4 if task == "classification" else 0
-    kw = dict(task="classification", num_classes=4) if classes else {}
+@pytest.mark.parametrize("head", ["regression", "classification"])
+def test_forward_backward_with_masks_a_zero_length_row_and_T1(head, T):
+    classes = 4 if head == "classification" else 0
+    kw = dict(head="classification", num_classes=4) if classes else {}
     model = model_of(**kw).train()
     lengths = [T, 0, 1, T]  # a row with no valid step in any modality
     batch = make_batch(T=T, lengths=lengths, classes=classes)
@@ -289,7 +289,7 @@ def test_loss_is_the_weighted_sum_and_task_loss_switches_l1_mse():
         )
         assert float(total.detach()) == pytest.approx(expected, rel=1e-5)
     # classification: cross-entropy whatever task_loss says
-    model = model_of(task="classification", num_classes=3, task_loss="mse").eval()
+    model = model_of(head="classification", num_classes=3, task_loss="mse").eval()
     batch = make_batch(classes=3)
     out = model(batch)
     ce = torch.nn.functional.cross_entropy(out.pred.detach(), batch["class_label"])
@@ -315,7 +315,7 @@ def test_config_errors_name_the_field():
         (dict(task_loss="huber"), "misa.task_loss"),
         (dict(sim_weight=-1.0), "misa.sim_weight"),
         (dict(clip_value=float("nan")), "misa.clip_value"),
-        (dict(task="classification", num_classes=1), "misa.num_classes"),
+        (dict(head="classification", num_classes=1), "misa.num_classes"),
     ]:
         with pytest.raises(ConfigError, match=field):
             MISA(tiny_cfg(**kw))
@@ -405,7 +405,7 @@ def test_output_keys_and_shapes_correspond_to_mmsa():
     # the fusion sees the reference's order: private t, v, a, then shared t, v, a
     reference_order = tuple((k, m) for k in ("private", "shared") for m in ("t", "v", "a"))
     assert reference_order == FUSION_ORDER
-    cls = MISA(MISAConfig(**MOSI, task="classification", num_classes=3))
+    cls = MISA(MISAConfig(**MOSI, head="classification", num_classes=3))
     with torch.no_grad():
         assert cls(batch).pred.shape == (B, 3)
 

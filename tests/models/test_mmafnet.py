@@ -418,7 +418,7 @@ def test_no_host_reads_can_fail():
     assert float(torch.ones(())) == 1.0  # restored
 
 
-@pytest.mark.parametrize("kw", [{}, {"task": "classification", "num_classes": 3}])
+@pytest.mark.parametrize("kw", [{}, {"head": "classification", "num_classes": 3}])
 def test_training_step_reads_nothing_back_from_the_device(kw):
     """forward, loss and after_backward of a training step (SGM, IPR and AFM on) keep every value
     on the device; the epoch's end reads the counters once."""
@@ -615,8 +615,8 @@ def test_epoch_trace_has_afm_gate_means_and_probe_accuracies():
 @pytest.mark.parametrize("variant", list(SPEC.variants))
 @pytest.mark.parametrize("classes", [0, 3])
 def test_variants_forward_and_backward_without_nans(variant, classes):
-    task = {"task": "classification", "num_classes": 3} if classes else {}
-    model = model_of(**SPEC.variants[variant], **task, dropout=0.1)
+    head = {"head": "classification", "num_classes": 3} if classes else {}
+    model = model_of(**SPEC.variants[variant], **head, dropout=0.1)
     model.train()
     batch = make_batch(B=2, lengths=[0, 1], classes=classes)
     out = model(batch)

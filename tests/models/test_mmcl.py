@@ -197,16 +197,16 @@ def test_masked_pool_ignores_padding():
 
 
 @pytest.mark.parametrize("variant", list(SPEC.variants))
-@pytest.mark.parametrize("task", ["regression", "classification"])
-def test_every_variant_runs_forward_and_backward(variant, task):
+@pytest.mark.parametrize("head", ["regression", "classification"])
+def test_every_variant_runs_forward_and_backward(variant, head):
     cfg = apply_overrides(tiny(), SPEC.variants[variant], variant)
-    if task == "classification":
-        cfg = replace(cfg, task="classification", num_classes=4)
+    if head == "classification":
+        cfg = replace(cfg, head="classification", num_classes=4)
     torch.manual_seed(0)
     model = MMCL(cfg)
-    batch = make_batch(classes=4 if task == "classification" else 0)
+    batch = make_batch(classes=4 if head == "classification" else 0)
     out = model(batch)
-    assert out.pred.shape == ((4,) if task == "regression" else (4, 4))
+    assert out.pred.shape == ((4,) if head == "regression" else (4, 4))
     total, parts = model.loss(out, batch)
     assert set(parts) == {"loss/task", "loss/cl", "loss/total"}
     # 0-dim tensors, detached, left on the device: the engine reads them once per epoch
@@ -300,7 +300,7 @@ def test_invalid_configs_fail_clearly():
     with pytest.raises(ValueError, match="divisible"):
         MMCL(tiny(d=9))
     with pytest.raises(ValueError, match="num_classes"):
-        MMCL(tiny(task="classification", num_classes=1))
+        MMCL(tiny(head="classification", num_classes=1))
     with pytest.raises(ValueError, match="all three"):
         MMCL(tiny(audio_dim=0))
     batch = make_batch()
@@ -309,14 +309,14 @@ def test_invalid_configs_fail_clearly():
         MMCL(tiny())(batch)
 
 
-@pytest.mark.parametrize("task", ["regression", "classification"])
-def test_a_short_training_loop_lowers_the_loss(task):
+@pytest.mark.parametrize("head", ["regression", "classification"])
+def test_a_short_training_loop_lowers_the_loss(head):
     torch.manual_seed(0)
-    classes = 4 if task == "classification" else 0
+    classes = 4 if head == "classification" else 0
     batch = make_batch(b=16, classes=classes, seed=3)
-    if task == "regression":
+    if head == "regression":
         batch["label"] = batch["text"][:, 0, :2].sum(-1)  # learnable from the inputs
-    cfg = tiny(task=task, num_classes=classes or 1)
+    cfg = tiny(head=head, num_classes=classes or 1)
     model = MMCL(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
@@ -428,7 +428,7 @@ def test_t1_runs_through_every_block(w_norm, classes):
         seq_len=1,
         w_norm=w_norm,
         enhance="sequential",
-        **({"task": "classification", "num_classes": classes} if classes else {}),
+        **({"head": "classification", "num_classes": classes} if classes else {}),
     )
     model = MMCL(cfg)
     batch = _t1_batch(classes=classes)

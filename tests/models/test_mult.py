@@ -280,7 +280,7 @@ def test_regression_and_classification_with_masks_zero_length_rows_and_t1(t):
     total.backward()
     assert set(parts) == {"loss/task", "loss/total"}
     assert all(torch.isfinite(p.grad).all() for p in reg.parameters() if p.grad is not None)
-    cls = MulT(tiny(task="classification", num_classes=3, pool="mean"))
+    cls = MulT(tiny(head="classification", num_classes=3, pool="mean"))
     batch = make_batch(t=t, classes=3)
     out = cls(batch)
     assert out.pred.shape == (4, 3)
@@ -326,7 +326,7 @@ def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="mult.embed_dropout"):
         MulT(tiny(embed_dropout=1.0))
     with pytest.raises(ValueError, match="num_classes"):
-        MulT(tiny(task="classification", num_classes=1))
+        MulT(tiny(head="classification", num_classes=1))
     with pytest.raises(ValueError, match="at least two modalities"):
         MulT(tiny(audio_dim=0, vision_dim=0))
     two = MulT(tiny(vision_dim=0))  # a dataset without vision: t <-> a only
@@ -338,10 +338,10 @@ def test_config_errors_name_the_field():
 # --- parity with MMSA 2.2.1 -----------------------------------------------------------------------
 
 
-def _mmsa_mosi(task: str = "regression", num_classes: int = 1) -> MulTConfig:
+def _mmsa_mosi(head: str = "regression", num_classes: int = 1) -> MulTConfig:
     cfg = apply_overrides(MulTConfig(), SPEC.presets["mmsa"]["model"], "mmsa")
     mosi = dict(text_dim=768, audio_dim=5, vision_dim=20, seq_len=50)
-    return dataclasses.replace(cfg, **mosi, task=task, num_classes=num_classes)
+    return dataclasses.replace(cfg, **mosi, head=head, num_classes=num_classes)
 
 
 def test_parameter_count_equals_mmsa_2_2_1_at_the_mmsa_preset():

@@ -52,7 +52,7 @@ class Toy(MSAModel):
         return ModelOutput(pred=pred)
 
     def loss(self, out, batch):
-        total = task_loss(out.pred, batch, self.cfg.task)
+        total = task_loss(out.pred, batch, self.cfg.head)
         return total, {"loss/task": float(total.detach()), "loss/total": float(total.detach())}
 
     def on_epoch_end(self, epoch):
@@ -135,7 +135,7 @@ def test_the_package_models_are_found_by_their_files():
 
 
 def test_a_toy_model_from_an_entry_point_shows_up_everywhere(toy):
-    from msaflow.flows.reproduce import TABLES, get_table
+    from msaflow.tasks.checks import TABLES, get_table
     from msaflow.tasks.paper_results import PAPER_TABLES, paper_table
     from msaflow.tasks.tuning import SPACES, load_search_space
 

@@ -253,7 +253,7 @@ def test_padding_content_does_not_change_the_output_and_empty_rows_give_the_init
 @pytest.mark.parametrize("classes", [0, 4])
 def test_forward_backward_both_heads(t, classes):
     torch.manual_seed(0)
-    cfg = tiny(task="classification", num_classes=classes) if classes else tiny()
+    cfg = tiny(head="classification", num_classes=classes) if classes else tiny()
     model = SelfMM(cfg).train()
     batch = make_batch(t=t, classes=classes)
     for epoch in range(3):
@@ -327,7 +327,7 @@ class Interrupt(Exception):
 
 
 def test_resumed_run_equals_uninterrupted_with_the_label_memory(tmp_path):
-    spec = {**{f"{m}_dim": d for m, d in DIMS.items()}, "seq_len": 4, "task": "regression"}
+    spec = {**{f"{m}_dim": d for m, d in DIMS.items()}, "seq_len": 4, "head": "regression"}
     cfg = resolve_run_config(
         "self_mm",
         None,
@@ -378,14 +378,14 @@ MOSI_SHAPES = {"text_dim": 768, "audio_dim": 5, "vision_dim": 20, "seq_len": 50}
 )
 def test_trainable_parameters_equal_the_reference_without_bert(preset, shapes, reference):
     cfg = resolve_run_config(
-        "self_mm", "full", preset, input_spec={**shapes, "task": "regression", "num_classes": 1}
+        "self_mm", "full", preset, input_spec={**shapes, "head": "regression", "num_classes": 1}
     )
     assert count_trainable_params(cfg) == reference
 
 
 def test_output_keys_and_shapes_correspond_to_the_reference():
     cfg = resolve_run_config(
-        "self_mm", "full", "mmsa", input_spec={**MOSI_SHAPES, "task": "regression"}
+        "self_mm", "full", "mmsa", input_spec={**MOSI_SHAPES, "head": "regression"}
     ).model_cfg
     model = SelfMM(cfg).eval()
     b, t = 3, 50

@@ -56,7 +56,7 @@ def test_every_family_trains_through_the_engine_at_t1(name, variant, classes):
         "audio_dim": 5,
         "vision_dim": 4,
         "seq_len": 1,
-        "task": "classification" if classes else "regression",
+        "head": "classification" if classes else "regression",
         "num_classes": classes or 1,
     }
     cfg = resolve_run_config(
@@ -76,7 +76,7 @@ def test_every_family_trains_through_the_engine_at_t1(name, variant, classes):
     result = train_model(
         cfg,
         splits,
-        task="emotion" if classes else "sentiment",
+        data_kind="emotion" if classes else "sentiment",
         class_names=["a", "b", "c"] if classes else None,
     )
     assert len(result.history) == 2

@@ -196,7 +196,7 @@ def test_forward_backward_regression_and_classification_with_masks(t):
     assert set(parts) == {"loss/task", "loss/total"}
     assert model.post_fusion_layer_1.weight.grad is not None
     assert model.text_subnet.rnn.weight_ih_l0.grad.abs().sum() > 0
-    cls = TFN(tiny(task="classification", num_classes=4))
+    cls = TFN(tiny(head="classification", num_classes=4))
     cbatch = make_batch(t=t, classes=4)
     cbatch["text_len"][2] = 0
     out = cls(cbatch)
@@ -218,7 +218,7 @@ def test_missing_modalities_and_bad_configs():
     with pytest.raises(ValueError, match="every \\*_dim is 0"):
         TFN(tiny(text_dim=0, audio_dim=0, vision_dim=0))
     with pytest.raises(ValueError, match="num_classes"):
-        TFN(tiny(task="classification", num_classes=1))
+        TFN(tiny(head="classification", num_classes=1))
     with pytest.raises(ValueError, match="tfn.post_fusion_dropout"):
         TFN(tiny(post_fusion_dropout=1.0))
     with pytest.raises(ValueError, match="tfn.text_out"):
@@ -248,7 +248,7 @@ def _mmsa_cfg(**input_spec):
 
 def test_trainable_parameters_equal_the_reference_at_the_mmsa_preset():
     assert count_trainable_params(_mmsa_cfg()) == REFERENCE_TRAINABLE["regression"]
-    cls = _mmsa_cfg(task="classification", num_classes=4)
+    cls = _mmsa_cfg(head="classification", num_classes=4)
     assert count_trainable_params(cls) == REFERENCE_TRAINABLE["classification-4"]
 
 

@@ -84,20 +84,20 @@ def test_missing_chosen_modality_fails_clearly():
     with pytest.raises(ValueError, match="no 'vision' features"):
         Unimodal(tiny(modality="vision"))(make_batch(modalities=("text",)))
     with pytest.raises(ValueError, match="num_classes"):
-        Unimodal(tiny(task="classification"))
+        Unimodal(tiny(head="classification"))
 
 
 @pytest.mark.parametrize("variant", list(SPEC.variants))
-@pytest.mark.parametrize("task", ["regression", "classification"])
+@pytest.mark.parametrize("head", ["regression", "classification"])
 @pytest.mark.parametrize("encoder", ["gru", "mean"])
-def test_every_variant_runs_forward_and_backward(variant, task, encoder):
+def test_every_variant_runs_forward_and_backward(variant, head, encoder):
     cfg = apply_overrides(tiny(encoder=encoder, layers=2), SPEC.variants[variant], variant)
-    if task == "classification":
-        cfg = replace(cfg, task="classification", num_classes=4)
+    if head == "classification":
+        cfg = replace(cfg, head="classification", num_classes=4)
     model = Unimodal(cfg)
-    batch = make_batch(classes=4 if task == "classification" else 0)
+    batch = make_batch(classes=4 if head == "classification" else 0)
     out = model(batch)
-    assert out.pred.shape == ((4,) if task == "regression" else (4, 4))
+    assert out.pred.shape == ((4,) if head == "regression" else (4, 4))
     total, parts = model.loss(out, batch)
     total.backward()
     assert math.isfinite(parts["loss/total"])
@@ -145,7 +145,7 @@ def test_utterance_level_input_t1(encoder, classes):
         encoder=encoder,
         modality="audio",
         seq_len=1,
-        **({"task": "classification", "num_classes": classes} if classes else {}),
+        **({"head": "classification", "num_classes": classes} if classes else {}),
     )
     model = Unimodal(cfg)
     batch = make_batch(t=1, classes=classes)

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 import msaflow
 from msaflow.errors import ConfigError, DataError
-from msaflow.flows.reproduce import TABLES, get_table
+from msaflow.tasks.checks import TABLES, get_table
 
 ROOT = Path(__file__).resolve().parents[2]
 # What ``msaflow.api`` documents it sets (``msaflow.settings.apply_defaults`` + MSAFLOW_HOME).
@@ -287,3 +287,9 @@ def test_load_dataset_takes_the_cli_data_strings(msaflow_home):
     ds = msaflow.load_dataset("sim-mosi", scale=0.05)  # synthesized under $MSAFLOW_HOME/stores
     assert ds.path.parent == msaflow_home / "stores" and ds.name.startswith("sim-mosi")
     assert len(ds["valid"].ids) > 0
+
+
+def test_a_dataset_names_its_kind_data_kind_and_task(tiny_sim):
+    """``Dataset.data_kind`` (the manifest's ``task``); ``task`` stays as its deprecated name."""
+    ds = msaflow.load_dataset(tiny_sim)
+    assert ds.data_kind == ds.task == ds.manifest.data_kind == "sentiment"

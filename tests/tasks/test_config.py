@@ -59,7 +59,7 @@ def test_flatten():
 
 
 # --- the selection metric defaults per task (issue 14.1) ------------------------------------------
-EMOTION_SPEC = {"task": "classification", "num_classes": 4}
+EMOTION_SPEC = {"head": "classification", "num_classes": 4}
 IEMOCAP = ["neutral", "happy", "sad", "angry"]
 
 
@@ -69,11 +69,11 @@ def test_select_metric_defaults_per_task(model):
     emotion = resolve_run_config(model, input_spec=EMOTION_SPEC)
     assert (emotion.train.select_metric, emotion.train.select_mode) == ("valid/f1_weighted", "max")
     exact = resolve_run_config(
-        model, input_spec=EMOTION_SPEC, data_task="emotion", class_names=IEMOCAP
+        model, input_spec=EMOTION_SPEC, data_kind="emotion", class_names=IEMOCAP
     )
     assert exact.train == emotion.train
-    for task in ("sentiment", "depression"):
-        cfg = resolve_run_config(model, input_spec={"task": "regression"}, data_task=task)
+    for data_kind in ("sentiment", "depression"):
+        cfg = resolve_run_config(model, input_spec={"head": "regression"}, data_kind=data_kind)
         assert (cfg.train.select_metric, cfg.train.select_mode) == ("valid/mae", "min")
     # no data at all: the model config's default kind (regression), so sentiment's default
     assert resolve_run_config(model).train.select_metric == "valid/mae"
@@ -104,7 +104,7 @@ def test_explicit_select_metric_wins_and_its_direction_follows_the_name():
     assert (cfg.train.select_metric, cfg.train.select_mode) == ("valid/corr", "max")
     cfg = resolve_run_config(
         "mmafnet",
-        data_task="emotion",
+        data_kind="emotion",
         class_names=IEMOCAP,
         input_spec=EMOTION_SPEC,
         train_overrides={"select_metric": "valid/f1_sad"},
@@ -123,15 +123,15 @@ def test_explicit_select_metric_the_task_does_not_compute_is_a_clear_error():
         resolve_run_config(
             "mmcl",
             input_spec=EMOTION_SPEC,
-            data_task="emotion",
+            data_kind="emotion",
             class_names=IEMOCAP,
             train_overrides={"select_metric": "valid/f1_bored"},
         )
     with pytest.raises(ConfigError, match=r"'valid/acc7' is not computed for task depression"):
         resolve_run_config(
             "mmafnet",
-            input_spec={"task": "regression"},
-            data_task="depression",
+            input_spec={"head": "regression"},
+            data_kind="depression",
             train_overrides={"select_metric": "valid/acc7"},
         )
     with pytest.raises(
@@ -139,11 +139,11 @@ def test_explicit_select_metric_the_task_does_not_compute_is_a_clear_error():
     ):
         resolve_run_config(
             "mmafnet",
-            input_spec={"task": "regression"},
+            input_spec={"head": "regression"},
             train_overrides={"select_metric": "valid/f1_weighted"},
         )
     with pytest.raises(ConfigError, match="dataset task: expected one of"):
-        resolve_run_config("mmafnet", data_task="translation")
+        resolve_run_config("mmafnet", data_kind="translation")
 
 
 # --- hyper-parameter ranges (issue 14.9) ----------------------------------------------------------
@@ -254,3 +254,30 @@ def test_every_shipped_preset_and_variant_is_in_range():
             for variant in spec.variants:
                 resolve_run_config(name, variant, preset)
                 resolve_run_config(name, variant, preset, input_spec=EMOTION_SPEC)
+
+
+def test_the_output_kind_head_still_reads_its_old_name_task(tmp_path):
+    """``model_cfg.head`` was ``task``: experiment files, input specs and resolved configs that
+    name it ``task`` resolve to the same config; the resolved config names it ``head``."""
+    new = resolve_run_config(
+        "mmafnet", model_overrides={"head": "classification", "num_classes": 3}
+    )
+    old = resolve_run_config(
+        "mmafnet", model_overrides={"task": "classification", "num_classes": 3}
+    )
+    assert old == new and new.model_cfg.head == "classification"
+    spec = {"head": "classification", "num_classes": 3}
+    old_spec = {"task": "classification", "num_classes": 3}
+    assert resolve_run_config("mmafnet", input_spec=old_spec) == resolve_run_config(
+        "mmafnet", input_spec=spec
+    )
+    assert "model.head" in flatten({"model": new.to_dict()["model_cfg"]})
+    assert "task" not in new.to_dict()["model_cfg"]
+    with pytest.raises(ConfigError, match="'task' is the old name of 'head'"):
+        resolve_run_config(
+            "mmafnet", model_overrides={"task": "classification", "head": "regression"}
+        )
+    path = tmp_path / "exp.yaml"
+    path.write_text("model:\n  task: classification\n  num_classes: 3\n")
+    overrides = load_overrides_file(path)
+    assert resolve_run_config("mmafnet", model_overrides=overrides["model"]) == new

@@ -9,9 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from msaflow.cli import app
-from msaflow.flows.reproduce import TABLES, TableSpec, reproduce
+from msaflow.flows.reproduce import TableSpec, reproduce
 from msaflow.flows.tune import tune
 from msaflow.models.spec import Cell
+from msaflow.tasks.checks import TABLES
 from msaflow.tasks.evidence import EvidenceError, read_spec, selection_rows
 
 TINY = TableSpec(

@@ -53,7 +53,7 @@ def test_run_key_reads_the_same_values_as_before(tiny_sim):
         None,
         "quick",
         input_spec=ref.input_spec,
-        data_task=ref.task,
+        data_kind=ref.data_kind,
         class_names=ref.class_names,
     )
     blob = "|".join([ref.manifest_hash, cfg.fingerprint(), code_version(), "sqlite:///x.db", "7"])

@@ -38,7 +38,7 @@ def world(tiny_sim, tmp_path, monkeypatch):
         "quick",
         train_overrides={"epochs": 3},
         input_spec=ref.input_spec,
-        data_task=ref.task,
+        data_kind=ref.data_kind,
         class_names=ref.class_names,
     )
     from msaflow.models.spec import Cell

@@ -71,11 +71,13 @@ def test_every_model_round_trips_through_its_pyfunc(name, tiny_sim, sim_splits, 
     """Weights, config and statistics rebuild the same module; predict standardises raw input."""
     raw_splits, standardized, stats = sim_splits
     ref = prepare_store(str(tiny_sim))
-    cfg = resolve_run_config(name, None, "quick", input_spec=ref.input_spec, data_task=ref.task)
+    cfg = resolve_run_config(
+        name, None, "quick", input_spec=ref.input_spec, data_kind=ref.data_kind
+    )
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     test = split_to_tensors(standardized["test"])
-    expected, _, _ = predict(model, test, 256, torch.device("cpu"), cfg.model_cfg.task)
+    expected, _, _ = predict(model, test, 256, torch.device("cpu"), cfg.model_cfg.head)
     loaded = mlflow.pyfunc.load_model(_save(tmp_path, model, cfg, test, stats))
     raw = _raw(raw_splits["test"])
     got = loaded.predict(raw)
@@ -88,8 +90,8 @@ def test_every_model_round_trips_through_its_pyfunc(name, tiny_sim, sim_splits, 
 def test_a_classifier_returns_logits_and_bad_input_is_refused(tiny_sim, sim_splits, tmp_path):
     raw_splits, standardized, stats = sim_splits
     ref = prepare_store(str(tiny_sim))
-    spec = {**ref.input_spec, "task": "classification", "num_classes": 4}
-    cfg = resolve_run_config("mmafnet", "full", "quick", input_spec=spec, data_task="emotion")
+    spec = {**ref.input_spec, "head": "classification", "num_classes": 4}
+    cfg = resolve_run_config("mmafnet", "full", "quick", input_spec=spec, data_kind="emotion")
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     test = split_to_tensors(standardized["test"])
@@ -165,7 +167,7 @@ def test_the_logged_model_predicts_in_a_fresh_process(tiny_sim, tmp_path, mlflow
         "quick",
         train_overrides={"epochs": 1, "system_metrics": False},
         input_spec=ref.input_spec,
-        data_task=ref.task,
+        data_kind=ref.data_kind,
     )
     parent = open_parent_run(tracking, ref, "mmafnet", [Cell("full", "full")], [1], "quick", "t")
     trained = train_run(cfg, "full", ref, tracking, parent)
@@ -213,3 +215,29 @@ def test_the_logged_model_predicts_in_a_fresh_process(tiny_sim, tmp_path, mlflow
     for key in ("dict0", "frame0", "dict1", "frame1"):
         np.testing.assert_allclose(got[key], expected, rtol=1e-5, atol=1e-5, err_msg=key)
     assert "msaflow.tasks.serving" in set(got["modules"])
+
+
+def test_a_model_logged_with_the_old_task_key_still_loads(tiny_sim, sim_splits, tmp_path):
+    """Models logged before ``model_cfg.task`` became ``head`` name the output kind ``task`` in
+    ``config.json`` (``model.task``) and ``inputs.json``: they load and predict the same."""
+    raw_splits, standardized, stats = sim_splits
+    ref = prepare_store(str(tiny_sim))
+    cfg = resolve_run_config(
+        "earlyfusion", None, "quick", input_spec=ref.input_spec, data_kind=ref.data_kind
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    test = split_to_tensors(standardized["test"])
+    path = Path(_save(tmp_path, model, cfg, test, stats))
+    (config,) = path.rglob("config.json")
+    old = json.loads(config.read_text())
+    old["model_cfg"]["task"] = old["model_cfg"].pop("head")
+    config.write_text(json.dumps(old))
+    (inputs,) = path.rglob("inputs.json")
+    old_inputs = json.loads(inputs.read_text())
+    old_inputs["task"] = old_inputs.pop("head")
+    inputs.write_text(json.dumps(old_inputs))
+    assert RunConfig.from_dict(old) == cfg
+    expected, _, _ = predict(model, test, 256, torch.device("cpu"), cfg.model_cfg.head)
+    got = mlflow.pyfunc.load_model(str(path)).predict(_raw(raw_splits["test"]))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

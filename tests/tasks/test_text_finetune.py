@@ -220,9 +220,9 @@ def test_resume_from_last_equals_uninterrupted_and_best_evaluates_the_tuned_enco
         model,
         load_split_tensors(text_store, "test", cfg)[0],
         split="test",
-        task="sentiment",
+        data_kind="sentiment",
         class_names=None,
-        kind="regression",
+        head="regression",
         batch_size=cfg.train.eval_batch_size,
         device=torch.device("cpu"),
     )
@@ -280,7 +280,7 @@ def test_a_fine_tuned_model_is_served_from_tokens_and_raw_features(text_store, t
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     test, stats = load_split_tensors(text_store, "test", cfg)
-    expected, _, _ = predict(model, test, 256, torch.device("cpu"), cfg.model_cfg.task)
+    expected, _, _ = predict(model, test, 256, torch.device("cpu"), cfg.model_cfg.head)
     path = serving.save_pyfunc(tmp_path / "ft", model, cfg, test, stats and stats.to_dict())
     loaded = mlflow.pyfunc.load_model(str(path))
     _, raw = load_dataset(text_store, splits=("test",))

@@ -230,9 +230,9 @@ def test_validated_and_checkpointed_model_is_the_trained_one_before_the_ipr_rese
             model,
             valid_t,
             split="valid",
-            task="sentiment",
+            data_kind="sentiment",
             class_names=None,
-            kind="regression",
+            head="regression",
             batch_size=256,
             device=torch.device("cpu"),
         )[0]
@@ -257,9 +257,9 @@ def test_valid_metrics_during_training_equal_evaluate_on_the_best_checkpoint(tin
     result = train_model(cfg, splits, checkpoint_dir=tmp_path, evaluate_test=True)
     model = load_best_model(tmp_path, cfg)
     kw = dict(
-        task="sentiment",
+        data_kind="sentiment",
         class_names=None,
-        kind="regression",
+        head="regression",
         batch_size=cfg.train.eval_batch_size,
         device=torch.device("cpu"),
     )

@@ -63,10 +63,10 @@ def test_emotion_split_files_classes_ids_and_skipped_rows(meld_like, tmp_path):
         meld_like,
         tmp_path / "m.csv",
         columns=EMO,
-        task="emotion",
+        data_kind="emotion",
         classes=["neutral", "joy", "surprise", "anger"],
     )
-    assert (t.task, t.label_kind, t.label_range) == ("emotion", "classification", (0.0, 3.0))
+    assert (t.data_kind, t.label_kind, t.label_range) == ("emotion", "classification", (0.0, 3.0))
     assert t.class_names == ["neutral", "joy", "surprise", "anger"] and t.rows == {
         "train": 4,
         "valid": 2,
@@ -84,7 +84,7 @@ def test_emotion_split_files_classes_ids_and_skipped_rows(meld_like, tmp_path):
     )
     assert all(SECRET not in f["error"] for f in t.failures)
     # default classes: the names found, sorted (the unknown one is a class then)
-    t2 = table_manifest(meld_like, tmp_path / "m2.csv", columns=EMO, task="emotion")
+    t2 = table_manifest(meld_like, tmp_path / "m2.csv", columns=EMO, data_kind="emotion")
     assert (
         t2.class_names == sorted(["anger", "joy", "neutral", "surprise", SECRET])
         and len(t2.failures) == 1
@@ -102,7 +102,9 @@ def test_sentiment_single_csv_bad_labels_splits_and_limit(tmp_path):
         }
     ).to_csv(src, index=False)
     cols = TableColumns(id=("rid",), text="body", label="score", split="fold")
-    t = table_manifest(src, tmp_path / "m.csv", columns=cols, task="sentiment", label_range=(-3, 3))
+    t = table_manifest(
+        src, tmp_path / "m.csv", columns=cols, data_kind="sentiment", label_range=(-3, 3)
+    )
     assert t.rows == {"train": 1, "valid": 1, "test": 1} and t.class_names is None
     why = {f["id"]: f["error"] for f in t.failures}
     assert set(why) == {"b", "c", "f", "g"}
@@ -140,7 +142,7 @@ def test_table_errors_name_the_file_and_flag_never_the_contents(tmp_path, meld_l
             {"train": meld_like["dev"]},
             tmp_path / "m.csv",
             columns=EMO,
-            task="emotion",
+            data_kind="emotion",
             classes=["anger", "weighted"],
         )  # f1_weighted would be overwritten by a class's F1
     with pytest.raises(DataError, match="at least two distinct class names"):
@@ -148,7 +150,7 @@ def test_table_errors_name_the_file_and_flag_never_the_contents(tmp_path, meld_l
             {"train": meld_like["dev"]},
             tmp_path / "m.csv",
             columns=EMO,
-            task="emotion",
+            data_kind="emotion",
             classes=["anger"],
         )
 
@@ -209,7 +211,7 @@ def test_cli_emotion_store_trains_unimodal_and_mmcl_says_why_not(
     assert [f["id"] for f in result["failures"]] == ["train_0_2", "train_1_2"]
     assert SECRET not in res.output
     m = read_manifest(out)
-    assert (m.task, m.label_kind, m.num_classes) == ("emotion", "classification", 4)
+    assert (m.data_kind, m.label_kind, m.num_classes) == ("emotion", "classification", 4)
     assert m.class_names == ["neutral", "joy", "surprise", "anger"] and m.label_range == (0.0, 3.0)
     assert m.modalities == {"text": {"dim": 384, "seq_len": 50}} and len(m.config["failures"]) == 2
     manifest, splits = load_dataset(out)
@@ -226,10 +228,10 @@ def test_cli_emotion_store_trains_unimodal_and_mmcl_says_why_not(
         "quick",
         train_overrides={"epochs": 1, "seed": 1},
         input_spec=manifest.input_spec(),
-        data_task="emotion",
+        data_kind="emotion",
         class_names=manifest.class_names,
     )
-    r = train_model(cfg, splits, task="emotion", class_names=manifest.class_names)
+    r = train_model(cfg, splits, data_kind="emotion", class_names=manifest.class_names)
     for k in ("acc", "f1_weighted", "acc_avg", "f1_avg", "f1_anger", "acc_neutral"):
         assert np.isfinite(r.test[f"test/{k}"])
     # MMCL pairs every modality with the other two: on a text-only store it refuses, saying what to
@@ -271,14 +273,14 @@ def test_cli_usage_errors_exit_2(tmp_path):
 @pytest.mark.real_data
 def test_real_meld_converts_all_rows_with_seven_emotions(meld_dir, tmp_path):
     files = {s: meld_dir / f"{s}_sent_emo.csv" for s in ("train", "dev", "test")}
-    t = table_manifest(files, tmp_path / "m.csv", columns=EMO, task="emotion")
+    t = table_manifest(files, tmp_path / "m.csv", columns=EMO, data_kind="emotion")
     assert t.rows == {"train": 9989, "valid": 1109, "test": 2610} and not t.failures
     assert t.class_names == ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"]
     sent = table_manifest(
         files,
         tmp_path / "s.csv",
         columns=TableColumns(id=EMO.id, text="Utterance", label="Sentiment", split=None),
-        task="emotion",
+        data_kind="emotion",
         limit=50,
     )
     assert sent.class_names == ["negative", "neutral", "positive"] and sent.rows == {

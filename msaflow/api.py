@@ -474,7 +474,7 @@ def run(
     run at once (threads). An unchanged call takes finished runs from the cache (``force``
     retrains).
     """
-    from msaflow.settings import start_prefect_early
+    from msaflow.prefect_server import start_prefect_early
 
     prefect_ready = start_prefect_early()
     with _named_by_keyword():
@@ -551,7 +551,7 @@ def reproduce(
     ``$MSAFLOW_HOME/reports/<experiment>/report.md``), the experiment defaults to
     ``reproduce-<table>``. Calling it again resumes: finished runs are not redone.
     """
-    from msaflow.settings import start_prefect_early
+    from msaflow.prefect_server import start_prefect_early
 
     prefect_ready = start_prefect_early()
     with _named_by_keyword():
@@ -628,7 +628,7 @@ def tune(
     best params go to ``out`` (default ``$MSAFLOW_HOME/studies/<study>/best.yaml``) and are
     evaluated once on test with ``eval_seeds`` (``()`` skips that).
     """
-    from msaflow.settings import start_prefect_early
+    from msaflow.prefect_server import start_prefect_early
 
     prefect_ready = start_prefect_early()
     with _named_by_keyword():

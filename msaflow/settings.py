@@ -6,7 +6,6 @@ Only defaults: a variable the user already set is never overwritten.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 
@@ -27,7 +26,8 @@ def default_artifact_root() -> str:
 def apply_defaults() -> None:
     home = msaflow_home()
     defaults = {
-        # Prefect 3.8: ephemeral server unless PREFECT_API_URL is set; keep its state in our home.
+        # Prefect 3.8: a temporary server unless PREFECT_API_URL is set (msaflow's commands reuse
+        # one per home: msaflow/prefect_server.py); keep its state in our home.
         "PREFECT_HOME": str(home / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
@@ -54,32 +54,3 @@ def apply_defaults() -> None:
     # (it then waits out its whole startup timeout).
     for folder in (home, Path(os.environ["PREFECT_HOME"]).expanduser()):
         folder.mkdir(parents=True, exist_ok=True)
-
-
-def start_prefect_early() -> Callable[[], None]:
-    """Start Prefect's ephemeral API server in a background thread; return a function that waits for
-    it.
-
-    Without ``PREFECT_API_URL`` every process starts a temporary server on first use, which takes
-    about 10 s here (a subprocess that imports the server and checks its database). Starting it
-    while the main thread imports torch and MLflow and checks the tracking store hides most of that.
-    The wait function never raises: if the early start failed, the flow's own start raises the real
-    error. Nothing happens when a server is configured.
-    """
-    import threading
-
-    def warm() -> None:
-        try:
-            from prefect.settings import PREFECT_API_URL
-
-            if PREFECT_API_URL.value():
-                return
-            from prefect.server.api.server import SubprocessASGIServer
-
-            SubprocessASGIServer().start()
-        except Exception:  # noqa: BLE001 - the flow's own start reports it
-            pass
-
-    thread = threading.Thread(target=warm, name="prefect-warm", daemon=True)
-    thread.start()
-    return thread.join

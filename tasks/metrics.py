@@ -16,7 +16,6 @@ import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
 Metrics = dict[str, float]
 
@@ -34,6 +33,8 @@ def pearson(pred: np.ndarray, label: np.ndarray) -> float:
 
 
 def sentiment_metrics(pred, label) -> Metrics:
+    from sklearn.metrics import accuracy_score, f1_score  # sklearn, scipy, pandas: ~3 s to import
+
     pred, label = _as_1d(pred), _as_1d(label)
     if pred.shape != label.shape or pred.size == 0:
         raise ValueError(
@@ -66,6 +67,8 @@ def emotion_metrics(logits, label, class_names: Sequence[str] | None = None) -> 
     ``f1pos_<name>`` is the positive-class binary F1 (an emotion's own F1); their mean is
     ``f1_macro``, so it has no separate average.
     """
+    from sklearn.metrics import accuracy_score, f1_score
+
     logits = np.asarray(logits, dtype=np.float64)
     label = np.asarray(label).reshape(-1).astype(np.int64)
     pred = logits.argmax(axis=1) if logits.ndim == 2 else logits.reshape(-1).astype(np.int64)
@@ -99,6 +102,8 @@ def depression_metrics(pred, label, threshold: float = 9.0) -> Metrics:
     The MMCL paper divides subjects "based on a clinical threshold score of 9"; we read it as
     depressed when PHQ-9 > 9 (i.e. >= 10 on integer scores, the usual moderate-depression cut-off).
     """
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
     pred, label = _as_1d(pred), _as_1d(label)
     yt, yp = label > threshold, pred > threshold
     return {

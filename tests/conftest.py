@@ -21,6 +21,9 @@ os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
 os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(_SESSION_HOME / "prefect" / "results")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
+# A temporary Prefect server per process, as before: a reused one (msaflow/prefect_server.py) would
+# outlive the test that started it (tests/msaflow/test_prefect_server.py uses one in its own homes).
+os.environ["MSAFLOW_PREFECT_SERVER"] = "ephemeral"
 
 from msaflow.settings import apply_defaults  # noqa: E402
 

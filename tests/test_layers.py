@@ -1,7 +1,8 @@
 """The layers import only downward, and no module imports itself back through others.
 
     0  ground        msaflow (the package itself), msaflow.errors, msaflow.settings, msaflow.atomic,
-                     msaflow.modalities, msaflow.devices
+                     msaflow.modalities, msaflow.devices,
+                     msaflow.prefect_server
     1  data, models  msaflow.feature_store, msaflow.models (never each other)
     2  tasks         msaflow.tasks
     3  flows         msaflow.flows
@@ -30,6 +31,7 @@ GROUND = {
     "msaflow.atomic",
     "msaflow.modalities",
     "msaflow.devices",
+    "msaflow.prefect_server",
 }
 LAYER = {"feature_store": 1, "models": 1, "tasks": 2, "flows": 3}  # msaflow.<name>; other: 4
 # The one arrow allowed to point up: ``msaflow/__init__.py`` re-exports the Python API lazily (PEP

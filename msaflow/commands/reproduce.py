@@ -83,17 +83,19 @@ def command(
     """
     from rich.markup import escape
 
-    from msaflow.cli import err, handled_errors, ui_hint
-    from msaflow.settings import start_prefect_early
+    from msaflow.cli import err, handled_errors, imports_without_gc, ui_hint
+    from msaflow.prefect_server import start_prefect_early
 
     prefect_ready = start_prefect_early()
-    with handled_errors():  # PREFECT_HOME exists: the CLI's apply_defaults creates it
+    # PREFECT_HOME exists: the CLI's apply_defaults creates it
+    with handled_errors(), imports_without_gc() as gc_resume:
         from msaflow.flows.reproduce import reproduce
         from msaflow.tasks.checks import get_table
 
         get_table(table)  # an unknown table is a usage error, before anything starts
         # reproduce() checks the preset, --params, --data, seeds and the tracking store before its
         # flow starts.
+        gc_resume()
         prefect_ready()
         result = reproduce(
             table,

@@ -130,12 +130,13 @@ resumes
     """
     from rich.markup import escape
 
-    from msaflow.cli import err, handled_errors, parse_seeds
+    from msaflow.cli import err, handled_errors, imports_without_gc, parse_seeds
     from msaflow.cli import out as stdout
-    from msaflow.settings import start_prefect_early
+    from msaflow.prefect_server import start_prefect_early
 
     prefect_ready = start_prefect_early()
-    with handled_errors():  # PREFECT_HOME exists: the CLI's apply_defaults creates it
+    # PREFECT_HOME exists: the CLI's apply_defaults creates it
+    with handled_errors(), imports_without_gc() as gc_resume:
         from msaflow.flows.tune import tune
         from msaflow.settings import default_tracking_uri
         from msaflow.tasks.checks import check_tune_inputs
@@ -165,6 +166,7 @@ resumes
             data_format=data_format,
         )
         check_tracking(tracking_uri or default_tracking_uri())
+        gc_resume()
         prefect_ready()
         result = tune(
             model=model,

@@ -1,7 +1,8 @@
 """Epoch time of msaflow's TFN, LMF and MulT against thuiar/MMSA 2.2.1's, side by side in one run.
 
     .venv/bin/python bench/mmsa_speed.py [--n 1284] [--rounds 2] [--threads 1]
-        [--models tfn,lmf,mult,misa,self_mm,mmafnet] [--ref-python PATH | --ref-venv DIR]
+        [--models tfn,lmf,mult,misa,self_mm,mmafnet[,mult-refwork]]
+        [--ref-python PATH | --ref-venv DIR]
         [--json PATH]
 
 Data: random MOSI-shaped tensors, aligned, T=50, text 768 / audio 5 / vision 20 (MMSA's MOSI
@@ -10,11 +11,16 @@ uniform in [-3, 3]. The same arrays go to both sides (a .npz file for the refere
 
 msaflow: each model's ``mmsa`` preset (``paper`` for MMAFNet, which has none), built by
 ``tasks.config.resolve_run_config`` and ``tasks.train.build_model`` / ``build_optimizer``, one
-epoch driven as ``tasks.train.train_model`` drives it: ``before_epoch``, then per batch of
-``iterate_batches`` (shuffled, the last partial batch included) zero_grad, forward, ``model.loss``,
-the finiteness check, backward, ``after_backward``, the optional norm clip, the optimizer step(s),
-the per-step loss sums and the kept train predictions; ``on_epoch_end`` at the end. Every sample
-has its full length (``*_len`` = T), as the reference reads all T steps.
+epoch run by the engine's own step loop, ``tasks.train.train_epoch`` (the function
+``train_model`` calls: shuffled ``iterate_batches``, the last partial batch included; zero_grad,
+forward, ``model.loss``, backward, ``after_backward``, the optional norm clip, the optimizer
+step(s), the per-step values kept on the device and read back once at the epoch's end), with
+``before_epoch``, the non-finite check, ``on_epoch_end`` and the epoch's predictions around it.
+Every sample has its full length (``*_len`` = T), as the reference reads all T steps.
+
+``mult-refwork`` (a timing row, not a preset) is our MulT doing the reference's work: its forward
+(``causal`` variant, ``conv_padding="valid"``, no positional embedding) and its optimiser steps
+(one per 8 batches, ``train.grad_accum_steps=8``), against the same reference epochs as ``mult``.
 
 Reference: MMSA 2.2.1 from PyPI in its own venv (``--ref-venv``, created and filled on first use
 with ``torch==<our torch version>`` and ``mmsa==2.2.1``; or an existing one, ``--ref-python``),
@@ -32,8 +38,11 @@ bars, train metrics and validation are left out on both sides.
 Timing: ``--warmup-steps`` training steps per model on each side, then ``--rounds`` rounds; in each
 round every model trains one full epoch on our side and one on the reference's (which goes first
 alternates between rounds; the two processes never run at once). Each keeps its fastest epoch.
-The loaders are also timed alone (one pass over the training split, no model): "data s".
-Both processes use ``--threads`` torch intra-op threads.
+Every epoch is timed twice: wall clock and the process's CPU time (``time.process_time``); with
+one intra-op thread a side's CPU time is the work it did, which other jobs on a loaded machine
+inflate far less than its wall time. The loaders are also timed alone (one pass over the
+training split, no model): "data s". Both processes use ``--threads`` torch intra-op threads and
+the same ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS``.
 
 MISA, Self-MM and MMAFNet are timed on our side only (samples/s, beside MMAFNet's): MMSA's MISA and
 Self-MM fine-tune BERT on token ids, so their reference epoch is not the same computation.
@@ -65,9 +74,26 @@ SHAPES = {
     "head": "regression",
     "num_classes": 1,
 }
-WITH_REFERENCE = ("tfn", "lmf", "mult")
+WITH_REFERENCE = ("tfn", "lmf", "mult", "mult-refwork")
 PRESET = {"mmafnet": "paper"}  # every other model: "mmsa"
 VARIANT = {"mmafnet": "full"}
+# rows that are not a model at its preset: key -> (model, variant, preset, model overrides, train
+# overrides). "mult-refwork" is our MulT doing the reference's work: its forward (the causal mask,
+# "valid" convolutions, no positional embedding) and its optimiser steps (one per 8 batches,
+# train.grad_accum_steps; the value clip scaled to the 1/8-weighted batch gradients). A timing
+# row, not a preset: the reference clips the running sum of the group's gradients, the engine
+# each batch's share, so the two do not train the same weights.
+ROWS: dict[str, tuple[str, str, str, dict[str, Any], dict[str, Any]]] = {
+    "mult-refwork": (
+        "mult",
+        "causal",
+        "mmsa",
+        {"conv_padding": "valid", "position_embedding": False, "grad_clip_value": 0.6 / 8},
+        {"grad_accum_steps": 8},
+    ),
+}
+# the reference model a row is timed against
+REF_MODEL = {"mult-refwork": "mult"}
 
 # --------------------------------------------------------------------------------------------
 # The reference worker: run with the reference venv's python, reads JSON commands on stdin and
@@ -172,7 +198,7 @@ def train(name, max_steps=None):
     steps = 0
     accumulate = name == "mult"
     left_epochs = args.update_epochs if accumulate else 0
-    t0 = time.perf_counter()
+    t0, c0, o0 = time.perf_counter(), time.process_time(), os.times()
     for batch_data in s["loader"]:
         if max_steps is not None and steps >= max_steps:
             break
@@ -205,7 +231,10 @@ def train(name, max_steps=None):
         steps += 1
     if accumulate and not left_epochs:
         optimizer.step()
-    return {"s": time.perf_counter() - t0, "steps": steps, "load": os.getloadavg()[0]}
+    o1 = os.times()
+    return {"s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "steps": steps,
+            "user_s": o1.user - o0.user, "sys_s": o1.system - o0.system,
+            "load": os.getloadavg()[0]}
 
 
 def data_only(name):
@@ -349,74 +378,79 @@ def to_tensors(arrays: dict[str, Any]) -> dict[str, Any]:
 
 
 class Ours:
-    """One msaflow model at its preset, trained epoch by epoch as ``train_model`` does."""
+    """One msaflow model at its preset, trained epoch by epoch by the engine's own step loop
+    (``tasks.train.train_epoch``, which ``train_model`` calls)."""
 
-    def __init__(self, name: str, data: dict[str, Any], seed: int) -> None:
+    def __init__(self, key: str, data: dict[str, Any], seed: int) -> None:
         import torch
 
         from msaflow.tasks.config import resolve_run_config
         from msaflow.tasks.train import build_model, build_optimizer
 
-        self.name, self.data, self.seed = name, data, seed
-        self.preset = PRESET.get(name, "mmsa")
+        name, variant, preset, model_over, train_over = ROWS.get(
+            key, (key, VARIANT.get(key, "full"), PRESET.get(key, "mmsa"), {}, {})
+        )
+        self.key, self.name, self.data, self.seed = key, name, data, seed
+        self.preset, self.variant = preset, variant
         self.cfg = resolve_run_config(
-            name, VARIANT.get(name, "full"), self.preset, input_spec=SHAPES
+            name,
+            variant,
+            preset,
+            model_overrides=model_over,
+            train_overrides={"seed": seed, **train_over},
+            input_spec=SHAPES,
         )
         torch.manual_seed(seed)
         self.model = build_model(self.cfg)
         self.own = self.model.own_optimizer()
         own = [p for g in self.own.param_groups for p in g["params"]] if self.own else []
         self.opt = build_optimizer(self.model, self.cfg, exclude=own)
-        self.main_params = [p for g in self.opt.param_groups for p in g["params"]]
         self.params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.epoch = 0
+        self.step = 0
 
     @property
     def batch_size(self) -> int:
         return int(self.cfg.train.batch_size)
 
     def train(self, max_steps: int | None = None) -> dict[str, Any]:
-        """One epoch as ``tasks.train.train_model``'s loop (or its first ``max_steps`` batches)."""
+        """One epoch of ``tasks.train.train_epoch`` (or of its first ``max_steps`` batches), with
+        what ``train_model`` does around it but validation and train metrics: ``before_epoch``,
+        the non-finite check, ``on_epoch_end`` and the epoch's predictions read back."""
         import torch
 
-        from msaflow.tasks.data import iterate_batches
+        from msaflow.tasks.train import train_epoch
 
-        model, opt, own, t = self.model, self.opt, self.own, self.cfg.train
+        data = self.data
+        if max_steps is not None:
+            data = {k: v[: max_steps * self.batch_size] for k, v in data.items()}
         epoch = self.epoch
-        t0 = time.perf_counter()
-        model.before_epoch(epoch)
-        model.train()
-        sums: dict[str, float] = {}
-        preds, targets = [], []
-        steps = 0
-        for batch in iterate_batches(
-            self.data, t.batch_size, torch.device("cpu"), shuffle=True, seed=self.seed + epoch
-        ):
-            if max_steps is not None and steps >= max_steps:
-                break
-            opt.zero_grad(set_to_none=True)
-            if own is not None:
-                own.zero_grad(set_to_none=True)
-            out = model(batch)
-            total, parts = model.loss(out, batch)
-            if not torch.isfinite(total):
-                raise FloatingPointError(f"{self.name}: loss {float(total.detach())}")
-            total.backward()
-            model.after_backward(out, batch, epoch)
-            if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.main_params, t.grad_clip)
-            opt.step()
-            if own is not None:
-                own.step()
-            bsz = len(batch["label"])
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * bsz
-            preds.append(out.pred.detach().float().cpu().numpy())
-            targets.append(batch["label"].cpu().numpy())
-            steps += 1
-        model.on_epoch_end(epoch)
+        t0, c0, o0 = time.perf_counter(), time.process_time(), os.times()
+        self.model.before_epoch(epoch)
+        log, self.step = train_epoch(
+            self.model,
+            self.cfg,
+            data,
+            self.opt,
+            self.own,
+            None,
+            torch.device("cpu"),
+            epoch,
+            self.step,
+        )
+        log.raise_if_nonfinite(self.key)
+        self.model.on_epoch_end(epoch)
+        log.predictions()
         self.epoch += 1
-        return {"s": time.perf_counter() - t0, "steps": steps, "load": os.getloadavg()[0]}
+        o1 = os.times()
+        return {
+            "s": time.perf_counter() - t0,
+            "cpu_s": time.process_time() - c0,
+            "user_s": o1.user - o0.user,
+            "sys_s": o1.system - o0.system,
+            "steps": -(-len(data["label"]) // self.batch_size),
+            "load": os.getloadavg()[0],
+        }
 
     def data_only(self) -> dict[str, Any]:
         import torch
@@ -456,6 +490,10 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="save the figures here")
     args = ap.parse_args()
 
+    # the same thread settings as the reference worker's, before torch loads (OpenMP and MKL read
+    # them at start-up; torch.set_num_threads alone left this side's runtime configured otherwise)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(args.threads)
     import numpy as np
     import torch
     from train_speed import load1, machine_info  # bench/train_speed.py
@@ -463,6 +501,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     models = [m for m in args.models.split(",") if m]
     with_ref = [] if args.no_reference else [m for m in models if m in WITH_REFERENCE]
+    for m in with_ref:
+        if REF_MODEL.get(m, m) not in models:
+            raise SystemExit(f"{m} is timed against {REF_MODEL[m]}'s reference: add it to --models")
     info = machine_info()
     load_start = os.getloadavg()
     t_start = time.time()
@@ -483,9 +524,12 @@ def main() -> None:
         try:
             ours = {m: Ours(m, data, args.seed) for m in models}
             refs: dict[str, dict[str, Any]] = {}
-            for m in models:
+            # rows timed against another row's reference (REF_MODEL) after that row
+            for m in sorted(models, key=lambda m: m in REF_MODEL):
                 ours[m].train(max_steps=args.warmup_steps)
-                if ref is not None and m in with_ref:
+                if ref is not None and m in with_ref and REF_MODEL.get(m, m) != m:
+                    refs[m] = refs[REF_MODEL[m]]  # set up (and timed) as that row
+                elif ref is not None and m in with_ref:
                     refs[m] = ref("setup", m)
                     ref("warmup", m, steps=args.warmup_steps)
                     if refs[m]["batch_size"] != ours[m].batch_size:
@@ -498,21 +542,24 @@ def main() -> None:
             }
             for r in range(args.rounds):
                 for m in models:
-                    sides = ["ours", "ref"] if m in refs else ["ours"]
+                    sides = ["ours", "ref"] if m in refs and REF_MODEL.get(m, m) == m else ["ours"]
                     if r % 2:
                         sides.reverse()
                     for side in sides:
                         out = ours[m].train() if side == "ours" else ref("epoch", m)
                         times[m][side].append(out)
                         print(
-                            f"round {r + 1}/{args.rounds} {m} {side}: {out['s']:.2f} s/epoch "
-                            f"({out['steps']} steps, load {load1():.2f})",
+                            f"round {r + 1}/{args.rounds} {m} {side}: {out['s']:.2f} s/epoch, "
+                            f"CPU {out['cpu_s']:.2f} s (user {out['user_s']:.2f}, system "
+                            f"{out['sys_s']:.2f}; {out['steps']} steps, load {load1():.2f})",
                             flush=True,
                         )
             data_s = {
                 m: {
                     "ours": min(ours[m].data_only()["s"] for _ in range(3)),
-                    "ref": min(ref("data", m)["s"] for _ in range(3)) if m in refs else None,
+                    "ref": min(ref("data", REF_MODEL.get(m, m))["s"] for _ in range(3))
+                    if m in refs
+                    else None,
                 }
                 for m in models
             }
@@ -525,11 +572,15 @@ def main() -> None:
     rows = []
     for m in models:
         o = ours[m]
+        ref_epochs = times[REF_MODEL.get(m, m)]["ref"] if m in refs else []
         best_ours = min(x["s"] for x in times[m]["ours"])
-        best_ref = min((x["s"] for x in times[m]["ref"]), default=None)
+        best_ref = min((x["s"] for x in ref_epochs), default=None)
+        cpu_ours = min(x["cpu_s"] for x in times[m]["ours"])
+        cpu_ref = min((x["cpu_s"] for x in ref_epochs), default=None)
         rows.append(
             {
                 "model": m,
+                "variant": o.variant,
                 "preset": o.preset,
                 "batch_size": o.batch_size,
                 "params_ours": o.params,
@@ -538,12 +589,28 @@ def main() -> None:
                 "epoch_s_ours": best_ours,
                 "epoch_s_ref": best_ref,
                 "ratio": best_ours / best_ref if best_ref else None,
+                "round_ratios": [
+                    a["s"] / b["s"] for a, b in zip(times[m]["ours"], ref_epochs, strict=False)
+                ],
+                "cpu_s_ours": cpu_ours,
+                "cpu_s_ref": cpu_ref,
+                "cpu_ratio": cpu_ours / cpu_ref if cpu_ref else None,
+                # the CPU time split, best epochs: user (the computation) and system (the
+                # kernel's share: page faults of fresh allocations, mostly)
+                "user_s_ours": min(x["user_s"] for x in times[m]["ours"]),
+                "user_s_ref": min((x["user_s"] for x in ref_epochs), default=None),
+                "sys_s_ours": min(x["sys_s"] for x in times[m]["ours"]),
+                "sys_s_ref": min((x["sys_s"] for x in ref_epochs), default=None),
+                "round_cpu_ratios": [
+                    a["cpu_s"] / b["cpu_s"]
+                    for a, b in zip(times[m]["ours"], ref_epochs, strict=False)
+                ],
                 "samples_s_ours": args.n / best_ours,
                 "samples_s_ref": args.n / best_ref if best_ref else None,
                 "data_s_ours": data_s[m]["ours"],
                 "data_s_ref": data_s[m]["ref"],
                 "epochs_ours": times[m]["ours"],
-                "epochs_ref": times[m]["ref"],
+                "epochs_ref": ref_epochs,
             }
         )
     by = {r["model"]: r for r in rows}
@@ -571,15 +638,24 @@ def main() -> None:
     print("\n## Epoch time against MMSA 2.2.1 (same run)\n")
     print(
         "| model | batch | params ours / ref | msaflow s/epoch | reference s/epoch | "
-        "ratio (ours / ref) | data s ours / ref |"
+        "ratio (ours / ref), best epochs | per-round ratios | CPU s/epoch ours / ref | "
+        "CPU-time ratio | per-round CPU ratios | user s ours / ref | system s ours / ref | "
+        "data s ours / ref |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: |"
+    )
     for r in rows:
         if r["model"] not in refs:
             continue
         print(
             f"| {r['model']} | {r['batch_size']} | {r['params_ours']:,} / {r['params_ref']:,} "
             f"| {r['epoch_s_ours']:.2f} | {r['epoch_s_ref']:.2f} | **{r['ratio']:.2f}** "
+            f"| {', '.join(f'{x:.2f}' for x in r['round_ratios'])} "
+            f"| {r['cpu_s_ours']:.2f} / {r['cpu_s_ref']:.2f} | **{r['cpu_ratio']:.2f}** "
+            f"| {', '.join(f'{x:.2f}' for x in r['round_cpu_ratios'])} "
+            f"| {r['user_s_ours']:.2f} / {r['user_s_ref']:.2f} "
+            f"| {r['sys_s_ours']:.2f} / {r['sys_s_ref']:.2f} "
             f"| {r['data_s_ours']:.3f} / {r['data_s_ref']:.3f} |"
         )
 

@@ -36,8 +36,10 @@ trains/singleTask/LMF.py; hyper-parameters config/config_regression.json, "lmf",
   ``[5:]`` (the subnetworks, at ``learning_rate``), so ``fusion_weights`` (1 x r = 3) and
   ``fusion_bias`` (1 x d_y = 1) are in no group and keep their initial values (xavier-normal
   lambda, b = 0) for the whole run. The authors' code (Justin1904/Low-rank-Multimodal-Fusion,
-  train_mosi.py) slices the same way. The paper's h = W . Z + b trains both, and so does this
-  model: they are in the engine's optimiser like every other parameter.
+  train_mosi.py) sliced the same way until commit fac33580d682737f469d5db8533aaccd6d74147d
+  (2020, "fix the bug of not optimizing fusion weights and biases"), which takes ``[3:]``. The
+  paper's h = W . Z + b trains both, and so does this model: they are in the engine's optimiser
+  like every other parameter.
   ``train_fusion_weights=False`` freezes them, to reproduce the reference's behaviour (then
   505,067 trainable).
 - Learning rates: the reference has two groups, ``factor_lr`` and ``learning_rate``; for MOSI (and
@@ -65,8 +67,13 @@ trains/singleTask/LMF.py; hyper-parameters config/config_regression.json, "lmf",
   (``models/tfn.py``): audio and vision are averaged over the valid frames and the LSTM reads the
   valid words only, where the reference averages over all 50 frames and runs over all 50 steps,
   padding included; without lengths the two agree exactly.
-- ``paper`` preset: the paper's text is not in this project (``shared/papers`` holds MMAFNet and
-  MMCL only), so its hyper-parameters could not be checked here; ``paper`` repeats ``mmsa``.
+- ``paper`` preset: repeats ``mmsa``, for want of a source. The paper's text is not in this
+  project (``shared/papers`` holds MMAFNet and MMCL only), and the authors' repository
+  (Justin1904/Low-rank-Multimodal-Fusion, HEAD ea4755124d19bddf7941695215e98f16fbb1fff9) does not
+  give CMU-MOSI's values either: its ``hyperparams.txt`` ("hyper parameters for reproducing the
+  results in the paper", added in e6e9586d59d0ba254165ab66fc6c51c40d7ac6d4) lists POM and IEMOCAP
+  only, and ``train_mosi.py`` is a random search over a grid (audio / video hidden 4-16, text
+  hidden 64-256, rank 1-16, batch 4-128, ...) that records no chosen setting.
 """
 
 from __future__ import annotations
@@ -193,14 +200,21 @@ class TextSubNet(nn.Module):
         self.linear_1 = nn.Linear(hidden, out)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-        if lengths is None:
+        T = x.shape[1]
+        host = None if lengths is None else lengths.clamp(min=1, max=T).cpu()  # pack reads them
+        if host is None:
             _, (h, _) = self.rnn(x)  # every step is real
             h = h[-1]  # (B, hidden)
+        elif bool((host == T).all()):
+            # every length is T: the padded LSTM instead of the packed one (issue 18), on the rows
+            # in the order packing puts them (its torch.sort, which permutes ties), so the
+            # gradients sum in the same order: bit for bit the packed result
+            # (tests/models/test_tfn.py)
+            order = torch.sort(host, descending=True)[1].to(x.device)
+            _, (h, _) = self.rnn(x.index_select(0, order))
+            h = h[-1].index_select(0, torch.argsort(order))  # (B, hidden), the batch's order
         else:
-            lengths = lengths.clamp(max=x.shape[1])
-            packed = pack_padded_sequence(
-                x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
-            )
+            packed = pack_padded_sequence(x, host, batch_first=True, enforce_sorted=False)
             _, (h, _) = self.rnn(packed)
             # a zero-length row was packed with one (padding) step; it has read nothing
             h = h[-1] * (lengths > 0).to(h.dtype).unsqueeze(-1)  # (B, hidden)
@@ -366,7 +380,8 @@ SPEC = ModelSpec(
     variants={"full": {}},
     presets={
         "mmsa": {"model": dict(_MMSA_MOSI), "train": dict(_MMSA_TRAIN)},
-        # not checked against the paper's text (not in this project): the reference's values
+        # no CMU-MOSI setting in the paper's text here or the authors' repository (module
+        # docstring): the reference's values
         "paper": {"model": dict(_MMSA_MOSI), "train": dict(_MMSA_TRAIN)},
         "quick": {
             "model": {

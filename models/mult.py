@@ -31,7 +31,9 @@ Masks. Lengths come from ``batch["<m>_len"]`` (all steps real without them). Pad
 before the convolution (so a "same" convolution never reads them), get zero attention weight as
 keys (crossmodal and self-attention), and are skipped by the pooling. A row whose source modality
 has no valid step gets a zero attention output from that source (no NaN); a row whose target has
-none pools to zeros. Aligned and unaligned data are the same code path: each modality keeps its own
+none pools to zeros. A modality whose lengths are all full (on the CPU) is not masked at all,
+bit for bit the all-True mask's result without its work (``MulT.encode``). Aligned and unaligned
+data are the same code path: each modality keeps its own
 T (the crossmodal output has the target's length), and T=1 works ("same" padding).
 
 Where the paper is ambiguous (each a config field)
@@ -244,6 +246,12 @@ def last_valid(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     n = mask.sum(1)  # (B,)
     idx = (n - 1).clamp(min=0)[:, None, None].expand(-1, 1, x.shape[-1])  # (B, 1, d)
     return x.gather(1, idx).squeeze(1) * (n > 0).to(x.dtype)[:, None]
+
+
+def all_full(lengths: torch.Tensor, T: int) -> bool:
+    """True when ``lengths`` (B,) are on the CPU and every one is >= T (``length_mask`` all True).
+    False for lengths on another device, without reading them (no host sync)."""
+    return lengths.device.type == "cpu" and bool((lengths >= T).all())
 
 
 def future_mask(tq: int, tk: int, device: torch.device | None = None) -> torch.Tensor:
@@ -483,16 +491,21 @@ class TemporalConv(nn.Module):
         pad: str | int = "same" if padding == "same" else 0
         self.conv = nn.Conv1d(in_dim, d, kernel, padding=pad, bias=False)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, T, d_m), mask (B, T) -> features (B, T', d) and their mask (B, T')."""
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, d_m), mask (B, T) -> features (B, T', d) and their mask (B, T'); a mask of
+        None (every step valid) stays None."""
         if self.padding == "valid" and x.shape[1] < self.kernel:
             raise ValueError(
                 f"mult: conv_padding='valid' needs sequences of at least conv_kernel="
                 f"{self.kernel} steps, got T={x.shape[1]} (use conv_padding='same')"
             )
-        x = x * mask.unsqueeze(-1).to(x.dtype)  # padding never enters a valid step's window
+        if mask is not None:  # padding never enters a valid step's window
+            x = x * mask.unsqueeze(-1).to(x.dtype)
         h = self.conv(x.transpose(1, 2)).transpose(1, 2)
-        if self.padding == "valid":  # output t covers inputs t..t+k-1: valid iff step t+k-1 is
+        if self.padding == "valid" and mask is not None:
+            # output t covers inputs t..t+k-1: valid iff step t+k-1 is
             mask = mask[:, self.kernel - 1 :]
         return h, mask
 
@@ -565,8 +578,14 @@ class MulT(MSAModel):
 
     def encode(
         self, batch: dict[str, torch.Tensor]
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """eq. 3 per modality: features (B, T_m', d) and valid-step masks (B, T_m')."""
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | None]]:
+        """eq. 3 per modality: features (B, T_m', d) and valid-step masks (B, T_m').
+
+        A modality whose every step is valid (no lengths, or CPU lengths all >= T) gets the mask
+        None: then no step is masked anywhere (no mask product before the convolution, no
+        attention bias, no zeroing of blind queries), which gives the all-True mask's results bit
+        for bit (``tests/models/test_mult.py``) without its work (issue 18). Lengths on another
+        device keep their mask: deciding would read them back to the host every step."""
         feats, masks = {}, {}
         for name in MODALITIES:
             m = SHORT[name]
@@ -576,9 +595,8 @@ class MulT(MSAModel):
                 raise ValueError(f"mult: the batch lacks {name!r} (the config has {name}_dim > 0)")
             x = batch[name]  # (B, T, d_m)
             lengths = batch.get(f"{name}_len")
-            if lengths is None:
-                mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-            else:
+            mask = None  # every step valid
+            if lengths is not None and not all_full(lengths, x.shape[1]):
                 mask = length_mask(lengths.to(x.device), x.shape[1])  # (B, T)
             if m == "t":
                 x = F.dropout(x, self.cfg.text_dropout, self.training)
@@ -600,7 +618,10 @@ class MulT(MSAModel):
             )
             z = self.self_attn[t](z, None, masks[t], cfg.causal_mask)  # (B, T_t, 2d)
             pool = last_valid if cfg.pool == "last" else masked_mean
-            pooled[t] = pool(z, masks[t])  # (B, 2d)
+            mask = masks[t]
+            if mask is None:  # every step valid
+                mask = torch.ones(z.shape[:2], dtype=torch.bool, device=z.device)
+            pooled[t] = pool(z, mask)  # (B, 2d)
         h = torch.cat([pooled[t] for t in self.targets], dim=-1)  # (B, 6d)
         # the residual head: h + proj2(dropout(relu(proj1(h))))
         r = F.dropout(F.relu(self.proj1(h)), cfg.output_dropout, self.training)

@@ -53,7 +53,9 @@ trains/singleTask/TFN.py; hyper-parameters config/config_regression.json, "tfn",
   included, taking the state after step 50. Here the mean is over each sample's valid frames
   (``*_len``) and the LSTM is packed to the valid words, so padding never counts; a sample with
   no valid frame pools to zeros, and one with no word keeps the LSTM's initial state (zeros).
-  Without lengths every step is real and the two agree exactly.
+  Without lengths every step is real and the two agree exactly. A batch whose every length is T
+  runs the padded LSTM on the rows in packing's order, bit for bit the packed result, without
+  the packing (issue 18).
 - Text dropout: the reference's config lists 0.3, but its ``TextSubNet`` sets dropout to 0 for a
   one-layer LSTM, so no text dropout ever applies; the ``mmsa`` preset says ``text_dropout=0.0``
   (the same behaviour). The field is applied to the LSTM's final state when set.
@@ -64,8 +66,17 @@ trains/singleTask/TFN.py; hyper-parameters config/config_regression.json, "tfn",
   apply the subnets' BatchNorm.
 - A training batch of one sample (the engine keeps the last partial batch) normalises with the
   BatchNorm running statistics instead of raising, as ``nn.BatchNorm1d`` does on one value.
-- ``paper`` preset: the paper's text is not in this project (``shared/papers`` holds MMAFNet and
-  MMCL only), so its hyper-parameters could not be checked here; ``paper`` repeats ``mmsa``.
+- ``paper`` preset: the authors' own CMU-MOSI script, A2Zadeh/TensorFusionNetwork ``tf_mosi.py``
+  (commit 47657e440658650fcd6ff4b9d9d1e4cbd3358422, "First submission"; unchanged at HEAD
+  ca57f4f2409cfa8ab435f88404936dfc2894def2), read from the repository (the paper's text is not in
+  this project). Audio and vision subnets 32 wide with input dropout 0.2, the text LSTM 128 wide
+  into a linear 64 (no text dropout), dropout 0.2 on Z, two fusion layers of 160 (``--units``),
+  and the score 8 sigmoid(y) - 4 (``output_bound=4``); trained with Keras' Adamax at lr 0.01 (the
+  script's ``--optimizer adam`` maps to ``Adamax``), batch 128, no L2, early stopping after 5
+  epochs without a better validation loss (the script's ``train_patience = 5``) under its cap of
+  1000 epochs. Not carried over: its text input is trainable 300-d GloVe word embeddings over at
+  most 20 words (here the store's frozen text features), FACET scaled by its train maximum (here
+  ``train.standardize``), and its validation split taken from train + valid.
 """
 
 from __future__ import annotations
@@ -211,14 +222,21 @@ class TextSubNet(nn.Module):
         self.linear_1 = nn.Linear(hidden, out)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-        if lengths is None:
+        T = x.shape[1]
+        host = None if lengths is None else lengths.clamp(min=1, max=T).cpu()  # pack reads them
+        if host is None:
             _, (h, _) = self.rnn(x)  # every step is real
             h = h[-1]  # (B, hidden)
+        elif bool((host == T).all()):
+            # every length is T: the padded LSTM instead of the packed one (issue 18), on the rows
+            # in the order packing puts them (its torch.sort, which permutes ties), so the
+            # gradients sum in the same order: bit for bit the packed result
+            # (tests/models/test_tfn.py)
+            order = torch.sort(host, descending=True)[1].to(x.device)
+            _, (h, _) = self.rnn(x.index_select(0, order))
+            h = h[-1].index_select(0, torch.argsort(order))  # (B, hidden), the batch's order
         else:
-            lengths = lengths.clamp(max=x.shape[1])
-            packed = pack_padded_sequence(
-                x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
-            )
+            packed = pack_padded_sequence(x, host, batch_first=True, enforce_sorted=False)
             _, (h, _) = self.rnn(packed)
             # a zero-length row was packed with one (padding) step; it has read nothing
             h = h[-1] * (lengths > 0).to(h.dtype).unsqueeze(-1)  # (B, hidden)
@@ -240,7 +258,11 @@ def tensor_fusion(z_a: torch.Tensor, z_v: torch.Tensor, z_t: torch.Tensor) -> to
     (unimodal), Z[i,j,0] = z_a[i-1] z_v[j-1] (bimodal), Z[i,j,k] with all > 0 the trimodal
     product. A modality of size 0 leaves its axis of size 1 (its constant)."""
     a, v, t = append_one(z_a), append_one(z_v), append_one(z_t)
-    return torch.einsum("bi,bj,bk->bijk", a, v, t).flatten(1)  # (B, N)
+    # einsum("bi,bj,bk->bijk", a, v, t) as two broadcast products, (a_i v_j) t_k: the same
+    # products in the same order, values and gradients bit for bit (tests/models/test_tfn.py),
+    # without einsum's dispatch; its backward measured a little cheaper alone (issue 18, noisy)
+    av = a[:, :, None] * v[:, None, :]  # (B, d_a+1, d_v+1)
+    return (av[:, :, :, None] * t[:, None, None, :]).flatten(1)  # (B, N)
 
 
 def term_mask(d_a: int, d_v: int, d_t: int, orders: frozenset[int]) -> torch.Tensor:
@@ -369,6 +391,34 @@ _MMSA_TRAIN = {
     "patience": 8,
 }
 
+# The authors' CMU-MOSI code: A2Zadeh/TensorFusionNetwork, tf_mosi.py (commit 47657e4, unchanged
+# to HEAD ca57f4f). Subnets: BatchNorm -> Dropout(0.2) -> 3 x Dense(32, relu) for COVAREP (audio)
+# and for FACET (vision); LSTM(128) -> Dense(64) for text; the fusion's Dropout(--dropout 0.2),
+# 2 x Dense(--units 160, relu), then Dense(1, sigmoid) and a frozen Dense of 8 and -4: 8 s - 4.
+_AUTHORS_MOSI = {
+    "text_hidden": 128,
+    "text_out": 64,
+    "audio_hidden": 32,
+    "vision_hidden": 32,
+    "post_fusion_dim": 160,
+    "text_dropout": 0.0,  # no dropout on the text branch
+    "audio_dropout": 0.2,
+    "vision_dropout": 0.2,
+    "post_fusion_dropout": 0.2,
+    "output_bound": 4.0,  # 8 sigmoid(y) - 4
+}
+# --optimizer adam, which that script maps to Keras' Adamax, at --lr 0.01; --l2 0; --batch 128;
+# EarlyStopping on the validation loss with train_patience = 5 (the script's own, which overrides
+# --train_patience), under its cap of 1000 epochs
+_AUTHORS_TRAIN = {
+    "optimizer": "adamax",
+    "lr": 0.01,
+    "weight_decay": 0.0,
+    "batch_size": 128,
+    "epochs": 1000,
+    "patience": 5,
+}
+
 SPEC = ModelSpec(
     name="tfn",
     config_cls=TFNConfig,
@@ -382,8 +432,8 @@ SPEC = ModelSpec(
     },
     presets={
         "mmsa": {"model": dict(_MMSA_MOSI), "train": dict(_MMSA_TRAIN)},
-        # not checked against the paper's text (not in this project): the reference's values
-        "paper": {"model": dict(_MMSA_MOSI), "train": dict(_MMSA_TRAIN)},
+        # the authors' CMU-MOSI script (module docstring: A2Zadeh/TensorFusionNetwork tf_mosi.py)
+        "paper": {"model": dict(_AUTHORS_MOSI), "train": dict(_AUTHORS_TRAIN)},
         "quick": {
             "model": {
                 "text_hidden": 16,

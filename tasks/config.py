@@ -36,7 +36,7 @@ from msaflow.tasks.metrics import DATA_KINDS, DEFAULT_SELECTION, metric_names, s
 class TrainConfig:
     epochs: int = 50
     batch_size: int = 32
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    optimizer: Literal["adam", "adamw", "adamax", "sgd"] = "adam"  # adamax: TFN's authors' code
     lr: float = 1e-3
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0

@@ -147,7 +147,9 @@ def build_optimizer(
         return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     if t.optimizer == "adam":
         return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
-    raise ConfigError(f"train.optimizer: expected adam, adamw or sgd, got {t.optimizer!r}")
+    if t.optimizer == "adamax":  # Keras' Adamax defaults are torch's (betas 0.9/0.999, eps 1e-8)
+        return torch.optim.Adamax(params, lr=t.lr, weight_decay=t.weight_decay)
+    raise ConfigError(f"train.optimizer: expected adam, adamw, adamax or sgd, got {t.optimizer!r}")
 
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
@@ -465,6 +467,81 @@ def load_best_model(
     return model
 
 
+def train_epoch(
+    model: MSAModel,
+    cfg: RunConfig,
+    train_t: Batch,
+    optimizer: torch.optim.Optimizer,
+    own_optimizer: torch.optim.Optimizer | None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    device: torch.device,
+    epoch: int,
+    global_step: int,
+) -> tuple[_EpochLog, int]:
+    """One epoch's training steps, as ``train_model`` runs them (its docstring: accumulation,
+    clipping, the schedule, the one host read): the epoch's log, read back (``flush``ed) but not
+    yet checked for a non-finite loss, and the global step after it. ``model.before_epoch`` is the
+    caller's; ``bench/mmsa_speed.py`` times this very function."""
+    t = cfg.train
+    amp = t.amp and device.type == "cuda"
+    head = cfg.model_cfg.head
+    own_params = (
+        [p for g in own_optimizer.param_groups for p in g["params"]] if own_optimizer else []
+    )
+    main_params = [p for g in optimizer.param_groups for p in g["params"]]
+    accum_params = main_params + own_params  # every gradient the optimisers step on
+    train_rows = num_rows(train_t)
+    n_batches = num_batches(train_t, t.batch_size)
+    accum = t.grad_accum_steps
+    model.train()
+    log = _EpochLog(epoch)
+    bank: list[torch.Tensor | None] = [None] * len(accum_params)
+    for i, batch in enumerate(
+        iterate_batches(train_t, t.batch_size, device, shuffle=True, seed=t.seed * 100_003 + epoch)
+    ):
+        group_start = i - i % accum
+        if i == group_start:
+            optimizer.zero_grad(set_to_none=True)
+            if own_optimizer is not None:
+                own_optimizer.zero_grad(set_to_none=True)
+        steps_now = i + 1 == n_batches or i - group_start + 1 == accum
+        with _autocast(device, amp):
+            out = model(batch)
+            total, parts = model.loss(out, batch)
+        if t.sync_every_step and not torch.isfinite(total):
+            raise FloatingPointError(
+                nonfinite_message(cfg.run_name, float(total.detach()), epoch, global_step)
+            )
+        bsz = len(batch["label"])
+        if accum == 1:
+            total.backward()
+        else:  # the batch's share of its group's rows: the group's gradient is their mean
+            group_rows = min(train_rows, (group_start + accum) * t.batch_size)
+            group_rows -= group_start * t.batch_size
+            (total * (bsz / group_rows)).backward()
+        trace = model.after_backward(out, batch, epoch)
+        if accum > 1:
+            _bank_grads(accum_params, bank)  # this batch's gradient, as its hook left it
+            if steps_now:
+                for p, g in zip(accum_params, bank, strict=True):
+                    p.grad = g
+                bank = [None] * len(accum_params)
+        if steps_now:
+            if t.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(main_params, t.grad_clip)
+            optimizer.step()
+            if own_optimizer is not None:
+                own_optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+        log.add(global_step, total, parts, trace or {}, out.pred, _target(batch, head))
+        if t.sync_every_step:
+            log.flush()
+        global_step += 1
+    log.flush()  # the epoch's one read from the device
+    return log, global_step
+
+
 def train_model(
     cfg: RunConfig,
     splits: dict[str, Any],
@@ -521,7 +598,6 @@ def train_model(
     if t.num_threads > 0:
         torch.set_num_threads(t.num_threads)
     device = select_device(t.device)
-    amp = t.amp and device.type == "cuda"
     head = cfg.model_cfg.head  # "regression" | "classification"
     metrics_of = metric_fn(data_kind, class_names)
     select_key, mode = t.select_metric, t.select_mode
@@ -534,17 +610,13 @@ def train_model(
         [p for g in own_optimizer.param_groups for p in g["params"]] if own_optimizer else []
     )
     optimizer = build_optimizer(model, cfg, exclude=own_params)
-    main_params = [p for g in optimizer.param_groups for p in g["params"]]
     # Per-dimension feature statistics fit on train only, applied to every split
     # (train.standardize).
     # (with a fine-tuned text encoder, the store's text features are dropped first: tokens instead)
     splits, standardization = standardize_splits(input_splits(splits, cfg), enabled=t.standardize)
     train_t, valid_t = split_tensors(splits["train"], cfg), split_tensors(splits["valid"], cfg)
     train_rows = num_rows(train_t)
-    n_batches = num_batches(train_t, t.batch_size)
-    accum = t.grad_accum_steps
     scheduler = build_scheduler(optimizer, t, optimizer_steps_per_epoch(train_rows, t))
-    accum_params = main_params + own_params  # every gradient the optimisers step on
 
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
     history: list[dict[str, float]] = []
@@ -594,54 +666,9 @@ def train_model(
         # what the previous epoch decided for the parameters (IPR's reset) happens only now, after
         # that epoch was validated and checkpointed; a resumed run redoes it from last.pt
         model.before_epoch(epoch)
-        model.train()
-        log = _EpochLog(epoch)
-        bank: list[torch.Tensor | None] = [None] * len(accum_params)
-        for i, batch in enumerate(
-            iterate_batches(
-                train_t, t.batch_size, device, shuffle=True, seed=t.seed * 100_003 + epoch
-            )
-        ):
-            group_start = i - i % accum
-            if i == group_start:
-                optimizer.zero_grad(set_to_none=True)
-                if own_optimizer is not None:
-                    own_optimizer.zero_grad(set_to_none=True)
-            steps_now = i + 1 == n_batches or i - group_start + 1 == accum
-            with _autocast(device, amp):
-                out = model(batch)
-                total, parts = model.loss(out, batch)
-            if t.sync_every_step and not torch.isfinite(total):
-                raise FloatingPointError(
-                    nonfinite_message(cfg.run_name, float(total.detach()), epoch, global_step)
-                )
-            bsz = len(batch["label"])
-            if accum == 1:
-                total.backward()
-            else:  # the batch's share of its group's rows: the group's gradient is their mean
-                group_rows = min(train_rows, (group_start + accum) * t.batch_size)
-                group_rows -= group_start * t.batch_size
-                (total * (bsz / group_rows)).backward()
-            trace = model.after_backward(out, batch, epoch)
-            if accum > 1:
-                _bank_grads(accum_params, bank)  # this batch's gradient, as its hook left it
-                if steps_now:
-                    for p, g in zip(accum_params, bank, strict=True):
-                        p.grad = g
-                    bank = [None] * len(accum_params)
-            if steps_now:
-                if t.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(main_params, t.grad_clip)
-                optimizer.step()
-                if own_optimizer is not None:
-                    own_optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
-            log.add(global_step, total, parts, trace or {}, out.pred, _target(batch, head))
-            if t.sync_every_step:
-                log.flush()
-            global_step += 1
-        log.flush()  # the epoch's one read from the device
+        log, global_step = train_epoch(
+            model, cfg, train_t, optimizer, own_optimizer, scheduler, device, epoch, global_step
+        )
         log.raise_if_nonfinite(cfg.run_name)
         step_traces.extend(log.steps)
         epoch_trace = model.on_epoch_end(epoch)

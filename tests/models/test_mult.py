@@ -178,6 +178,65 @@ def test_padding_content_does_not_change_the_model_output():
         torch.testing.assert_close(out_noisy.extras[k], v)
 
 
+@pytest.mark.parametrize(
+    "over",
+    [
+        {},
+        {"causal_mask": True},
+        {"pool": "mean"},
+        {"conv_padding": "valid", "position_embedding": False},
+        {"attn_dropout_t": 0.0, "attn_dropout_a": 0.0, "attn_dropout_self": 0.0},  # all fused
+    ],
+)
+def test_full_lengths_skip_the_masks_bit_for_bit(monkeypatch, over):
+    """Issue 18: lengths that are all full give the mask None (no mask work); checked against the
+    all-True masks the model built before: the prediction, the features and every gradient equal
+    bit for bit (torch.equal), in training mode with dropout (same seed) and in eval mode."""
+    import msaflow.models.mult as mult
+
+    dropouts = dict(
+        text_dropout=0.1,
+        embed_dropout=0.1,
+        attn_dropout_t=0.2,
+        attn_dropout_a=0.1,
+        attn_dropout_v=0.0,  # this source takes the fused kernel in training too
+        attn_dropout_self=0.2,
+    )
+    cfg = tiny(hidden=8, heads=2, layers=2, self_layers=2, **{**dropouts, **over})
+    torch.manual_seed(0)
+    model = MulT(cfg)
+    batch = make_batch(b=5, t=(6, 6, 6), zero_row=False)
+    for m in DIMS:
+        batch[f"{m}_len"] = torch.full((5,), 6)
+    batch["audio_len"][2] = 9  # longer than T counts as full, as length_mask has it
+
+    def run(force_masks: bool, train: bool):
+        with monkeypatch.context() as mp:
+            if force_masks:  # the all-True masks of before
+                mp.setattr(mult, "all_full", lambda lengths, T: False)
+            model.train(train)
+            model.zero_grad()
+            torch.manual_seed(1)
+            out = model(batch)
+            model.loss(out, batch)[0].backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        return out, grads
+
+    for train in (True, False):
+        (fast, g_fast), (masked, g_masked) = run(False, train), run(True, train)
+        assert torch.equal(fast.pred, masked.pred)
+        for k, v in fast.extras.items():
+            assert torch.equal(v, masked.extras[k]), k
+        assert len(g_fast) == len(g_masked)
+        for a, b in zip(g_fast, g_masked, strict=True):
+            assert torch.equal(a, b)
+    feats, masks = model.encode(batch)
+    assert all(v is None for v in masks.values())  # nothing masked, nothing built
+    short = dict(batch, text_len=batch["text_len"].clone())
+    short["text_len"][1] = 3
+    assert model.encode(short)[1]["t"] is not None  # a shorter row keeps its mask
+
+
 def test_last_valid_takes_each_rows_last_real_step():
     x = torch.tensor(
         [[[1.0, 1.0], [2.0, 2.0], [9.0, 9.0]], [[3.0, 3.0], [9.0, 9.0], [9.0, 9.0]]]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from msaflow.models import get_spec
 from msaflow.models.base import ModelOutput
@@ -156,6 +157,66 @@ def test_text_lstm_reads_only_the_valid_words():
     torch.testing.assert_close(net(x, torch.full((3,), 5)), net(x, None))
 
 
+@pytest.mark.parametrize("dims", [(32, 128, 32), (2, 0, 3)])  # MOSI's mmsa sizes; a missing one
+def test_tensor_fusion_is_the_einsum_outer_product_bit_for_bit(dims):
+    """Issue 18: the broadcast products give einsum("bi,bj,bk->bijk")'s values and gradients bit
+    for bit (torch.equal), so the faster form changes no result."""
+    g = torch.Generator().manual_seed(0)
+    zs = [torch.randn(32, d, generator=g) for d in dims]
+    w = torch.randn(8, int(np.prod([d + 1 for d in dims])), generator=g)
+    outs, grads = [], []
+    for fuse in (
+        tensor_fusion,
+        lambda a, v, t: torch.einsum(
+            "bi,bj,bk->bijk", append_one(a), append_one(v), append_one(t)
+        ).flatten(1),
+    ):
+        leaves = [z.clone().requires_grad_() for z in zs]
+        fused = fuse(*leaves)
+        (fused @ w.t()).pow(2).sum().backward()
+        outs.append(fused.detach())
+        grads.append([z.grad for z in leaves])
+    assert torch.equal(outs[0], outs[1])
+    for a, b in zip(*grads, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 3, 4), (32, 50, 768, 128)])  # tiny; MOSI's (mmsa)
+def test_full_lengths_skip_the_packing_bit_for_bit(shape):
+    """Issue 18: a batch whose every length is T (or more) runs the LSTM unpacked. Checked against
+    the packed LSTM it replaces: outputs and every gradient equal bit for bit (torch.equal), not
+    merely close."""
+    b, t, d_in, hidden = shape
+    torch.manual_seed(0)
+    net = TextSubNet(d_in, hidden, 8, 0.0).train()
+    x = torch.randn(b, t, d_in)
+    lengths = torch.full((b,), t)
+    lengths[0] = t + 3  # longer than T counts as full (clamped to T, as before)
+
+    def packed_reference(x):
+        packed = pack_padded_sequence(
+            x, lengths.clamp(min=1, max=t), batch_first=True, enforce_sorted=False
+        )
+        _, (h, _) = net.rnn(packed)
+        return net.linear_1(net.dropout(h[-1]))
+
+    outs, grads = [], []
+    for f in (lambda x: net(x, lengths), packed_reference):
+        xi = x.clone().requires_grad_()
+        net.zero_grad()
+        z = f(xi)
+        z.pow(2).sum().backward()
+        outs.append(z.detach())
+        grads.append([xi.grad, *(p.grad for p in net.parameters())])
+    assert torch.equal(outs[0], outs[1])
+    for g0, g1 in zip(*grads, strict=True):
+        assert torch.equal(g0, g1)
+    # one shorter row: packed as before (that row reads its valid words only)
+    short = lengths.clone()
+    short[-1] = 2
+    torch.testing.assert_close(net(x, short)[-1:], net(x[-1:, :2], None))
+
+
 def test_padding_content_does_not_change_the_output_and_missing_lengths_mean_all_real():
     model = TFN(tiny()).eval()
     batch = make_batch()
@@ -268,6 +329,29 @@ def test_output_keys_and_shapes_correspond_to_the_reference():
 
 
 # --- registry, presets and the engine ---------------------------------------------------------
+
+
+def test_paper_preset_is_the_authors_mosi_script_and_trains_with_adamax():
+    """A2Zadeh/TensorFusionNetwork tf_mosi.py (module docstring): 32 / 32 / LSTM 128 -> 64, dropout
+    0.2, two fusion layers of 160, 8 sigmoid - 4; Adamax at 0.01, batch 128, patience 5."""
+    from msaflow.tasks.train import build_model, build_optimizer
+
+    cfg = resolve_run_config("tfn", "full", "paper", input_spec=MOSI)
+    m, t = cfg.model_cfg, cfg.train
+    assert (m.audio_hidden, m.vision_hidden, m.text_hidden, m.text_out) == (32, 32, 128, 64)
+    assert (m.audio_dropout, m.vision_dropout, m.text_dropout) == (0.2, 0.2, 0.0)
+    assert (m.post_fusion_dim, m.post_fusion_dropout, m.output_bound) == (160, 0.2, 4.0)
+    assert (t.optimizer, t.lr, t.batch_size, t.weight_decay, t.patience) == (
+        "adamax",
+        0.01,
+        128,
+        0.0,
+        5,
+    )
+    model = build_model(cfg)
+    assert isinstance(build_optimizer(model, cfg), torch.optim.Adamax)
+    # the flattened Z: (32 + 1)(32 + 1)(64 + 1), as the script's Reshape
+    assert model.post_fusion_layer_1.in_features == 33 * 33 * 65
 
 
 def test_registered_with_variants_presets_and_search_space():

@@ -62,6 +62,30 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
     mlflow.set_tracking_uri(None)
 
 
+@pytest.fixture
+def train_killed_then_resumed():
+    """``train_model`` killed after epoch 1 (its checkpoint written), then called again on the same
+    checkpoint folder: the resumed run's result, for "resumes exactly" against an uninterrupted
+    run."""
+    from msaflow.tasks.train import train_model
+
+    class Killed(Exception):
+        pass
+
+    def stop_after_second(epoch, record):
+        if epoch == 1:
+            raise Killed
+
+    def run(cfg, splits, checkpoint_dir, **kwargs):
+        with pytest.raises(Killed):
+            train_model(
+                cfg, splits, checkpoint_dir=checkpoint_dir, callbacks=[stop_after_second], **kwargs
+            )
+        return train_model(cfg, splits, checkpoint_dir=checkpoint_dir, **kwargs)
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness

@@ -26,10 +26,6 @@ from msaflow.tasks.train import (
 )
 
 
-class Interrupt(Exception):
-    pass
-
-
 @pytest.fixture(scope="module")
 def tiny(tiny_sim):
     manifest, splits = load_dataset(tiny_sim)
@@ -66,18 +62,11 @@ def test_short_run_lowers_valid_mae(tiny):
     assert any("ipr/phi_t" in r for r in result.epoch_traces)
 
 
-def test_resume_equals_uninterrupted(tiny, tmp_path):
+def test_resume_equals_uninterrupted(tiny, tmp_path, train_killed_then_resumed):
     manifest, splits = tiny
     cfg = _cfg(manifest)
     full = train_model(cfg, splits, checkpoint_dir=tmp_path / "a")
-
-    def stop_after_second(epoch, record):
-        if epoch == 1:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train_model(cfg, splits, checkpoint_dir=tmp_path / "b", callbacks=[stop_after_second])
-    resumed = train_model(cfg, splits, checkpoint_dir=tmp_path / "b")
+    resumed = train_killed_then_resumed(cfg, splits, tmp_path / "b")
     assert resumed.resumed_from_epoch == 2
     for a, b in zip(full.history, resumed.history, strict=True):
         assert a["valid/mae"] == b["valid/mae"] and a["train/loss/total"] == b["train/loss/total"]
@@ -321,7 +310,9 @@ def test_trainable_parameter_count_matches_a_built_model_and_skips_frozen_ones()
         assert count_trainable_params(cfg) == sum(p.numel() for p in built.parameters()) > 0
 
 
-def test_early_stopping_ends_after_patience_epochs_and_resumes_to_the_same_stop(tiny, tmp_path):
+def test_early_stopping_ends_after_patience_epochs_and_resumes_to_the_same_stop(
+    tiny, tmp_path, train_killed_then_resumed
+):
     """``patience`` N: training ends once the selection metric has not improved for N epochs.
     Selecting the *largest* valid MAE makes epoch 0 the best of a learning run, so a run of 10
     epochs with patience 2 stops after epoch 2; interrupted after epoch 1, it resumes and stops
@@ -332,20 +323,7 @@ def test_early_stopping_ends_after_patience_epochs_and_resumes_to_the_same_stop(
     )
     full = train_model(cfg, splits, checkpoint_dir=tmp_path / "a", evaluate_test=False)
     assert full.best_epoch == 0 and [r["epoch"] for r in full.history] == [0, 1, 2]
-
-    def stop_after_second(epoch, record):
-        if epoch == 1:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train_model(
-            cfg,
-            splits,
-            checkpoint_dir=tmp_path / "b",
-            callbacks=[stop_after_second],
-            evaluate_test=False,
-        )
-    resumed = train_model(cfg, splits, checkpoint_dir=tmp_path / "b", evaluate_test=False)
+    resumed = train_killed_then_resumed(cfg, splits, tmp_path / "b", evaluate_test=False)
     assert [r["epoch"] for r in resumed.history] == [0, 1, 2]
     again = train_model(cfg, splits, checkpoint_dir=tmp_path / "b", evaluate_test=False)
     assert len(again.history) == 3, "a finished early stop is not trained further on re-run"

@@ -27,10 +27,6 @@ from msaflow.tasks.train import (
 )
 
 
-class Interrupt(Exception):
-    pass
-
-
 @pytest.fixture(scope="module")
 def tiny(tiny_sim):
     return load_dataset(tiny_sim)  # 64 train rows
@@ -337,20 +333,15 @@ def test_schedule_sets_the_rate_of_every_optimizer_step_and_not_the_own_optimize
         {"lr_schedule": "linear", "warmup_epochs": 1, "grad_accum_steps": 3},
     ],
 )
-def test_resume_with_a_schedule_or_accumulation_equals_uninterrupted(tiny, tmp_path, train):
+def test_resume_with_a_schedule_or_accumulation_equals_uninterrupted(
+    tiny, tmp_path, train, train_killed_then_resumed
+):
     """Killed after epoch 1 and resumed: the history, traces, weights and the scheduler's state
     are those of the uninterrupted run."""
     manifest, splits = tiny
     cfg = _cfg(manifest, **train)
     full = train_model(cfg, splits, checkpoint_dir=tmp_path / "a", evaluate_test=False)
-
-    def stop_after_second(epoch, record):
-        if epoch == 1:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train_model(cfg, splits, checkpoint_dir=tmp_path / "b", callbacks=[stop_after_second])
-    resumed = train_model(cfg, splits, checkpoint_dir=tmp_path / "b", evaluate_test=False)
+    resumed = train_killed_then_resumed(cfg, splits, tmp_path / "b", evaluate_test=False)
     assert resumed.resumed_from_epoch == 2
     assert _no_time(full.history) == _no_time(resumed.history)
     assert full.step_traces == resumed.step_traces and full.epoch_traces == resumed.epoch_traces

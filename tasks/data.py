@@ -5,7 +5,7 @@ Also the feature standardisation fit on the training split (``standardize_splits
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -225,11 +225,13 @@ def load_standardized(
     path: str | Path,
     names: Sequence[str],
     enabled: bool = True,
+    prepare: Callable[[dict[str, SplitData]], dict[str, SplitData]] | None = None,
 ) -> tuple[dict[str, SplitData], Standardization | None]:
     """Splits ``names`` of a store, standardised with the store's train statistics.
 
     For callers that do not hold the train split (evaluation on test): train is loaded (shared
-    cache) to fit, then dropped unless asked for.
+    cache) to fit, then dropped unless asked for. ``prepare`` maps the loaded splits before the
+    fit (``tasks.text_finetune.input_splits``: a fine-tuned encoder's store without its text).
     """
     from msaflow.feature_store import load_split_shared
 
@@ -238,5 +240,5 @@ def load_standardized(
         n: load_split_shared(path, n)
         for n in dict.fromkeys([*wanted, "train"] if enabled else wanted)
     }
-    out, stats = standardize_splits(loaded, enabled)
+    out, stats = standardize_splits(prepare(loaded) if prepare else loaded, enabled)
     return {n: out[n] for n in wanted}, stats

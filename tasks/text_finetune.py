@@ -51,7 +51,7 @@ from torch import nn
 from msaflow.errors import ConfigError, DataError
 from msaflow.models.base import ModelOutput, MSAModel
 from msaflow.tasks.config import RunConfig, TrainConfig, encoder_dir
-from msaflow.tasks.data import Batch, Standardization, split_to_tensors, standardize_splits
+from msaflow.tasks.data import Batch, Standardization, load_standardized, split_to_tensors
 
 if TYPE_CHECKING:
     from msaflow.feature_store import SplitData
@@ -163,11 +163,9 @@ def load_split_tensors(
     """One split of the store at ``path`` as the engine saw it in training (the train split's
     standardisation, the tokens in finetune mode): what ``tasks.run.evaluate_run`` scores; and
     those train statistics (the logged pyfunc applies them itself)."""
-    from msaflow.feature_store import load_split_shared
-
-    names = dict.fromkeys([split, "train"] if cfg.train.standardize else [split])
-    loaded = input_splits({n: load_split_shared(path, n) for n in names}, cfg, source=path)
-    out, stats = standardize_splits(loaded, cfg.train.standardize)
+    out, stats = load_standardized(
+        path, [split], cfg.train.standardize, prepare=lambda s: input_splits(s, cfg, source=path)
+    )
     return split_tensors(out[split], cfg), stats
 
 

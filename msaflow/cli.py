@@ -394,9 +394,10 @@ def imports_without_gc() -> Iterator[Callable[[], None]]:
     """Python's cyclic GC paused while a command imports torch, MLflow and Prefect; the yielded
     function (or the end of the block) turns it back on.
 
-    Each full collection walks every object of every module loaded so far: as thousands load, that
-    adds up to ~0.4 s of a cached ``msaflow run`` here (~10 %). Module objects live to the end
-    anyway; the little cyclic garbage an import leaves is collected once the GC is back on.
+    Each full collection walks every object of every module loaded so far, and thousands load
+    (an estimate from profiles, not measured on its own: a few tenths of a second of a cached
+    ``msaflow run``). Module objects live to the end anyway; the little cyclic garbage an import
+    leaves is collected once the GC is back on.
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -415,7 +416,8 @@ def main() -> None:
     try:
         app()
     finally:
-        # The interpreter's last collection at exit would walk the whole heap again (~0.5 s here).
+        # The interpreter's last collection at exit would walk the whole heap again (an estimate,
+        # not measured on its own).
         gc.freeze()
 
 
